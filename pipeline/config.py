@@ -1,0 +1,267 @@
+"""One typed config tree for training, loaded from YAML with ``a.b=c`` overrides.
+
+The tree is plain dataclasses so it can be validated field by field, dumped verbatim to MLflow
+and stored inside checkpoints (only str/int/float/bool/list/dict values, which
+``torch.load(weights_only=True)`` accepts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = Path(os.environ.get("POSTER_RUNS_DIR", REPO_ROOT / "runs")).resolve()
+
+
+LOSS_TERMS = ("ce", "lsce", "soft_ce", "supcon", "circle")  # poster_model.LossMixture terms
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config tree."""
+
+
+@dataclass
+class DataCfg:
+    shards: str = str(RUNS_DIR / "data" / "synthetic")  # ingest output root (local path or s3://…)
+    val_fraction: float = 0.1  # carved from train by sample_id hash when there is no val split
+    batch_size: int = 16  # per worker
+    eval_batch_size: int = 32
+    hflip: float = 0.5  # same flip on face and landmark crop
+    random_erasing: float = 0.5  # official: p=0.5, scale (0.02, 0.1), value 0 after normalising
+    erasing_scale: list = field(default_factory=lambda: [0.02, 0.1])
+    gaussian_noise: float = 0.0  # official V1 dataset-level aug: p of adding N(0, var 30) noise
+    bgr: bool = False  # official RAF-DB model was trained on BGR input
+    class_balanced_loss: bool = False  # weights 1/count from the manifest (no sampler when streaming)
+    max_train_rows: int = 0  # 0 = all; cap for smoke runs
+    decode_cpus: float = 0.25  # CPUs per Ray Data decode task
+    seed: int = 123
+
+
+@dataclass
+class ModelCfg:
+    variant: str = "tiny"  # tiny | small | base | large; fields below override the variant
+    overrides: dict = field(default_factory=dict)  # any PosterConfig field, e.g. {depth: 4}
+    ir50_weights: str = ""  # local path to the official ir50.pth (never downloaded)
+    mobilefacenet_weights: str = ""  # local path to mobilefacenet_model_best.pth.tar
+    official_checkpoint: str = ""  # start from an official V1 checkpoint (rafdb_best.pth style)
+
+
+@dataclass
+class LossCfg:
+    weights: dict = field(default_factory=lambda: {"ce": 1.0})  # ce, lsce, soft_ce, supcon, circle
+    label_smoothing: float = 0.1
+    supcon_temperature: float = 0.1
+    circle_m: float = 0.25
+    circle_gamma: float = 80.0
+
+
+@dataclass
+class OptimCfg:
+    name: str = "adamw"  # adam | adamw | sgd
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    sam: bool = False
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    grad_accum: int = 1
+    ema_decay: float = 0.0  # 0 = off; evaluation then uses the EMA weights
+
+
+@dataclass
+class ScheduleCfg:
+    epochs: int = 10
+    name: str = "cosine"  # cosine | exponential | constant (stepped once per epoch)
+    warmup_epochs: int = 0
+    gamma: float = 0.98  # exponential only
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
+
+
+@dataclass
+class ScalingCfg:
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
+    gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
+    torch_threads: int = 1
+    bf16: bool = True  # autocast on GPU only
+    compile: bool = False
+
+
+@dataclass
+class TrackingCfg:
+    uri: str = ""  # "" → $MLFLOW_TRACKING_URI or sqlite:///<runs>/mlflow.db
+    experiment: str = ""  # "" → poster-fer/<manifest source>
+    log_model: bool = True
+
+
+@dataclass
+class CheckpointCfg:
+    num_to_keep: int = 2
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    max_failures: int = 2
+
+
+@dataclass
+class RunCfg:
+    name: str = ""  # "" → generated; the same name + storage_path resumes an interrupted run
+    storage_path: str = str(RUNS_DIR / "ray")  # shared storage on a cluster (s3://, NFS)
+    seed: int = 123
+    fail_at_epoch: int = -1  # fault-injection for tests: kill rank 0 once at this epoch
+
+
+@dataclass
+class TrainConfig:
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
+    scaling: ScalingCfg = field(default_factory=ScalingCfg)
+    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    run: RunCfg = field(default_factory=RunCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"optim.lr": 3e-4, …}`` for MLflow params."""
+        return flatten(self.to_dict())
+
+    def digest(self) -> str:
+        """Hash of the config, for tags and resume checks."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_value(path: str, value: Any, hint: Any) -> Any:
+    """Coerce/validate one leaf against its annotation; raise ConfigError naming the path."""
+    origin = typing.get_origin(hint) or hint
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if origin in (int, float, str, bool, list, dict):
+        if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{path}: expected {origin.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(path + k for k in unknown)}; "
+            f"valid keys under {path or 'the root'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{path}{name}.")
+        else:
+            kwargs[name] = _check_value(f"{path}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key.path=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("weights", "overrides"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML config (may be None for pure defaults) and apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        tree = loaded
+    over: dict[str, Any] = {}
+    for o in overrides or []:
+        apply_override(over, o)
+    cfg = from_dict(TrainConfig, _merge(tree, over))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    bad = sorted(set(cfg.loss.weights) - set(LOSS_TERMS))
+    if bad:
+        raise ConfigError(f"loss.weights: unknown term(s) {bad}; valid: {sorted(LOSS_TERMS)}")
+    if not any(float(w) > 0 for w in cfg.loss.weights.values()):
+        raise ConfigError("loss.weights: at least one term needs a positive weight")
+    checks = [
+        (cfg.optim.name in ("adam", "adamw", "sgd"), "optim.name must be adam, adamw or sgd"),
+        (cfg.schedule.name in ("cosine", "exponential", "constant"),
+         "schedule.name must be cosine, exponential or constant"),
+        (cfg.checkpoint.mode in ("max", "min"), "checkpoint.mode must be max or min"),
+        (cfg.scaling.num_workers >= 1, "scaling.num_workers must be >= 1"),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (cfg.schedule.epochs >= 1, "schedule.epochs must be >= 1"),
+        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+        (not (cfg.optim.sam and cfg.optim.grad_accum > 1),
+         "optim.sam with optim.grad_accum > 1 is not supported (SAM needs whole-batch gradients)"),
+        (cfg.model.variant in ("tiny", "small", "base", "large"),
+         "model.variant must be tiny, small, base or large"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,218 @@
+"""The per-worker training function run by Ray Train's TorchTrainer (one per DDP rank).
+
+Everything a rank needs arrives in ``loop_config`` (plain dicts, no closures), so the same
+function serves ``pipeline.train``, Tune trials and restarts after a worker dies.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import checkpointing
+from pipeline.config import TrainConfig, from_dict
+from pipeline.evaluation import allreduce_confusion, evaluate_batches, iter_partition
+from pipeline.metrics import metrics_from_confusion
+from pipeline.modeling import build_loss, build_model, build_optimizer, build_scheduler, unwrap
+from pipeline.tracking import tracker_for
+from pipeline.transforms import to_model_inputs
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int, marker_dir: str) -> None:
+    """Test hook: hard-kill rank 0 once at ``run.fail_at_epoch`` (a marker file makes it once)."""
+    if cfg.run.fail_at_epoch != epoch or rank != 0:
+        return
+    marker = Path(marker_dir) / f".fail_injected_epoch{epoch}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("killed once on purpose by run.fail_at_epoch\n")
+    os._exit(17)  # like an OOM kill: no exception, no cleanup
+
+
+def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, Any]) -> dict[str, float]:
+    """One optimiser step (SAM: two forward/backward passes with the identical loss)."""
+    cfg: TrainConfig = ctx["cfg"]
+    use_crop = ctx["use_crop"]
+
+    def forward_backward() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["autocast"]):
+            logits, feats = model(image, crop if use_crop else None)
+            total, terms = loss_fn(logits.float(), feats.float(), target)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"non-finite loss {total.item()} at epoch {ctx['epoch']} step {ctx['step']} "
+                f"(terms {({k: float(v) for k, v in terms.items()})}); lower optim.lr or enable "
+                "optim.grad_clip")
+        (total / cfg.optim.grad_accum).backward()
+        return total, terms
+
+    total, terms = forward_backward()
+    if cfg.optim.sam:
+        optimizer.first_step(zero_grad=True)
+        forward_backward()
+        _clip(model, cfg)
+        optimizer.second_step(zero_grad=True)
+    elif (ctx["step"] + 1) % cfg.optim.grad_accum == 0:
+        _clip(model, cfg)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {"loss": float(total)}
+    out.update({f"loss_{k}": float(v) for k, v in terms.items()})
+    return out
+
+
+def _clip(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+
+
+def _train_epoch(model, loss_fn, optimizer, ema, shard, ctx: dict[str, Any]) -> dict[str, float]:
+    cfg: TrainConfig = ctx["cfg"]
+    model.train()
+    sums: dict[str, float] = {}
+    rows, steps, wait = 0, 0, 0.0
+    t_start = time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=cfg.data.batch_size, drop_last=True,
+                                       dtypes={"image": torch.uint8, "crop": torch.uint8,
+                                               "label": torch.int64})
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t0
+        image, crop = to_model_inputs(batch["image"], batch["crop"], ctx["device"], cfg.data.bgr)
+        target = batch["label"].to(ctx["device"])
+        ctx["step"] = steps
+        out = _train_step(model, loss_fn, optimizer, image, crop, target, ctx)
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        rows += len(target)
+        steps += 1
+    elapsed = time.perf_counter() - t_start
+    metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+    metrics.update({
+        "train_steps": float(steps),
+        "img_per_s": rows * ctx["world"] / max(elapsed, 1e-9),
+        "data_wait_fraction": wait / max(elapsed, 1e-9),
+        "epoch_seconds": elapsed,
+    })
+    return metrics
+
+
+def _evaluate(eval_model, iterator, ctx: dict[str, Any]) -> np.ndarray:
+    cfg: TrainConfig = ctx["cfg"]
+    batches = iter_partition(iterator, ctx["rank"], ctx["world"], cfg.data.eval_batch_size)
+    res = evaluate_batches(eval_model, batches, ctx["classes"], ctx["device"], cfg.data.bgr,
+                           ctx["use_crop"], ctx["autocast"])
+    return allreduce_confusion(res.confusion, ctx["dist_device"])
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrainConfig = from_dict(TrainConfig, loop_config["cfg"])
+    classes: list[str] = loop_config["classes"]
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    _seed_everything(cfg.run.seed + rank)
+    device = ray.train.torch.get_device()
+    use_gpu = device.type == "cuda"
+    ctx: dict[str, Any] = {
+        "cfg": cfg, "classes": classes, "rank": rank, "world": world, "device": device,
+        "dist_device": device if use_gpu else "cpu", "autocast": use_gpu and cfg.scaling.bf16,
+        "use_crop": loop_config.get("use_crop", True), "step": 0,
+    }
+    model = build_model(cfg.model, len(classes)).to(device)
+    if cfg.scaling.compile:
+        model = torch.compile(model)
+    model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
+    loss_fn = build_loss(cfg.loss, loop_config.get("class_weights")).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))
+    ema = (torch.optim.swa_utils.AveragedModel(
+        unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay))
+        if cfg.optim.ema_decay > 0 else None)
+    state = checkpointing.restore(ray.train.get_checkpoint(), unwrap(model), optimizer,
+                                  scheduler, ema)
+    tracker = tracker_for(rank, loop_config["tracking_uri"], loop_config.get("mlflow_run_id"))
+    if state.start_epoch > 0:
+        tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
+    train_shard = ray.train.get_dataset_shard("train")
+    val_it = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
+    for epoch in range(state.start_epoch, cfg.schedule.epochs):
+        _maybe_inject_failure(cfg, epoch, rank, loop_config["marker_dir"])
+        ctx["epoch"] = epoch
+        metrics = _train_epoch(model, loss_fn, optimizer, ema, train_shard, ctx)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        eval_model = ema.module if ema is not None else unwrap(model)
+        if val_it is not None:
+            vm = metrics_from_confusion(_evaluate(eval_model, val_it, ctx), classes)
+            metrics.update({f"val_{k}": v for k, v in vm.items()})
+        state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, eval_model, epoch)
+        metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
+                        f"best_{cfg.checkpoint.metric}": state.best_metric})
+        tracker.log_metrics(metrics, step=epoch)
+        _report(metrics, rank, lambda d: checkpointing.save(
+            d, epoch, unwrap(model), optimizer, scheduler, ema, state, loop_config["cfg"], classes))
+        if rank == 0:
+            print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
+                  f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
+                  f"{metrics['img_per_s']:.1f} img/s wait {metrics['data_wait_fraction']:.1%}", flush=True)
+    _final_test(model, ema, state, loop_config, ctx, tracker)
+
+
+def _report(metrics: dict[str, float], rank: int, save_fn) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if rank == 0:
+            save_fn(d)
+            ckpt = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _final_test(model, ema, state, loop_config: dict[str, Any], ctx: dict[str, Any], tracker) -> None:
+    """Evaluate the best weights on the test split across all ranks; rank 0 logs the artifacts."""
+    import ray.train
+
+    from pipeline.tracking import log_confusion
+
+    if not loop_config.get("has_test"):
+        return
+    eval_model = ema.module if ema is not None else unwrap(model)
+    if state.best_state is not None:
+        eval_model.load_state_dict(state.best_state)
+    cm = _evaluate(eval_model, ray.train.get_dataset_shard("test"), ctx)
+    tm = metrics_from_confusion(cm, ctx["classes"])
+    final = {f"test_{k}": v for k, v in tm.items()}
+    metric = ctx["cfg"].checkpoint.metric
+    # Tune/ASHA read the configured metric from every result, the last one included.
+    final[metric] = final[f"best_{metric}"] = state.best_metric
+    final["best_epoch"] = float(state.best_epoch)
+    tracker.log_metrics(final, step=ctx["cfg"].schedule.epochs)
+    if ctx["rank"] == 0:
+        log_confusion(tracker, cm, ctx["classes"], "test")
+    ray.train.report({**final, "done": 1.0}, checkpoint=None)

@@ -1,0 +1,100 @@
+"""Classification metrics from a confusion matrix: the one evaluator used by training, the
+evaluate CLI and the registry review, so the numbers a reviewer sees are the numbers training
+selected on.
+
+Rows of the confusion matrix are true classes, columns predicted classes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``cm[t, p]`` as int64 (bincount, no sklearn needed on the hot path)."""
+    t = np.asarray(targets, dtype=np.int64).ravel()
+    p = np.asarray(preds, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"targets {t.shape} and preds {p.shape} differ in length")
+    if t.size and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"labels outside [0, {num_classes})")
+    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+
+def metrics_from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy, mean per-class accuracy, macro-F1 and per-class recall.
+
+    Classes absent from the evaluation set (row sum 0) are left out of the means, so a
+    small shard without e.g. contempt does not drag macro scores towards zero.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    k = len(classes)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {k} classes")
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm)
+    recall = _safe_div(tp, support)
+    precision = _safe_div(tp, predicted)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    present = support > 0
+    total = cm.sum()
+    out = {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "mean_class_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "num_samples": float(total),
+    }
+    for name, r, ok in zip(classes, recall, present):
+        if ok:
+            out[f"recall_{name}"] = float(r)
+    return out
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix as a PNG, raw counts written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = _safe_div(cm.astype(np.float64), cm.sum(axis=1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.8 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] | None = None) -> str:
+    """Side-by-side text table: one column per entry of ``rows`` (e.g. champion, challenger)."""
+    names = list(rows)
+    keys = list(keys or sorted({k for r in rows.values() for k in r}))
+    width = max([len(k) for k in keys] + [6])
+    lines = [" " * width + "  " + "  ".join(f"{n:>12}" for n in names)]
+    for k in keys:
+        vals = []
+        for n in names:
+            v = rows[n].get(k)
+            vals.append(f"{v:>12.4f}" if isinstance(v, float) else f"{str(v) if v is not None else '-':>12}")
+        lines.append(f"{k:<{width}}  " + "  ".join(vals))
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Build POSTER models, losses and optimisers from the config tree (no Ray here)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+import poster_model
+from pipeline.config import LossCfg, ModelCfg, OptimCfg, ScheduleCfg
+
+
+def poster_config(mcfg: ModelCfg, num_classes: int) -> poster_model.PosterConfig:
+    """The variant's PosterConfig with ``model.overrides`` applied (YAML lists → tuples)."""
+    base = poster_model.variant_config(mcfg.variant, num_classes=num_classes)
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    unknown = sorted(set(mcfg.overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"model.overrides: unknown PosterConfig field(s) {unknown}; valid: {sorted(fields)}")
+    over = {k: tuple(v) if isinstance(v, list) else v for k, v in mcfg.overrides.items()}
+    return dataclasses.replace(base, **over)
+
+
+def build_model(mcfg: ModelCfg, num_classes: int, load_weights: bool = True) -> torch.nn.Module:
+    """Model for training: pretrained backbones from local files when configured."""
+    if mcfg.official_checkpoint and load_weights:
+        model = poster_model.load_official_checkpoint(
+            mcfg.official_checkpoint, variant=mcfg.variant, num_classes=num_classes)
+        return model.train()
+    model = poster_model.build_poster(poster_config(mcfg, num_classes))
+    if load_weights and (mcfg.ir50_weights or mcfg.mobilefacenet_weights):
+        poster_model.load_pretrained(model, ir50_path=mcfg.ir50_weights or None,
+                                     mobilefacenet_path=mcfg.mobilefacenet_weights or None)
+    return model
+
+
+def build_loss(lcfg: LossCfg, class_weights: list[float] | None = None) -> torch.nn.Module:
+    cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+    return poster_model.LossMixture(
+        {k: float(v) for k, v in lcfg.weights.items()}, label_smoothing=lcfg.label_smoothing,
+        supcon_temperature=lcfg.supcon_temperature, circle_m=lcfg.circle_m,
+        circle_gamma=lcfg.circle_gamma, class_weights=cw,
+    )
+
+
+def build_optimizer(ocfg: OptimCfg, params: Any) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD, wrapped in SAM when ``optim.sam`` (official V1: SAM(Adam), rho 0.05)."""
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    kwargs: dict[str, Any] = {"lr": ocfg.lr, "weight_decay": ocfg.weight_decay}
+    if ocfg.name == "sgd":
+        kwargs["momentum"] = ocfg.momentum
+    params = [p for p in params if p.requires_grad]
+    if ocfg.sam:
+        return poster_model.SAM(params, classes[ocfg.name], rho=ocfg.sam_rho,
+                                adaptive=ocfg.sam_adaptive, **kwargs)
+    return classes[ocfg.name](params, **kwargs)
+
+
+def lr_factor(scfg: ScheduleCfg, epoch: int) -> float:
+    """Multiplier of the base lr at ``epoch`` (stepped once per epoch, like the official code)."""
+    if epoch < scfg.warmup_epochs:
+        return (epoch + 1) / (scfg.warmup_epochs + 1)
+    e = epoch - scfg.warmup_epochs
+    if scfg.name == "exponential":
+        return scfg.gamma**e
+    if scfg.name == "cosine":
+        span = max(scfg.epochs - scfg.warmup_epochs, 1)
+        cos = 0.5 * (1 + math.cos(math.pi * min(e / span, 1.0)))
+        return scfg.min_lr_ratio + (1 - scfg.min_lr_ratio) * cos
+    return 1.0
+
+
+def build_scheduler(scfg: ScheduleCfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(scfg, e))
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model

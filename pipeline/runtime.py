@@ -1,0 +1,48 @@
+"""Connect to Ray the same way everywhere: inside ``ray job submit`` (RAY_ADDRESS is set) join
+the cluster; on a laptop start a quiet local instance. Never shut down a Ray we did not start.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+QUIET_ENV = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print appears twice
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def quiet_env() -> None:
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Initialise Ray if needed; returns True when this call started it (caller shuts it down)."""
+    quiet_env()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, logging_level=logging.WARNING)
+        return True
+    # A throwaway local instance: token auth protects shared clusters, not this process's own.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             logging_level=logging.WARNING)
+    return True
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """Commit of the code being run, '' when not a git checkout (e.g. a job's working_dir)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""

@@ -1,0 +1,177 @@
+"""Train POSTER with Ray Train (DDP) on ingest shards, tracked in MLflow.
+
+    python -m pipeline.train --config configs/smoke.yaml [key=value ...]
+
+Locally this starts Ray; inside ``ray job submit`` it joins the cluster (RAY_ADDRESS). Re-running
+with the same ``run.name`` and ``run.storage_path`` resumes an interrupted run from its last
+checkpoint, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
+from pipeline.data import build_datasets, class_weights
+from pipeline.runtime import ensure_ray, git_commit
+from pipeline.schema import read_manifest
+from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, MlflowTracker
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    run_name: str
+    tracking_uri: str
+    experiment: str
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    model_uri: str | None = None
+    classes: list[str] = field(default_factory=list)
+
+
+def run_name_for(cfg: TrainConfig) -> str:
+    return cfg.run.name or f"poster-{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def experiment_for(cfg: TrainConfig, manifest: dict[str, Any]) -> str:
+    source = manifest.get("source", {})
+    name = source.get("name") if isinstance(source, dict) else str(source)
+    return cfg.tracking.experiment or f"poster-fer/{name or 'dataset'}"
+
+
+def _start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
+                    parent_run_id: str | None) -> tuple[str, str, str]:
+    uri = default_tracking_uri(cfg.tracking.uri)
+    experiment = experiment_for(cfg, manifest)
+    tags = {
+        "poster.dataset_hash": manifest.get("content_hash", ""),
+        "poster.variant": cfg.model.variant,
+        "poster.config_hash": cfg.digest(),
+        "poster.shards": cfg.data.shards,
+        "poster.classes": ",".join(manifest["classes"]),
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run_id = start_or_resume_run(uri, experiment, name, parent_run_id, tags)
+    tracker = MlflowTracker(uri, run_id)
+    tracker.log_params(cfg.flat())
+    tracker.log_text(dump_yaml(cfg), "config.yaml")  # verbatim, for reproduction
+    return uri, experiment, run_id
+
+
+def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[str, Any],
+                  name: str, callbacks: list[Any] | None = None) -> Any:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.loop import train_fn_per_worker
+
+    classes = list(manifest["classes"])
+    datasets = build_datasets(cfg, manifest)
+    storage = cfg.run.storage_path
+    loop_config = {
+        "cfg": cfg.to_dict(), "classes": classes, "has_val": "val" in datasets,
+        "has_test": "test" in datasets,
+        "class_weights": class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
+        "marker_dir": f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
+        **loop_extra,
+    }
+    use_gpu = cfg.scaling.gpus_per_worker > 0
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.checkpoint.num_to_keep,
+                checkpoint_score_attribute=cfg.checkpoint.metric,
+                checkpoint_score_order=cfg.checkpoint.mode),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
+                     classes: list[str]) -> str | None:
+    """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
+    from pipeline.checkpointing import load_from_checkpoint
+    from pipeline.modeling import poster_config
+    from pipeline.modelpkg import log_poster_model
+
+    if not cfg.tracking.log_model or result.checkpoint is None:
+        return None
+    ck = load_from_checkpoint(result.checkpoint)
+    state = ck["best_model"] or ck["model"]
+    extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant}
+    return log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)), classes, extra)
+
+
+def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
+                 callbacks: list[Any] | None = None, run_name: str | None = None) -> TrainOutcome:
+    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit."""
+    manifest = read_manifest(cfg.data.shards)
+    classes = list(manifest["classes"])
+    name = run_name or run_name_for(cfg)
+    uri, experiment, run_id = _start_tracking(cfg, manifest, name, parent_run_id)
+    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
+    try:
+        result = trainer.fit()
+        model_uri = _log_final_model(cfg, result, uri, run_id, classes)
+    except BaseException:
+        end_run(uri, run_id, "FAILED")
+        raise
+    end_run(uri, run_id, "FINISHED")
+    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    return TrainOutcome(run_id, name, uri, experiment, dict(result.metrics or {}), ckpt, model_uri, classes)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML under configs/ (defaults apply when omitted)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=1e-4")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(cfg))
+        return 0
+    started = ensure_ray()
+    try:
+        out = run_training(cfg)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    m = out.metrics
+    print(f"[poster] run {out.run_name} finished: best {cfg.checkpoint.metric}="
+          f"{m.get(cfg.checkpoint.metric, float('nan')):.4f} test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
+    print(f"[poster] MLflow run {out.run_id} in experiment '{out.experiment}' at {out.tracking_uri}")
+    print(f"[poster] model: {out.model_uri}   checkpoint: {out.checkpoint_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
