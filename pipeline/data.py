@@ -39,6 +39,13 @@ def check_split_schema(root: str, split: str) -> None:
     validate_schema(schema, where=path)
 
 
+def check_shards(root: str, manifest: dict[str, Any]) -> None:
+    """Schema of every split the manifest lists, checked before any run is created."""
+    for split in ("train", "val", "test"):
+        if has_split(manifest, split):
+            check_split_schema(root, split)
+
+
 def hash_fraction(sample_ids: np.ndarray) -> np.ndarray:
     """Stable value in [0, 1) per sample id (its first 8 hex digits)."""
     return np.array([int(str(s)[:8], 16) / 16**8 for s in sample_ids], dtype=np.float64)
@@ -70,9 +77,6 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]
     d = cfg.data
     root = d.shards
     carve = 0.0 if has_split(manifest, "val") else d.val_fraction
-    for split in ("train", "val", "test"):
-        if has_split(manifest, split):
-            check_split_schema(root, split)
     train = ray.data.read_parquet(
         split_path(root, "train"), columns=EVAL_COLUMNS, num_cpus=d.decode_cpus,
         shuffle=FileShuffleConfig(seed=d.seed, reseed_after_execution=True),

@@ -1,32 +1,58 @@
 """The logged MLflow model: a pyfunc that takes face images and returns labels + probabilities.
 
-Input: a DataFrame with an ``image`` column (encoded bytes or HWC uint8 arrays of aligned faces,
-as in the shards) and optionally ``landmark_crop``; or an ndarray [N,H,W,3] uint8. The
-preprocessing is ``pipeline.transforms`` — the same code evaluation uses. The raw torch weights
-(``weights.pt``, weights_only-loadable) travel as an artifact, so ``load_torch_model`` rebuilds
-the plain ``nn.Module`` too.
+Input: a DataFrame with an ``image`` column and optionally a ``landmark_crop`` column. A cell is
+encoded image bytes (JPEG/PNG, as in the shards), a base64 string of such bytes (what the
+``mlflow models serve`` JSON carries), or an HWC uint8 array / nested list of aligned-face
+pixels (RGB). Without ``landmark_crop`` the crop is the aligned face resized to 112, which is
+what ingest stores. The images must be *aligned faces* (``pipeline.face.FaceProcessor`` output,
+or the shards' ``image`` column); ``pipeline.predict`` does the detection and alignment for raw
+photos. The preprocessing is ``pipeline.transforms`` + ``pipeline.evaluation.predict_logits`` —
+the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
+
+Output: a DataFrame with ``label``, ``label_index`` and one ``prob_<class>`` column per class.
+
+The raw torch weights (``weights.pt``, weights_only-loadable) travel as an artifact, so
+``load_torch_model`` rebuilds the plain ``nn.Module`` too.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import io
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights.pt"
+MODEL_NAME = "model"  # the logged model's name inside its run
+CODE_PACKAGES = ("poster_model", "pipeline")
+_REQUIREMENT_DISTS = ("torch", "numpy", "pillow", "pandas", "pyarrow", "pyyaml", "mlflow")
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], poster_cfg: Any,
                  classes: list[str], extra: dict[str, Any] | None = None) -> Path:
     path = Path(path)
-    torch.save({"model": state, "poster_config": dataclasses.asdict(poster_cfg),
+    cfg = poster_cfg if isinstance(poster_cfg, dict) else dataclasses.asdict(poster_cfg)
+    torch.save({"model": state, "poster_config": cfg,
                 "classes": list(classes), "extra": extra or {}}, path)
     return path
+
+
+def poster_config_from_dict(d: dict[str, Any]) -> Any:
+    """A ``PosterConfig`` from a saved dict (lists back to tuples, unknown keys dropped)."""
+    import poster_model
+
+    fields = {f.name for f in dataclasses.fields(poster_model.PosterConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
+    return poster_model.PosterConfig(**kw)
 
 
 def load_weights_file(path: str | Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
@@ -34,47 +60,72 @@ def load_weights_file(path: str | Path) -> tuple[torch.nn.Module, list[str], dic
     import poster_model
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    fields = {f.name for f in dataclasses.fields(poster_model.PosterConfig)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in blob["poster_config"].items() if k in fields}
-    model = poster_model.build_poster(poster_model.PosterConfig(**kw))
+    model = poster_model.build_poster(poster_config_from_dict(blob["poster_config"]))
     model.load_state_dict(blob["model"])
     return model.eval(), list(blob["classes"]), dict(blob.get("extra", {}))
 
 
-def _to_uint8(items: Any, size: int) -> np.ndarray:
+def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
+    from PIL import Image
+
     from pipeline.transforms import decode_image
 
-    out = []
-    for x in items:
-        if isinstance(x, (bytes, bytearray, memoryview)):
-            out.append(decode_image(bytes(x), size))
-        else:
-            from PIL import Image
+    if isinstance(x, str):  # base64 text, e.g. from a JSON request that skipped schema decoding
+        try:
+            x = base64.b64decode(x, validate=False)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"image string is not base64: {e}") from None
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(x), size)
+    arr = np.asarray(x)
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError("pixel arrays must be uint8 (0..255)")
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an HxWx3 uint8 image, got shape {arr.shape}")
+    if arr.shape[2] != 3:
+        arr = np.asarray(Image.fromarray(arr.squeeze(-1) if arr.shape[2] == 1 else arr).convert("RGB"))
+    if arr.shape[:2] != (size, size):
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    return np.ascontiguousarray(arr)
 
-            arr = np.asarray(x, dtype=np.uint8)
-            if arr.shape[:2] != (size, size):
-                arr = np.asarray(Image.fromarray(arr).convert("RGB").resize((size, size), Image.BILINEAR))
-            out.append(arr)
-    return np.stack(out)
+
+def _to_uint8(items: Any, size: int) -> np.ndarray:
+    return np.stack([_cell_to_uint8(x, size) for x in items])
+
+
+def images_frame(images: Any, crops: Any | None = None) -> pd.DataFrame:
+    """A pyfunc input DataFrame from a list/array of images (bytes or HWC uint8) and crops."""
+    data = {"image": list(images)}
+    if crops is not None:
+        data["landmark_crop"] = list(crops)
+    return pd.DataFrame(data)
 
 
 class PosterPyfunc(mlflow.pyfunc.PythonModel):
-    """Face images in, labels and class probabilities out."""
+    """Aligned face images in, labels and class probabilities out."""
 
     def load_context(self, context: Any) -> None:
         self.model, self.classes, self.extra = load_weights_file(context.artifacts["weights"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
+    # ``pd.DataFrame`` is the one hint MLflow 3 neither turns into a signature nor warns about;
+    # the explicit signature logged with the model is the contract.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
 
         from pipeline.evaluation import predict_logits
         from pipeline.transforms import CROP_SIZE, IMAGE_SIZE
 
         if isinstance(model_input, pd.DataFrame):
             images = _to_uint8(model_input["image"], IMAGE_SIZE)
-            crops = (_to_uint8(model_input["landmark_crop"], CROP_SIZE)
-                     if "landmark_crop" in model_input else None)
-        else:
+            crops = None
+            if "landmark_crop" in model_input:
+                col = model_input["landmark_crop"]
+                if not col.isna().any():
+                    crops = _to_uint8(col, CROP_SIZE)
+        else:  # [N,H,W,3] uint8 (reachable through unwrap_python_model(); pyfunc needs a DataFrame)
             images = _to_uint8(list(np.asarray(model_input)), IMAGE_SIZE)
             crops = None
         if crops is None:  # the shards' crop is the aligned face resized to 112
@@ -89,47 +140,91 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
         return df
 
 
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    out = []
+    for dist in _REQUIREMENT_DISTS:
+        try:
+            version = metadata.version(dist).split("+")[0]
+            out.append(f"{dist}=={version}")
+        except metadata.PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def _copy_code(dst: Path) -> list[str]:
+    """The project packages, without caches, for ``code_paths``."""
+    paths = []
+    for pkg in CODE_PACKAGES:
+        target = dst / pkg
+        shutil.copytree(REPO / pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        paths.append(str(target))
+    return paths
+
+
+def _signature(example_df: Any, output: Any) -> Any:
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import DataType
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec(DataType.binary, "image"),
+                     ColSpec(DataType.binary, "landmark_crop", required=False)])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(example_df, output).outputs)
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
 def log_poster_model(tracking_uri: str, run_id: str, state: dict[str, torch.Tensor], poster_cfg: Any,
                      classes: list[str], extra: dict[str, Any] | None = None,
                      example_image: np.ndarray | None = None) -> str:
-    """Log the pyfunc into ``run_id``; returns its ``models:/m-…`` URI."""
+    """Log the pyfunc into ``run_id``; returns its ``models:/m-…`` URI.
+
+    ``example_image`` (an aligned RGB face, uint8 224×224×3) becomes the input example; a flat
+    grey image is used when none is given.
+    """
     import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as d:
         wpath = save_weights(Path(d) / WEIGHTS, state, poster_cfg, classes, extra)
         example = example_image if example_image is not None else np.full((224, 224, 3), 128, np.uint8)
-        import io
-
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(example).save(buf, format="JPEG")
-        example_df = pd.DataFrame({"image": [buf.getvalue()]})
+        example_df = images_frame([_jpeg(np.asarray(example, dtype=np.uint8))])
         probe = PosterPyfunc()
         probe.model, probe.classes, probe.extra = load_weights_file(wpath)
-        signature = infer_signature(example_df, probe.predict(None, example_df))
+        signature = _signature(example_df, probe.predict(None, example_df))
+        code = _copy_code(Path(d) / "code")
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=PosterPyfunc(), artifacts={"weights": str(wpath)},
-                code_paths=[str(REPO / "poster_model"), str(REPO / "pipeline")],
-                signature=signature, input_example=example_df,
-                pip_requirements=["torch", "numpy", "pillow", "pandas"],
+                name=MODEL_NAME, python_model=PosterPyfunc(), artifacts={"weights": str(wpath)},
+                code_paths=code, signature=signature, input_example=example_df,
+                pip_requirements=_requirements(),
             )
     return info.model_uri
 
 
 def load_torch_model(model_uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
-    """The plain nn.Module behind a logged pyfunc (``models:/poster-fer@champion`` etc.)."""
+    """The plain nn.Module behind a logged pyfunc (``models:/poster-fer@champion`` etc.).
+
+    ``tracking_uri`` (also used as the registry URI) is passed per call, never set globally;
+    without it MLflow's current URIs apply. Only ``weights.pt`` is downloaded.
+    """
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    uris = {"tracking_uri": tracking_uri, "registry_uri": tracking_uri} if tracking_uri else {}
     with tempfile.TemporaryDirectory() as d:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d)
-        found = list(Path(local).rglob(WEIGHTS))
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{WEIGHTS}", dst_path=d, **uris)
+        except Exception:  # other layouts: fetch the whole model and look for the file
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d, **uris)
+        found = [Path(local)] if Path(local).is_file() else list(Path(local).rglob(WEIGHTS))
         if not found:
             raise FileNotFoundError(f"{model_uri} has no {WEIGHTS}: not a poster-ray model")
         return load_weights_file(found[0])

@@ -32,8 +32,10 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return True
     # A throwaway local instance: token auth protects shared clusters, not this process's own.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             logging_level=logging.WARNING)
+    # The dashboard (ray[default]) also serves the state API that Train V2's placement-group
+    # cleaner polls; without it that thread logs a traceback every few seconds.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=True, logging_level=logging.WARNING)
     return True
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
-from pipeline.data import build_datasets, class_weights
+from pipeline.data import build_datasets, check_shards, class_weights
 from pipeline.runtime import ensure_ray, git_commit
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, MlflowTracker
@@ -124,6 +124,7 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
     """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit."""
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
+    check_shards(cfg.data.shards, manifest)
     name = run_name or run_name_for(cfg)
     uri, experiment, run_id = _start_tracking(cfg, manifest, name, parent_run_id)
     trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
@@ -135,7 +136,18 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
         raise
     end_run(uri, run_id, "FINISHED")
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainOutcome(run_id, name, uri, experiment, dict(result.metrics or {}), ckpt, model_uri, classes)
+    return TrainOutcome(run_id, name, uri, experiment, _final_metrics(result, uri, run_id), ckpt,
+                        model_uri, classes)
+
+
+def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:
+    """Latest value of every metric: Ray's result only carries the last *checkpointed* report,
+    while the test metrics come in the final report, so read them back from the MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    metrics = dict(result.metrics or {})
+    metrics.update(MlflowClient(uri).get_run(run_id).data.metrics)
+    return metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -45,3 +45,48 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (it exists on the dev machines and in CI, not on a user's)")
     return SHARED
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared data and one trained run, built once per session and reused by the train, registry and
+# tune tests (each Ray Train fit costs ~30 s+ on 2 cores, so the suite shares them).
+
+SMOKE_PER_CLASS = 64  # 7 classes x 64 → ~360 train / ~90 test rows after the 20 % test split
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(ray_session, tmp_path_factory) -> Path:
+    """Generated FER shards (7 classes, train + test) through the real Ray Data ingest."""
+    from pipeline.ingest import ingest
+
+    out = tmp_path_factory.mktemp("shards") / "synthetic"
+    report = ingest("synthetic", str(out), per_class=SMOKE_PER_CLASS, seed=7, classes=7,
+                    progress=False)
+    assert report.reconciled, report.summary()
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
+    """POSTER-tiny, 2 DDP workers, rank 0 killed once at the start of epoch 2.
+
+    Returns (TrainOutcome, TrainConfig, info) with info = manifest facts the tests check against.
+    """
+    from pipeline.config import load_config
+    from pipeline.schema import read_manifest
+    from pipeline.train import run_training
+
+    tmp = tmp_path_factory.mktemp("smoke_run")
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [
+        f"data.shards={synthetic_shards}", "run.name=smoke-crash-once", "run.fail_at_epoch=2",
+        f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+    ])
+    out = run_training(cfg)
+    manifest = read_manifest(str(synthetic_shards))
+    info = {
+        "content_hash": manifest["content_hash"],
+        "test_rows": sum(manifest["counts"]["test"].values()),
+        "test_file": sorted((synthetic_shards / "test").glob("*.parquet"))[0],
+        "manifest": manifest,
+    }
+    return out, cfg, info

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# cluster/local.sh up|down|status -- a local Ray head + MLflow tracking server, both on 127.0.0.1.
+#
+#   cluster/local.sh up       # start both, wait until they answer, print the export lines
+#   source runs/cluster/env.sh   # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
+#   ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipeline.train ...
+#   cluster/local.sh status
+#   cluster/local.sh down     # stops only the processes `up` started (recorded PIDs), never other Rays
+#
+# Settings (environment):
+#   POSTER_RAY_PORT=6379          GCS port of the head
+#   POSTER_DASHBOARD_PORT=8265    dashboard + job-submission API (RAY_ADDRESS for `ray job submit`)
+#   POSTER_RAY_CLIENT_PORT=10001  Ray Client server (ray://127.0.0.1:PORT)
+#   POSTER_MLFLOW_PORT=5000       MLflow tracking server
+#   POSTER_NUM_CPUS=2             logical CPUs of the head; POSTER_NUM_GPUS (unset = autodetect)
+#   POSTER_OBJECT_STORE_MB        object store size (unset = Ray's default, ~30 % of free RAM)
+#   POSTER_RAY_AUTH=token         token | disabled (disabled: throwaway local use only)
+#   POSTER_CLUSTER_DIR=runs/cluster   state, logs, MLflow DB + artifacts, auth token
+#   POSTER_RAY_TEMP_DIR=/tmp/poster-ray-<RAY_PORT>   Ray's session dir; kept apart from /tmp/ray so a
+#                                 plain ray.init() elsewhere never attaches to this head by accident
+#   POSTER_START_TIMEOUT=120      seconds to wait for each service to answer
+#   POSTER_STOP_TIMEOUT=30        seconds between SIGTERM and SIGKILL on `down`
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOST=127.0.0.1
+RAY_PORT="${POSTER_RAY_PORT:-6379}"
+DASHBOARD_PORT="${POSTER_DASHBOARD_PORT:-8265}"
+CLIENT_PORT="${POSTER_RAY_CLIENT_PORT:-10001}"
+MLFLOW_PORT="${POSTER_MLFLOW_PORT:-5000}"
+NUM_CPUS="${POSTER_NUM_CPUS:-2}"
+NUM_GPUS="${POSTER_NUM_GPUS:-}"
+OBJECT_STORE_MB="${POSTER_OBJECT_STORE_MB:-}"
+AUTH="${POSTER_RAY_AUTH:-token}"
+TIMEOUT="${POSTER_START_TIMEOUT:-120}"
+STOP_TIMEOUT="${POSTER_STOP_TIMEOUT:-30}"
+STATE_DIR="${POSTER_CLUSTER_DIR:-$REPO/runs/cluster}"
+mkdir -p "$STATE_DIR"
+STATE_DIR="$(cd "$STATE_DIR" && pwd)"            # absolute: the sqlite URI and token path need it
+RAY_TMP="${POSTER_RAY_TEMP_DIR:-/tmp/poster-ray-$RAY_PORT}"   # short: Ray's unix sockets cap paths at 107 chars
+STATE="$STATE_DIR/state.env"
+TOKEN_FILE="$STATE_DIR/auth_token"
+
+# The repo's virtual environment when present, else whatever is on PATH. It also goes first on
+# the head's PATH: job entrypoints say `python -m ...` and must find the interpreter that has ray.
+if [[ -x "$REPO/.venv/bin/ray" ]]; then BIN="$REPO/.venv/bin/"; export PATH="$REPO/.venv/bin:$PATH"; else BIN=""; fi
+RAY="${BIN}ray"
+MLFLOW="${BIN}mlflow"
+
+die() { echo "local.sh: $*" >&2; exit 1; }
+alive() {  # running, and not a zombie waiting to be reaped
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]
+}
+started() { ps -o lstart= -p "$1" 2>/dev/null | tr -s ' '; }  # with the PID, identifies a process
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# All descendants of the given PIDs, plus every process in their sessions (setsid below makes each
+# leader its own session). Job drivers start in a new session of their own, so the parent walk is
+# what finds them.
+tree_pids() {
+  local roots="$*"
+  ps -eo pid=,ppid=,sid= | awk -v roots="$roots" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) { keep[r[i]] = 1; sess[r[i]] = 1 } }
+    { pid[NR] = $1; ppid[NR] = $2; sid[NR] = $3 }
+    END {
+      for (i = 1; i <= NR; i++) if (sid[i] in sess) keep[pid[i]] = 1
+      do { changed = 0
+           for (i = 1; i <= NR; i++) if ((ppid[i] in keep) && !(pid[i] in keep)) { keep[pid[i]] = 1; changed = 1 }
+      } while (changed)
+      for (p in keep) print p
+    }' | sort -n | while read -r p; do alive "$p" && echo "$p"; done
+}
+
+record_pids() {  # PID<TAB>start time of every process under the given leaders, for `down`
+  local p
+  for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids"
+}
+
+curl_ray() {  # GET a dashboard path, with the bearer token when auth is on
+  local hdr=()
+  [[ "$AUTH" == token ]] && hdr=(-H "Authorization: Bearer $(cat "$TOKEN_FILE")")
+  curl -fsS --max-time 5 "${hdr[@]}" "http://$HOST:$DASHBOARD_PORT$1"
+}
+
+wait_for() {  # wait_for NAME PID CHECK-COMMAND...
+  local name="$1" pid="$2"; shift 2
+  local t0=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    alive "$pid" || { echo "local.sh: $name exited during start; log tail:" >&2; tail -n 30 "$STATE_DIR/$name.log" >&2; return 1; }
+    (( SECONDS - t0 > TIMEOUT )) && { echo "local.sh: $name did not answer within ${TIMEOUT}s" >&2; return 1; }
+    sleep 1
+  done
+  echo "  $name answered after $((SECONDS - t0))s"
+}
+
+write_env() {
+  {
+    echo "# source $STATE_DIR/env.sh   -- written by cluster/local.sh up"
+    echo "export RAY_ADDRESS=http://$HOST:$DASHBOARD_PORT"
+    if [[ "$AUTH" == token ]]; then
+      echo "export RAY_AUTH_MODE=token"
+      echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
+    else
+      echo "export RAY_AUTH_MODE=disabled"
+    fi
+    echo "export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT"
+  } > "$STATE_DIR/env.sh"
+}
+
+stop_pids() {  # SIGTERM all at once, wait, SIGKILL what is left, wait for it to be gone
+  local pids=("$@") t0=$SECONDS left=() p
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  while :; do
+    left=(); for p in "${pids[@]}"; do alive "$p" && left+=("$p"); done
+    ((${#left[@]})) || return 0
+    (( SECONDS - t0 >= STOP_TIMEOUT )) && break
+    sleep 0.5
+  done
+  echo "local.sh: SIGKILL to ${left[*]} (still up after ${STOP_TIMEOUT}s)" >&2
+  kill -KILL "${left[@]}" 2>/dev/null || true
+  t0=$SECONDS
+  while (( SECONDS - t0 < 10 )); do
+    left=(); for p in "${pids[@]}"; do alive "$p" && left+=("$p"); done
+    ((${#left[@]})) || return 0
+    sleep 0.5
+  done
+}
+
+cmd_up() {
+  if [[ -f "$STATE" ]]; then
+    # shellcheck disable=SC1090
+    source "$STATE"
+    if alive "${RAY_PID:-}" || alive "${MLFLOW_PID:-}"; then
+      die "already up (state in $STATE); run 'cluster/local.sh down' first"
+    fi
+    rm -f "$STATE"
+  fi
+  [[ "$AUTH" == token || "$AUTH" == disabled ]] || die "POSTER_RAY_AUTH must be token or disabled"
+  for p in "$RAY_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$MLFLOW_PORT"; do
+    port_busy "$p" && die "port $p on $HOST is in use; pick others with POSTER_*_PORT"
+  done
+  command -v "$RAY" >/dev/null || die "ray not found (make venv, or put ray on PATH)"
+  command -v "$MLFLOW" >/dev/null || die "mlflow not found (make venv, or put mlflow on PATH)"
+
+  if [[ "$AUTH" == token && ! -s "$TOKEN_FILE" ]]; then
+    # A project-scoped token; ~/.ray/auth_token (Ray's default) is left alone.
+    (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$TOKEN_FILE")
+  fi
+
+  # Inherited client settings must not leak into the head's processes.
+  unset RAY_ADDRESS RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+  export RAY_USAGE_STATS_ENABLED=0
+  if [[ "$AUTH" == token ]]; then
+    export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+  else
+    export RAY_AUTH_MODE=disabled
+  fi
+
+  local ray_args=(start --head --block --node-ip-address "$HOST" --port "$RAY_PORT"
+    --num-cpus "$NUM_CPUS" --include-dashboard true --dashboard-host "$HOST"
+    --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "$CLIENT_PORT"
+    --dashboard-agent-listen-port 0 --temp-dir "$RAY_TMP" --disable-usage-stats)
+  [[ -n "$NUM_GPUS" ]] && ray_args+=(--num-gpus "$NUM_GPUS")
+  [[ -n "$OBJECT_STORE_MB" ]] && ray_args+=(--object-store-memory "$((OBJECT_STORE_MB * 1024 * 1024))")
+
+  local t0=$SECONDS
+  echo "Starting Ray head (GCS $HOST:$RAY_PORT, dashboard $HOST:$DASHBOARD_PORT, auth $AUTH, $NUM_CPUS CPUs) ..."
+  # setsid: the head gets a session of its own, so `down` can find everything it spawned by id.
+  setsid "$RAY" "${ray_args[@]}" > "$STATE_DIR/ray.log" 2>&1 < /dev/null &
+  local ray_pid=$!
+
+  echo "Starting MLflow server (http://$HOST:$MLFLOW_PORT, sqlite $STATE_DIR/mlflow.db) ..."
+  mkdir -p "$STATE_DIR/mlartifacts"
+  # MLflow's background job runner (huey consumers, ~7 processes) serves GenAI features this
+  # project does not use; off by default to keep the 2-core box free. Set it to true to keep it.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+  setsid "$MLFLOW" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
+    --backend-store-uri "sqlite:///$STATE_DIR/mlflow.db" \
+    --artifacts-destination "$STATE_DIR/mlartifacts" > "$STATE_DIR/mlflow.log" 2>&1 < /dev/null &
+  local mlflow_pid=$!
+
+  cat > "$STATE" <<EOF
+RAY_PID=$ray_pid
+MLFLOW_PID=$mlflow_pid
+RAY_PORT=$RAY_PORT
+DASHBOARD_PORT=$DASHBOARD_PORT
+CLIENT_PORT=$CLIENT_PORT
+MLFLOW_PORT=$MLFLOW_PORT
+AUTH=$AUTH
+RAY_TMP=$RAY_TMP
+EOF
+
+  record_pids "$ray_pid" "$mlflow_pid"  # already now, so that a failed start can be cleaned up
+  if ! wait_for ray "$ray_pid" curl_ray /api/jobs/ || \
+     ! wait_for mlflow "$mlflow_pid" curl -fsS --max-time 5 "http://$HOST:$MLFLOW_PORT/health"; then
+    echo "local.sh: start failed; stopping what was started" >&2
+    cmd_down >&2 || true
+    exit 1
+  fi
+  record_pids "$ray_pid" "$mlflow_pid"  # now with everything the head and MLflow started
+  write_env
+  echo "Up in $((SECONDS - t0))s ($(wc -l < "$STATE_DIR/pids") processes, PIDs in $STATE_DIR/pids)."
+  cmd_info
+}
+
+cmd_info() {
+  cat <<EOF
+
+  Ray GCS         $HOST:$RAY_PORT        (ray.init / ray start --address on this machine)
+  Ray dashboard   http://$HOST:$DASHBOARD_PORT   (job submission; token auth: $AUTH)
+  Ray Client      ray://$HOST:$CLIENT_PORT
+  MLflow          http://$HOST:$MLFLOW_PORT   (DB $STATE_DIR/mlflow.db, artifacts $STATE_DIR/mlartifacts)
+
+Client settings (or: source $STATE_DIR/env.sh):
+$(sed -n 's/^export/  export/p' "$STATE_DIR/env.sh")
+
+Submit a job from the repo root:
+  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+      python -m pipeline.train --config configs/smoke.yaml tracking.uri=\$MLFLOW_TRACKING_URI
+EOF
+}
+
+cmd_down() {
+  [[ -f "$STATE" ]] || { echo "not up (no $STATE)"; return 0; }
+  # shellcheck disable=SC1090
+  source "$STATE"
+  # Ours = a recorded PID whose start time still matches (a PID reused since is someone else's),
+  # plus whatever our live leaders have spawned since `up` (Ray workers, job drivers).
+  local ours=() pid start p
+  if [[ -f "$STATE_DIR/pids" ]]; then
+    while IFS=$'\t' read -r pid start; do
+      alive "$pid" && [[ "$(started "$pid")" == "$start" ]] && ours+=("$pid")
+    done < "$STATE_DIR/pids"
+  fi
+  local leaders=()
+  for p in "$RAY_PID" "$MLFLOW_PID"; do
+    [[ " ${ours[*]} " == *" $p "* ]] && leaders+=("$p")
+  done
+  local pids=()
+  for p in $(printf '%s\n' "${ours[@]}" $( ((${#leaders[@]})) && tree_pids "${leaders[@]}") | sort -un); do
+    alive "$p" && pids+=("$p")
+  done
+  if ((${#pids[@]})); then
+    # Everything at once, as `ray stop` does: signalled alone, the `ray start --block` leader
+    # first drains the node for up to 30 s.
+    echo "Stopping Ray head (pid $RAY_PID) and MLflow (pid $MLFLOW_PID): ${#pids[@]} processes ..."
+    stop_pids "${pids[@]}"
+  fi
+  local left=()
+  for p in "${pids[@]}"; do alive "$p" && left+=("$p"); done
+  ((${#left[@]})) && die "still running: ${left[*]}"
+  rm -f "$STATE" "$STATE_DIR/pids"
+  echo "Down. Kept: $STATE_DIR/mlflow.db, $STATE_DIR/mlartifacts, logs in $STATE_DIR and $RAY_TMP."
+}
+
+cmd_status() {
+  [[ -f "$STATE" ]] || { echo "not up (no $STATE)"; return 3; }
+  # shellcheck disable=SC1090
+  source "$STATE"
+  local rc=0
+  if alive "$RAY_PID" && curl_ray /api/version >/dev/null 2>&1; then
+    echo "ray     up    pid $RAY_PID  http://$HOST:$DASHBOARD_PORT  ($(tree_pids "$RAY_PID" | wc -l) processes)"
+  else
+    echo "ray     DOWN  pid $RAY_PID"; rc=1
+  fi
+  if alive "$MLFLOW_PID" && curl -fsS --max-time 5 "http://$HOST:$MLFLOW_PORT/health" >/dev/null 2>&1; then
+    echo "mlflow  up    pid $MLFLOW_PID  http://$HOST:$MLFLOW_PORT"
+  else
+    echo "mlflow  DOWN  pid $MLFLOW_PID"; rc=1
+  fi
+  [[ $rc == 0 ]] && echo "client settings: source $STATE_DIR/env.sh"
+  return $rc
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status   (settings: see the head of this file)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,44 @@
+"""A CSV list `path,label[,split]` (header optional); paths are relative to the CSV's folder.
+
+Labels are names (canonical or aliases) or raw ids with `--label-map`. Rows without a split are
+assigned by content (`--test-fraction`, default all train).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterator
+
+from pipeline.ingest.records import map_label, map_split, record, reject
+from pipeline.ingest.sources import Root
+
+NAME = "csv"
+ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+DEFAULT_CLASSES = 7
+
+
+def records(root, opts) -> Iterator[dict]:
+    if not root.isfile():
+        raise FileNotFoundError(f"{root.uri}: not a CSV file")
+    base = Root(root.uri.rsplit("/", 1)[0] if "/" in root.uri else ".")
+    rows = list(csv.reader(io.StringIO(root.read_text())))
+    name = root.base.rsplit("/", 1)[-1]
+    start = 1 if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"] else 0
+    for n, row in enumerate(rows[start:], start + 1):
+        if not row or not any(c.strip() for c in row):
+            continue
+        rel = row[0].strip()
+        raw_split = row[2].strip() if len(row) > 2 else ""
+        split = map_split(raw_split) if raw_split else ""
+        ref = rel or f"{name}:{n}"
+        if raw_split and not split:
+            yield reject(ref, "", "unknown_split", f"{name}:{n}: split {raw_split!r}")
+            continue
+        if len(row) < 2:
+            yield reject(ref, split, "unknown_label", f"{name}:{n}: no label column")
+            continue
+        label, reason, detail = map_label(row[1], opts.label_map)
+        if reason:
+            yield reject(ref, split, reason, detail)
+            continue
+        yield record(ref, split, label, path=rel if "://" in rel or rel.startswith("/") else base.ref(rel))

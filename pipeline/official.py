@@ -1,0 +1,128 @@
+"""Official POSTER V1 checkpoints (``rafdb_best.pth`` style) as project models.
+
+The official file is ``{'iter', 'model_state_dict' (``module.``-prefixed), 'optimizer_state_dict'}``;
+``poster_model.load_official_checkpoint`` turns it into a ``Poster``. This module adds what the
+file does not say (docs/poster_spec.md §3–4):
+
+- the label order of the dataset it was trained on — RAF-DB's official index order is
+  surprise, fear, disgust, happy, sad, anger, neutral — and re-orders the classifier rows into the
+  project's class order, so an imported model's ``label_index`` means the same as a trained one's;
+- the colour order: the official RAF-DB model was trained and tested on BGR pixels (``bgr=True``
+  in the model's ``extra``), the AffectNet ones on RGB;
+- the landmark crop: the official forward derives it from the image by a nearest resize
+  (``use_crop=False``), not from the ingest's area-resized crop.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.schema import CANONICAL_CLASSES
+
+# Index order of the official label files (docs/poster_spec.md §4).
+OFFICIAL_CLASS_ORDER: dict[str, tuple[str, ...]] = {
+    "rafdb": ("surprise", "fear", "disgust", "happy", "sad", "anger", "neutral"),
+    "affectnet": ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"),
+    "affectnet7": ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"),
+    "affectnet8": ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"),
+}
+TRAINED_ON_BGR = {"rafdb": True}
+
+
+def default_class_order(dataset: str) -> list[str]:
+    """The project's order for a dataset's classes: canonical vocabulary order."""
+    names = set(official_order(dataset))
+    return [c for c in CANONICAL_CLASSES if c in names]
+
+
+def official_order(dataset: str) -> tuple[str, ...]:
+    key = dataset.lower().replace("-", "").replace("_", "")
+    if key not in OFFICIAL_CLASS_ORDER:
+        raise ValueError(f"unknown official dataset {dataset!r}; choose from {sorted(OFFICIAL_CLASS_ORDER)}")
+    return OFFICIAL_CLASS_ORDER[key]
+
+
+def is_official_checkpoint(blob: Any) -> bool:
+    return isinstance(blob, dict) and "model_state_dict" in blob
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def reorder_head(model: torch.nn.Module, source: list[str] | tuple[str, ...], target: list[str]) -> None:
+    """Permute the classifier rows in place so output ``j`` is class ``target[j]``."""
+    if sorted(source) != sorted(target):
+        raise ValueError(f"class sets differ: checkpoint {list(source)} vs requested {list(target)}")
+    perm = torch.tensor([list(source).index(c) for c in target])
+    linear = model.head.linear
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight[perm].clone())
+        linear.bias.copy_(linear.bias[perm].clone())
+
+
+def load_official(path: str | Path, variant: str = "large", dataset: str = "rafdb",
+                  classes: list[str] | None = None) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
+    """(eval model with its head in ``classes`` order, classes, extra for the pyfunc)."""
+    import poster_model
+
+    source = official_order(dataset)
+    target = list(classes) if classes else default_class_order(dataset)
+    model = poster_model.load_official_checkpoint(str(path), variant=variant, num_classes=len(source))
+    reorder_head(model, source, target)
+    key = dataset.lower().replace("-", "").replace("_", "")
+    extra = {
+        "bgr": TRAINED_ON_BGR.get(key, False),
+        "use_crop": False,  # official forward: nearest resize of the image gives the landmark input
+        "variant": variant,
+        "source": "official",
+        "dataset": key,
+        "official_class_order": list(source),
+    }
+    return model.eval(), target, extra
+
+
+# Shapes of the official V1 entries the project model does not build (module-level names;
+# /work/shared/reference/manifests/poster_v1_*_checkpoint.json): IR-50's dead output layer
+# (BN2d(512), Linear(25088->512), BN1d(512)) and the never-used pyramid cls_token.
+_DEAD_SHAPES = {
+    "ir_back.output_layer.0": (512,), "ir_back.output_layer.4": (512,),
+    "ir_back.output_layer.3.weight": (512, 25088), "ir_back.output_layer.3.bias": (512,),
+    "pyramid_fuse.cls_token": (1, 1, 512),
+}
+
+
+def _dead_entry(key: str) -> torch.Tensor:
+    if key.endswith("num_batches_tracked"):
+        return torch.tensor(0, dtype=torch.int64)
+    shape = _DEAD_SHAPES.get(key) or _DEAD_SHAPES.get(key.rsplit(".", 1)[0], (1,))
+    return torch.zeros(shape) if not key.endswith(("running_var", "weight")) or len(shape) > 1 else torch.ones(shape)
+
+
+def make_synthetic_official(path: str | Path, variant: str = "small", num_classes: int = 7,
+                            seed: int = 0) -> Path:
+    """A ``rafdb_best.pth``-format file from a freshly built model (for tests and demos).
+
+    The layout is the official one: ``module.``-prefixed keys under ``model_state_dict`` (every
+    entry of the official file, including the dead ones ``poster_model.weights.V1_UNUSED_KEYS``
+    lists, which the strict loader tolerates) plus ``iter`` and ``optimizer_state_dict``.
+    """
+    import poster_model
+    from poster_model.weights import V1_UNUSED_KEYS
+
+    torch.manual_seed(seed)
+    model = poster_model.build_poster(poster_model.variant_config(variant, num_classes))
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    for key in sorted(V1_UNUSED_KEYS):
+        state.setdefault(f"module.{key}", _dead_entry(key))
+    path = Path(path)
+    torch.save({"iter": 216, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}},
+               path)
+    return path

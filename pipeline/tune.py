@@ -1,0 +1,380 @@
+"""Hyper-parameter sweeps: Ray Tune over Ray Train (V2), one MLflow parent run per sweep.
+
+    python -m pipeline.tune --config configs/tune_smoke.yaml --space tune_spaces/loss_mix.py \\
+        [--num-samples 8] [--max-concurrent 1] [--metric val_accuracy] [--mode max] [--name SWEEP] \\
+        [--resume] [--search random|optuna|hyperopt] [--no-register] [key=value ...]
+
+Each trial is a driver function (Train V2 pattern, docs/tune.md) that puts the sampled point on
+top of the base config and calls ``run_training`` with a ``TuneReportCallback``; ASHA stops weak
+trials on the validation metric. Every trial is a nested MLflow run under the sweep's parent run
+(params ``tune.<path>``, tag ``poster.trial_status``); the parent gets the result table, and the
+best completed trial is registered as ``poster-fer@challenger``. ``--resume`` continues an
+interrupted sweep of the same ``--name`` from ``<run.storage_path>/<name>``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict, load_config
+from pipeline.runtime import ensure_ray, git_commit
+from pipeline.sweep_space import (check_space, config_for_trial, decode_sample, domain_of,
+                                  json_keys, load_space)
+from pipeline.tracking import MlflowTracker, default_tracking_uri, end_run, start_or_resume_run
+
+SPEC_FILE = "poster_sweep.json"  # what --resume needs, next to Tune's experiment state
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start as asked (the message says what to change)."""
+
+
+@dataclass
+class SweepCfg:
+    space: str = ""
+    name: str = ""  # "" → sweep-<space>-<time>; the same name + --resume continues a sweep
+    num_samples: int = 8
+    max_concurrent: int = 1  # > 1 needs spare CPUs and an MLflow server, see docs/tune.md
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    search: str = "random"  # random | optuna | hyperopt
+    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = 2
+    trial_cpus: float = 0.1  # the driver only waits; the workers hold scaling.cpus_per_worker
+    max_failures: int = 0  # Tune-level retries of a crashed trial (Train retries workers itself)
+    register: bool = True
+    registry_name: str = "poster-fer"
+    alias: str = "challenger"
+    seed: int = 0
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    experiment_path: str
+    rows: list[Any]
+    best: Any
+    registered_version: str | None
+    markdown: str
+
+
+# --- Tune side -----------------------------------------------------------------------------
+
+def to_tune_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Plain-data domains → ``tune.*``; list/dict values travel as JSON strings."""
+    from ray import tune
+
+    enc = set(json_keys(space))
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        kind, args = domain_of(spec)
+        if kind == "const":
+            out[key] = json.dumps(spec) if key in enc else spec
+        elif kind in ("choice", "grid"):
+            values = [json.dumps(v) for v in args] if key in enc else list(args)
+            out[key] = tune.choice(values) if kind == "choice" else tune.grid_search(values)
+        else:
+            out[key] = getattr(tune, kind)(*args)
+    return out
+
+
+def _searcher(sweep: SweepCfg, space: dict[str, Any]) -> Any:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if sweep.search == "random":
+        # Tune ignores TuneConfig.max_concurrent_trials for a SearchAlgorithm instance like this
+        # one (it only wraps Searchers), so the limit goes here or every trial starts at once.
+        return BasicVariantGenerator(max_concurrent=sweep.max_concurrent, random_state=sweep.seed)
+    if any(domain_of(v)[0] == "grid" for v in space.values()):
+        raise SweepError(f"--search {sweep.search} cannot take grid domains; use --search random")
+    package = {"optuna": "optuna", "hyperopt": "hyperopt"}.get(sweep.search)
+    if package is None:
+        raise SweepError(f"--search must be random, optuna or hyperopt, got {sweep.search!r}")
+    if importlib.util.find_spec(package) is None:
+        raise SweepError(f"--search {sweep.search} needs the {package} package, which is not installed: "
+                         f"pip install {package}   (or use --search random)")
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=sweep.seed)
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch(random_state_seed=sweep.seed)
+
+
+def _report_callback() -> Any:
+    """``TuneReportCallback`` plus two renames: ``epochs_done`` (1-based epoch, ASHA's clock, right
+    on resumed trials too), and the loop's final ``done`` flag moved to ``train_done``: Tune reads
+    ``done`` as "trial finished" and would kill the driver before it logs the model."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class SweepReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            renamed = []
+            for m in metrics:
+                m = {("train_done" if k == "done" else k): v for k, v in m.items()}
+                if "epoch" in m:
+                    m["epochs_done"] = int(m["epoch"]) + 1
+                renamed.append(m)
+            super().after_report(run_context, renamed, checkpoint)
+
+    return SweepReportCallback()
+
+
+def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One trial: base config + sampled point → ``run_training`` in a nested MLflow run."""
+    from ray import tune
+
+    from pipeline.schema import read_manifest
+    from pipeline.train import _start_tracking, run_training
+
+    trial_id = tune.get_context().get_trial_id()
+    name = f"{ctx['sweep']}-{trial_id}"
+    sample = decode_sample(config, ctx["space"])
+    params = {f"tune.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in sample.items()}
+    tags = {"poster.sweep": ctx["sweep"], "poster.trial_id": trial_id, "poster.trial_status": "running"}
+    try:
+        cfg = config_for_trial(from_dict(TrainConfig, ctx["base"]), sample, ctx["num_classes"])
+    except (ConfigError, ValueError, TypeError) as e:  # recorded as a failed child run, then raised
+        run_id = start_or_resume_run(ctx["uri"], ctx["experiment"], name, ctx["parent_run_id"], tags)
+        tracker = MlflowTracker(ctx["uri"], run_id)
+        tracker.log_params(params)
+        tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
+        end_run(ctx["uri"], run_id, "FAILED")
+        raise
+    cfg.run.name = name
+    _, _, run_id = _start_tracking(cfg, read_manifest(cfg.data.shards), name, ctx["parent_run_id"])
+    tracker = MlflowTracker(ctx["uri"], run_id)
+    tracker.log_params(params)
+    tracker.set_tags(tags)
+    try:
+        run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[_report_callback()], run_name=name)
+    except BaseException as e:
+        tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
+        raise
+    tracker.set_tags({"poster.trial_status": "completed"})
+
+
+def _tuner(ctx: dict[str, Any], sweep: SweepCfg, space: dict[str, Any], exp_dir: Path,
+           epochs: int, resume: bool) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), {"CPU": sweep.trial_cpus})
+    if resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise SweepError(f"--resume: no Tune experiment to restore at {exp_dir}")
+        return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    # stop_last_trials=False: reaching max_t must not stop a trial before its final test report
+    # and model logging; the loop ends by itself after schedule.epochs.
+    asha = ASHAScheduler(time_attr="epochs_done", max_t=epochs, grace_period=min(sweep.grace_period, epochs),
+                         reduction_factor=sweep.reduction_factor, stop_last_trials=False)
+    searcher = _searcher(sweep, space)
+    limit = None if sweep.search == "random" else sweep.max_concurrent  # random: set in the searcher
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(space),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                                    max_concurrent_trials=limit, scheduler=asha, search_alg=searcher),
+        run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent),
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+    )
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _check_concurrency(uri: str, sweep: SweepCfg) -> None:
+    if sweep.max_concurrent > 1 and uri.startswith("sqlite:"):
+        raise SweepError(
+            f"--max-concurrent {sweep.max_concurrent} with the sqlite tracking store {uri}: concurrent "
+            "trials write to one sqlite file and fail with 'database is locked'. Start an MLflow server "
+            "(cluster/local.sh up) and pass tracking.uri=http://127.0.0.1:5000, or use --max-concurrent 1.")
+
+
+def _prepare(base: TrainConfig, sweep: SweepCfg, space: dict[str, Any]) -> TrainConfig:
+    """The base every trial starts from: checkpoints ranked by the sweep metric, absolute paths
+    (trials run with their cwd in Tune's trial folder)."""
+    cfg = from_dict(TrainConfig, base.to_dict())
+    cfg.checkpoint.metric, cfg.checkpoint.mode = sweep.metric, sweep.mode
+    cfg.data.shards = _absolute(cfg.data.shards)
+    cfg.run.storage_path = _absolute(cfg.run.storage_path)
+    cfg.tracking.uri = default_tracking_uri(cfg.tracking.uri)
+    if cfg.tracking.uri.startswith("sqlite:///") and not cfg.tracking.uri.startswith("sqlite:////"):
+        cfg.tracking.uri = "sqlite:///" + str(Path(cfg.tracking.uri[len("sqlite:///"):]).resolve())
+    return cfg
+
+
+def _load_spec(exp_dir: Path) -> tuple[TrainConfig, SweepCfg, dict[str, Any]]:
+    spec_path = exp_dir / SPEC_FILE
+    if not spec_path.is_file():
+        raise SweepError(f"--resume: {spec_path} not found; is {exp_dir.name} a sweep of pipeline.tune?")
+    spec = json.loads(spec_path.read_text())
+    return from_dict(TrainConfig, spec["base"]), SweepCfg(**spec["sweep"]), spec["space"]
+
+
+def _open_parent(cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any], experiment: str) -> str:
+    uri = cfg.tracking.uri
+    tags = {"poster.kind": "sweep", "poster.space": sweep.space, "poster.search": sweep.search}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    parent = start_or_resume_run(uri, experiment, sweep.name, None, tags)
+    tracker = MlflowTracker(uri, parent)
+    tracker.log_params({f"sweep.{k}": v for k, v in dataclasses.asdict(sweep).items()})
+    tracker.log_params({f"space.{k}": json.dumps(v) for k, v in space.items()})
+    tracker.log_text(dump_yaml(cfg), "base_config.yaml")
+    return parent
+
+
+def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> SweepResult:
+    """Run (or ``resume``) one sweep; returns the ranked trials and the best completed one."""
+    from pipeline.schema import read_manifest
+    from pipeline.train import experiment_for
+
+    storage = Path(_absolute(base.run.storage_path))
+    if resume:
+        if not sweep.name:
+            raise SweepError("--resume needs --name of the sweep to continue")
+        base, saved, space = _load_spec(storage / sweep.name)
+        sweep = dataclasses.replace(saved, register=sweep.register)
+    else:
+        space = load_space(sweep.space)
+        sweep.name = sweep.name or f"sweep-{Path(sweep.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = storage / sweep.name
+    if not resume and (exp_dir / SPEC_FILE).exists():
+        raise SweepError(f"sweep {sweep.name} exists at {exp_dir}; pass --resume or another --name")
+    manifest = read_manifest(base.data.shards)
+    num_classes = len(manifest["classes"])
+    cfg = _prepare(base, sweep, space)
+    check_space(space, cfg, num_classes)
+    _check_concurrency(cfg.tracking.uri, sweep)
+    experiment = experiment_for(cfg, manifest)
+    parent = _open_parent(cfg, sweep, space, experiment)
+    if not resume:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"base": cfg.to_dict(), "sweep": dataclasses.asdict(sweep), "space": space}
+        (exp_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    ctx = {"sweep": sweep.name, "space": space, "base": cfg.to_dict(), "num_classes": num_classes,
+           "uri": cfg.tracking.uri, "experiment": experiment, "parent_run_id": parent}
+    cfg.run.storage_path = str(exp_dir / "train")  # the trials' Train runs live inside the sweep
+    ctx["base"] = cfg.to_dict()
+    try:
+        grid = _tuner(ctx, sweep, space, exp_dir, cfg.schedule.epochs, resume).fit()
+    except BaseException:
+        end_run(cfg.tracking.uri, parent, "KILLED")
+        raise
+    return _finish(grid, cfg, sweep, space, experiment, parent, str(exp_dir))
+
+
+def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any], experiment: str,
+            parent: str, exp_path: str) -> SweepResult:
+    from mlflow.tracking import MlflowClient
+    from ray.tune import ExperimentAnalysis
+
+    from pipeline import sweep_report
+
+    uri = cfg.tracking.uri
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    trials = {t.trial_id: t for t in ExperimentAnalysis(exp_path).trials}
+    rows = sweep_report.collect_rows(list(grid), trials, lambda c: decode_sample(c, space),
+                                     sweep.metric, sweep.mode, client, exp_id, parent)
+    sweep_report.fix_up_runs(rows, client)
+    tracker = MlflowTracker(uri, parent)
+    markdown = sweep_report.log_summary(tracker, rows, sweep.metric)
+    best = sweep_report.best_row(rows)
+    version = None
+    if sweep.register and best is not None:
+        try:
+            version = sweep_report.register_best(best, uri, sweep.registry_name, sweep.alias)
+        except Exception as e:  # the sweep's results stand even when registration fails
+            print(f"[tune] registering run {best.run_id} failed: {e}", file=sys.stderr)
+            tracker.set_tags({"poster.register_error": str(e)[:300]})
+        if version is not None:
+            tracker.set_tags({"poster.registered_version": version})
+    unfinished = any(r.status == "unfinished" for r in rows)
+    end_run(uri, parent, "KILLED" if unfinished else "FINISHED")
+    return SweepResult(sweep.name, parent, uri, experiment, exp_path, rows, best, version, markdown)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = SweepCfg()
+    p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="training YAML under configs/ (the base of every trial)")
+    p.add_argument("--space", help="tune_spaces/<name>.py (or a module name); not needed with --resume")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="trials (x grid size)")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials at once")
+    p.add_argument("--metric", default=d.metric, help="validation metric ASHA and ranking use")
+    p.add_argument("--mode", choices=["max", "min"], default=d.mode)
+    p.add_argument("--name", default="", help="sweep name (Tune folder, MLflow parent run)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
+    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a stop")
+    p.add_argument("--reduction-factor", type=int, default=d.reduction_factor, help="ASHA halving rate")
+    p.add_argument("--trial-cpus", type=float, default=d.trial_cpus, help="CPUs of each trial's driver")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
+    p.add_argument("--no-register", action="store_true", help="do not register the best model")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides of the base config")
+    return p.parse_args(argv)
+
+
+def sweep_cfg_from_args(args: argparse.Namespace) -> SweepCfg:
+    return SweepCfg(space=args.space or "", name=args.name, num_samples=args.num_samples,
+                    max_concurrent=args.max_concurrent, metric=args.metric, mode=args.mode,
+                    search=args.search, grace_period=args.grace_period,
+                    reduction_factor=args.reduction_factor, trial_cpus=args.trial_cpus,
+                    max_failures=args.max_failures, register=not args.no_register, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sweep = sweep_cfg_from_args(args)
+    if not args.space and not args.resume:
+        print("error: --space is required (e.g. --space tune_spaces/loss_mix.py)", file=sys.stderr)
+        return 2
+    try:
+        base = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    started = ensure_ray()
+    try:
+        out = run_sweep(base, sweep, resume=args.resume)
+    except (SweepError, ConfigError) as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    print(f"\n[tune] sweep {out.name}: {len(out.rows)} trials, results in {out.experiment_path}")
+    print(out.markdown)
+    if out.best is not None:
+        print(f"[tune] best trial {out.best.trial_id}: {sweep.metric}={out.best.score:.4f} "
+              f"run {out.best.run_id}; registered version: {out.registered_version}")
+    print(f"[tune] MLflow parent run {out.parent_run_id} in '{out.experiment}' at {out.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""IR-50 image backbone (ArcFace "IR" ResNet, mode 'ir'), cut after stage 3 as POSTER uses it.
+
+Module names follow the official `ir50.pth` (`input_layer.*`, `body.N.res_layer.*`,
+`body.N.shortcut_layer.*`) so the file loads strictly. The official model also builds a stage-4-sized
+`output_layer` (12.85 M parameters) that is never called; it is not built here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKBONE_SIZE = 112  # the official forward resizes every input to 112x112 (nearest)
+
+
+def resize_112(x: torch.Tensor) -> torch.Tensor:
+    """The official `F.interpolate(x, size=112)`: nearest-neighbour; a no-op at 112 input."""
+    if x.shape[-2:] == (BACKBONE_SIZE, BACKBONE_SIZE):
+        return x
+    return F.interpolate(x, size=BACKBONE_SIZE)
+
+
+class Subsample(nn.Module):
+    """Identity shortcut with stride: equals the official `MaxPool2d(1, stride)` (a 1x1 max is a copy),
+    done as a strided view, which is cheaper and exact."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+
+
+class BottleneckIR(nn.Module):
+    """BN -> conv3x3 -> PReLU -> conv3x3(stride) -> BN, plus a shortcut; no activation after the sum."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        if in_ch == out_ch:
+            self.shortcut_layer: nn.Module = Subsample(stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_ch),
+            nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False),
+            nn.PReLU(out_ch),
+            nn.Conv2d(out_ch, out_ch, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class IR50(nn.Module):
+    """Stages 1-3 of IR-50: [B,3,H,W] -> (resize to 112) -> [B,C3,14,14] (C3=256 for the real model).
+
+    `units` / `channels` give the unit count and width of each stage; (3,4,14) / (64,128,256) is the
+    official network, narrower values give the CPU smoke variant with the same code.
+    """
+
+    def __init__(self, units: tuple = (3, 4, 14), channels: tuple = (64, 128, 256)) -> None:
+        super().__init__()
+        stem = channels[0]
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
+        blocks, in_ch = [], stem
+        for n_units, out_ch in zip(units, channels):
+            # first unit of every stage downsamples (stride 2), the rest keep the shape
+            blocks.append(BottleneckIR(in_ch, out_ch, 2))
+            blocks += [BottleneckIR(out_ch, out_ch, 1) for _ in range(n_units - 1)]
+            in_ch = out_ch
+        self.body = nn.Sequential(*blocks)
+        self.out_channels = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.input_layer(resize_112(x)))

@@ -1,0 +1,148 @@
+"""The POSTER V1 model, its named builders and `count_parameters`.
+
+Top-level module names are the official ones (`ir_back`, `face_landback`, `ir_layer`, `pyramid_fuse`,
+`se_block`, `head`), so an official checkpoint's `model_state_dict` (minus `module.` and the dead
+entries) loads strictly into `poster_large()`.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .backbones import build_image_backbone, tokenize
+from .config import PosterConfig
+from .fusion import PyramidFusion
+from .ir50 import resize_112
+from .mobilefacenet import MobileFaceNet
+
+LANDMARK_DIM = 512  # channels of MobileFaceNet's conv_6_sep map
+
+
+class SEBlock(nn.Module):
+    """Squeeze-excitation on a vector with full-rank (no bottleneck) Linear layers, as in POSTER."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, dim)
+        self.linear2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.linear2(torch.relu(self.linear1(x))))
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class Poster(nn.Module):
+    """POSTER V1: IR-50 image tokens x frozen MobileFaceNet landmark tokens -> cross-fusion pyramid.
+
+    `forward(image, landmark_crop=None) -> (logits [B,K], features [B,D])`; features are the SE output
+    (D = embed_dim) or, with `proj_dim > 0`, the projection head's output (D = proj_dim).
+    """
+
+    def __init__(self, cfg: PosterConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        backbone = build_image_backbone(cfg.image_backbone, cfg.ir_units, cfg.ir_channels)
+        # `ir_back` is the official key; torchvision backbones get their own name (other weights)
+        self.image_key = "ir_back" if cfg.image_backbone == "ir50" else "tv_back"
+        self.add_module(self.image_key, backbone)
+        self.face_landback = MobileFaceNet()
+        self.ir_layer = nn.Linear(4 * backbone.out_channels, cfg.embed_dim)
+        # absent from the official 512-d model; lets narrower variants use the 512-d landmark net
+        self.lm_proj = nn.Linear(LANDMARK_DIM, cfg.embed_dim) if cfg.embed_dim != LANDMARK_DIM else None
+        self.pyramid_fuse = PyramidFusion(cfg)
+        self.se_block = SEBlock(cfg.embed_dim)
+        self.head = ClassificationHead(cfg.embed_dim, cfg.num_classes)
+        self.proj_head = self._projection_head(cfg) if cfg.proj_dim > 0 else None
+        if not cfg.landmark_trainable:
+            self.face_landback.requires_grad_(False)
+            self.face_landback.eval()
+
+    @staticmethod
+    def _projection_head(cfg: PosterConfig) -> nn.Module:
+        # SupCon-style MLP head: metric losses act on it, so the classifier features stay untouched
+        dim = cfg.embed_dim
+        return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, cfg.proj_dim))
+
+    @property
+    def landmark_frozen_eval(self) -> bool:
+        return not self.cfg.landmark_trainable and not self.cfg.landmark_bn_train_mode
+
+    def train(self, mode: bool = True) -> "Poster":
+        super().train(mode)
+        if self.landmark_frozen_eval:
+            self.face_landback.eval()  # frozen BN: keep the pretrained statistics
+        return self
+
+    def landmark_tokens(self, crop_112: torch.Tensor) -> torch.Tensor:
+        """[B,3,112,112] -> [B,49,embed_dim] (row-major 7x7 grid of conv_6_sep)."""
+        if self.cfg.landmark_trainable:
+            fmap = self.face_landback(crop_112)
+        else:
+            with torch.no_grad():  # frozen: no autograd graph through the landmark net
+                fmap = self.face_landback(crop_112)
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return tokens if self.lm_proj is None else self.lm_proj(tokens)
+
+    def forward(self, image: torch.Tensor, landmark_crop: torch.Tensor | None = None):
+        small = resize_112(image)  # the official nearest resize; shared by both nets
+        crop = small if landmark_crop is None else resize_112(landmark_crop)
+        x_lm = self.landmark_tokens(crop)
+        backbone = getattr(self, self.image_key)
+        # IR-50 would resize to 112 itself; giving it `small` saves a second identical resize
+        fmap = backbone(small if self.image_key == "ir_back" else image)
+        x_img = self.ir_layer(tokenize(fmap, self.cfg.tokenizer))
+        feat = self.se_block(self.pyramid_fuse(x_img, x_lm))
+        logits = self.head(feat)
+        return logits, (feat if self.proj_head is None else self.proj_head(feat))
+
+
+def build_poster(cfg: PosterConfig) -> Poster:
+    return Poster(cfg)
+
+
+VARIANT_OVERRIDES = {
+    "small": dict(depth=4),
+    "base": dict(depth=6),
+    "large": dict(depth=8),
+    # CPU smoke variant: thin IR-50, narrow fusion; same code as the real variants
+    "tiny": dict(depth=2, embed_dim=128, num_heads=4, ir_units=(1, 1, 1), ir_channels=(16, 32, 64)),
+}
+
+
+def variant_config(variant: str, num_classes: int = 7, **overrides) -> PosterConfig:
+    """The PosterConfig of a named variant, with optional field overrides."""
+    if variant not in VARIANT_OVERRIDES:
+        raise ValueError(f"unknown POSTER variant {variant!r}; choose from {sorted(VARIANT_OVERRIDES)}")
+    return replace(PosterConfig(num_classes=num_classes, **VARIANT_OVERRIDES[variant]), **overrides)
+
+
+def poster_tiny(num_classes: int = 7, **overrides) -> Poster:
+    return build_poster(variant_config("tiny", num_classes, **overrides))
+
+
+def poster_small(num_classes: int = 7, **overrides) -> Poster:
+    return build_poster(variant_config("small", num_classes, **overrides))
+
+
+def poster_base(num_classes: int = 7, **overrides) -> Poster:
+    return build_poster(variant_config("base", num_classes, **overrides))
+
+
+def poster_large(num_classes: int = 7, **overrides) -> Poster:
+    return build_poster(variant_config("large", num_classes, **overrides))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)

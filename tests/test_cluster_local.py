@@ -1,0 +1,155 @@
+"""cluster/local.sh end to end: a local Ray head + MLflow server, `ray job submit` of the real
+ingest and smoke training, the run in MLflow, and `down` leaving nothing of ours behind.
+
+    python -m pytest tests/test_cluster_local.py          # the e2e test is marked slow (~2 min)
+
+The head runs on free, non-default ports, in its own temp dir and state dir, so it coexists with
+the test session's own Ray (conftest) and with a developer's `cluster/local.sh up`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+BIN = REPO / ".venv" / "bin"
+RAY = str(BIN / "ray") if (BIN / "ray").exists() else "ray"
+CLIENT_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a killed child stays in the table until it is reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def base_env(tmp_path: Path) -> dict:
+    # The session's conftest sets RAY_AUTH_MODE=disabled for its own Ray; the cluster under test
+    # must not inherit that or any other client setting.
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+    gcs, dashboard, client, mlflow = free_ports(4)
+    env.update(POSTER_RAY_PORT=str(gcs), POSTER_DASHBOARD_PORT=str(dashboard),
+               POSTER_RAY_CLIENT_PORT=str(client), POSTER_MLFLOW_PORT=str(mlflow),
+               POSTER_NUM_CPUS="2", POSTER_OBJECT_STORE_MB="512",
+               POSTER_CLUSTER_DIR=str(tmp_path / "cluster"),
+               POSTER_RAY_TEMP_DIR=f"/tmp/poster-ray-test-{gcs}")  # short: unix socket paths
+    return env
+
+
+def test_local_sh_usage_and_status_when_down(tmp_path):
+    assert subprocess.run(["bash", "-n", str(LOCAL_SH)]).returncode == 0
+    env = base_env(tmp_path)
+    assert run([str(LOCAL_SH)], env, 10).returncode == 2
+    status = run([str(LOCAL_SH), "status"], env, 10)
+    assert status.returncode == 3 and "not up" in status.stdout
+    down = run([str(LOCAL_SH), "down"], env, 10)
+    assert down.returncode == 0 and "not up" in down.stdout
+
+
+def submit(entrypoint: list[str], env: dict, timeout: float) -> tuple[str, float]:
+    """`ray job submit` from the repo root with the project's runtime env; returns (job id, seconds)."""
+    t0 = time.monotonic()
+    out = run([RAY, "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml",
+               "--", *entrypoint], env, timeout)
+    log = out.stdout + out.stderr
+    job = re.search(r"raysubmit_\w+", log)
+    assert out.returncode == 0 and job, f"job failed:\n{log[-6000:]}"
+    status = run([RAY, "job", "status", job.group(0)], env, 60)  # prints "Job '<id>' succeeded"
+    assert f"Job '{job.group(0)}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
+    return job.group(0), time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_local_cluster_end_to_end(tmp_path):
+    missing = [p for p in ("pipeline/train.py", "pipeline/ingest/__main__.py") if not (REPO / p).exists()]
+    if missing:
+        pytest.skip(f"pipeline entry points not written yet ({', '.join(missing)}); "
+                    "the e2e cluster test runs once they exist")
+    env = base_env(tmp_path)
+    state = Path(env["POSTER_CLUSTER_DIR"])
+    shards, storage = tmp_path / "shards", tmp_path / "ray_results"
+    experiment = run_name = f"cluster-e2e-{env['POSTER_RAY_PORT']}"
+    recorded: list[int] = []
+    timings = {}
+    try:
+        t0 = time.monotonic()
+        up = run([str(LOCAL_SH), "up"], env, 240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        timings["up"] = time.monotonic() - t0
+        recorded = [int(line.split("\t")[0]) for line in (state / "pids").read_text().splitlines()]
+        assert recorded and all(alive(p) for p in recorded)
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{env['POSTER_MLFLOW_PORT']}" in up.stdout
+        assert "export RAY_AUTH_MODE=token" in up.stdout  # token auth is on by default
+
+        client = dict(env)
+        for line in (state / "env.sh").read_text().splitlines():
+            if line.startswith("export "):
+                key, value = line[len("export "):].split("=", 1)
+                client[key] = value
+        uri = client["MLFLOW_TRACKING_URI"]
+
+        _, timings["ingest job"] = submit(
+            ["python", "-m", "pipeline.ingest", "--source", "synthetic", "--out", str(shards),
+             "--per-class", "16", "--seed", "0"], client, 300)
+        _, timings["train job"] = submit(
+            ["python", "-m", "pipeline.train", "--config", "configs/smoke.yaml", f"data.shards={shards}",
+             f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}",
+             f"run.storage_path={storage}"], client, 600)
+
+        # The job ran from the uploaded working dir: source only, nothing from .venv/.git/runs/data.
+        pkgs = list(Path(env["POSTER_RAY_TEMP_DIR"]).glob(
+            "session_latest/runtime_resources/working_dir_files/_ray_pkg_*/"))
+        assert pkgs, "no unpacked working_dir package on the head"
+        files = [f for p in pkgs for f in p.rglob("*") if f.is_file()]
+        upload = sum(f.stat().st_size for f in files)
+        assert upload < 5 * 2**20, f"working_dir upload unpacked to {upload / 2**20:.1f} MiB"
+        assert not [f for f in files if {".git", ".venv", "runs", "data"} & set(f.relative_to(pkgs[0]).parts[:1])]
+
+        from mlflow.tracking import MlflowClient
+
+        ml = MlflowClient(tracking_uri=uri)
+        exp = ml.get_experiment_by_name(experiment)
+        assert exp is not None, f"experiment {experiment} not on the server"
+        runs = ml.search_runs([exp.experiment_id])
+        assert [r.info.run_name for r in runs] == [run_name]
+        assert runs[0].info.status == "FINISHED" and runs[0].data.metrics, runs[0].info
+        assert runs[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
+        assert any((state / "mlartifacts").rglob("*")), "no artifacts reached the server's store"
+        assert any(storage.iterdir()), "no Ray Train results under run.storage_path"
+    finally:
+        t0 = time.monotonic()
+        down = run([str(LOCAL_SH), "down"], env, 120)
+        timings["down"] = time.monotonic() - t0
+        time.sleep(1)
+        left = [p for p in recorded if alive(p)]
+        shutil.rmtree(env["POSTER_RAY_TEMP_DIR"], ignore_errors=True)
+        print("cluster e2e timings (s):", {k: round(v, 1) for k, v in timings.items()})
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert left == [], f"processes of ours still running after down: {left}"
+    assert not (state / "state.env").exists()

@@ -1,0 +1,252 @@
+"""Sweeps: the search spaces as data (fast), and one small Ray Tune sweep end to end (slow).
+
+The end-to-end sweep is a 2 x 2 grid over (embed_dim, num_heads) of POSTER-tiny: three trials
+train for 2 epochs under ASHA, and (48, 8) cannot build (a width of 12 is not divisible by 8
+heads), so it is recorded as failed while the sweep carries on.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import REPO_ROOT, ConfigError, load_config
+from pipeline.sweep_space import (check_key, check_space, config_for_trial, decode_sample, json_keys,
+                                  load_space)
+
+SPACE_FILES = sorted(p for p in (REPO_ROOT / "tune_spaces").glob("*.py") if p.name != "__init__.py")
+BASE_CONFIGS = ["configs/smoke.yaml", "configs/tune_smoke.yaml", "configs/rafdb_poster_v1.yaml"]
+
+
+# --- spaces as data ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("space_file", SPACE_FILES, ids=lambda p: p.stem)
+def test_space_file_fits_training_config(space_file: Path) -> None:
+    """Every key is a config path and every value of every domain builds a valid config."""
+    assert space_file.read_text().lstrip().startswith('"""'), "each space file starts with a docstring"
+    space = load_space(str(space_file.relative_to(REPO_ROOT)))
+    for base in BASE_CONFIGS:
+        cfg = load_config(REPO_ROOT / base)
+        assert check_space(space, cfg) >= len(space)
+
+
+def test_spaces_cover_the_issue() -> None:
+    loss = load_space("loss_mix")
+    for term in ("ce", "lsce", "soft_ce", "supcon", "circle"):
+        assert 0.0 in loss[f"loss.weights.{term}"]["choice"]
+    for key in ("loss.label_smoothing", "loss.supcon_temperature", "loss.circle_m", "loss.circle_gamma"):
+        assert key in loss
+    pyramid = load_space("tune_spaces.pyramid")
+    assert pyramid["model.overrides.depth"] == {"choice": [2, 4, 6, 8]}
+    levels = pyramid["model.overrides.pyramid_levels"]["choice"]
+    assert sorted(map(tuple, levels)) == [("l",), ("l", "m"), ("l", "m", "s"), ("l", "s")]
+    recipe = load_space("tune_spaces/poster_v1_recipe.py")
+    assert {"optim.lr", "optim.sam_rho", "data.batch_size"} <= set(recipe)
+    combined = load_space("combined")
+    assert set(loss) | set(pyramid) | set(recipe) == set(combined)
+
+
+def test_loss_weight_key_sets_one_entry() -> None:
+    base = load_config(REPO_ROOT / "configs/smoke.yaml")  # weights {ce: 1, lsce: 2}
+    cfg = config_for_trial(base, {"loss.weights.supcon": 0.3, "model.overrides.pyramid_levels": ["l", "s"]})
+    assert cfg.loss.weights == {"ce": 1.0, "lsce": 2.0, "supcon": 0.3}
+    assert cfg.model.overrides == {"pyramid_levels": ["l", "s"]}
+    assert base.loss.weights == {"ce": 1.0, "lsce": 2.0}  # the base is not modified
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optim.lrr": 1e-3}, "no field 'lrr'"),
+    ({"loss.weights.focal": {"choice": [1.0]}}, "loss term"),
+    ({"model.overrides.depthh": {"choice": [2]}}, "PosterConfig field"),
+    ({"optim": {"choice": [1]}}, "section"),
+    ({"optim.lr.x": 1.0}, "leaf"),
+    ({"model.overrides.depth": {"choice": [2.5]}}, "expected int"),
+    ({"model.overrides.num_heads": {"choice": [3]}}, "divisible by num_heads=3"),
+    ({"data.batch_size": {"choice": ["a"]}}, "expected int"),
+    ({"loss.weights.ce": {"choice": [True]}}, "must be a number"),
+    ({"optim.lr": {"loguniform": [0.0, 1.0]}}, "lo > 0"),
+    ({"optim.lr": {"uniform": [1.0]}}, "takes 2 numbers"),
+])
+def test_bad_spaces_are_rejected(space: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_space(space, load_config(REPO_ROOT / "configs/smoke.yaml"))
+
+
+def test_check_key_accepts_nested_paths() -> None:
+    for key in ("optim.lr", "loss.weights.circle", "model.overrides.drop_path", "scaling.cpus_per_worker"):
+        check_key(key)
+
+
+def test_tune_domains_round_trip() -> None:
+    from ray import tune
+
+    from pipeline.tune import to_tune_space
+
+    space = load_space("combined")
+    converted = to_tune_space(space)
+    assert json_keys(space) == ["model.overrides.pyramid_levels"]
+    assert isinstance(converted["optim.lr"], tune.search.sample.Float)
+    assert converted["optim.sam"] is True
+    levels = converted["model.overrides.pyramid_levels"]
+    assert all(isinstance(c, str) for c in levels.categories)  # Optuna/HyperOpt take only scalars
+    sampled = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in converted.items()}
+    point = decode_sample(sampled, space)
+    assert isinstance(point["model.overrides.pyramid_levels"], list)
+    assert 1e-5 <= point["optim.lr"] <= 3e-4
+
+
+def test_concurrent_trials_refuse_sqlite() -> None:
+    from pipeline.tune import SweepCfg, SweepError, _check_concurrency
+
+    with pytest.raises(SweepError, match="tracking.uri=http://127.0.0.1:5000"):
+        _check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=2))
+    _check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=1))
+    _check_concurrency("http://127.0.0.1:5000", SweepCfg(max_concurrent=2))
+
+
+def test_random_search_keeps_the_concurrency_limit() -> None:
+    """Tune drops max_concurrent_trials for a BasicVariantGenerator; ours carries the limit."""
+    from pipeline.tune import SweepCfg, _searcher
+
+    assert _searcher(SweepCfg(max_concurrent=1), {"optim.lr": {"uniform": [0.1, 0.2]}}).max_concurrent == 1
+
+
+@pytest.mark.parametrize("search", ["optuna", "hyperopt"])
+def test_missing_search_library_is_explained(search: str) -> None:
+    import importlib.util
+
+    from pipeline.tune import SweepCfg, SweepError, _searcher
+
+    if importlib.util.find_spec(search) is not None:
+        pytest.skip(f"{search} is installed")
+    with pytest.raises(SweepError, match=f"pip install {search}"):
+        _searcher(SweepCfg(search=search), {"optim.lr": {"uniform": [0.1, 0.2]}})
+
+
+# --- one sweep end to end ------------------------------------------------------------------
+
+GRID_SPACE = '''"""Test space: a 2 x 2 grid; (embed_dim 48, num_heads 8) cannot build."""
+SPACE = {
+    "model.overrides.embed_dim": {"grid": [128, 48]},
+    "model.overrides.num_heads": {"grid": [4, 8]},
+    "optim.lr": {"loguniform": [1.0e-3, 3.0e-3]},
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def tune_shards(request, ray_session, tmp_path_factory) -> str:
+    """The session's synthetic shards when conftest has them, else a tiny set of our own."""
+    try:
+        return str(request.getfixturevalue("synthetic_shards"))
+    except pytest.FixtureLookupError:
+        from pipeline.ingest import ingest
+
+        out = tmp_path_factory.mktemp("tune_shards") / "shards"
+        ingest("synthetic", str(out), per_class=24, seed=3, progress=False)
+        return str(out)
+
+
+@pytest.fixture(scope="module")
+def sweep(tune_shards, tmp_path_factory):
+    from pipeline.tune import SweepCfg, run_sweep
+
+    tmp = tmp_path_factory.mktemp("tune")
+    space_file = tmp / "grid_space.py"
+    space_file.write_text(GRID_SPACE)
+    overrides = [f"data.shards={tune_shards}", f"run.storage_path={tmp / 'ray'}",
+                 f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "schedule.epochs=2", "data.max_train_rows=64",
+                 "tracking.experiment=tune-test"]
+    base = load_config(REPO_ROOT / "configs/tune_smoke.yaml", overrides)
+    cfg = SweepCfg(space=str(space_file), name="gridtest", num_samples=1, grace_period=1)
+    result = run_sweep(base, cfg)
+    return base, cfg, result
+
+
+def _client(result):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=result.tracking_uri)
+
+
+def _children(result):
+    client = _client(result)
+    exp = client.get_experiment_by_name(result.experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_runs_every_trial_and_records_the_failure(sweep) -> None:
+    _, _, result = sweep
+    by_point = {(r.params["model.overrides.embed_dim"], r.params["model.overrides.num_heads"]): r
+                for r in result.rows}
+    assert set(by_point) == {(128, 4), (128, 8), (48, 4), (48, 8)}
+    failed = by_point[(48, 8)]
+    assert failed.status == "failed" and "num_heads=8" in failed.error
+    trained = [r for p, r in by_point.items() if p != (48, 8)]
+    assert all(r.status in ("completed", "stopped_early") for r in trained), [r.status for r in trained]
+    assert any(r.status == "completed" for r in trained)
+    assert all(r.score is not None and r.epochs >= 1 for r in trained)
+    assert result.rows[-1] is failed  # ranked last
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_mlflow_runs_are_nested_with_params_and_status(sweep) -> None:
+    _, _, result = sweep
+    client = _client(result)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["poster.kind"] == "sweep"
+    children = {r.data.tags["poster.trial_id"]: r for r in _children(result)}
+    assert len(children) == 4
+    end_status = {"completed": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+    for row in result.rows:
+        run = children[row.trial_id]
+        assert run.info.run_id == row.run_id
+        assert run.data.tags["poster.trial_status"] == row.status
+        assert run.info.status == end_status[row.status]
+        for key, value in row.params.items():
+            assert run.data.params[f"tune.{key}"] == str(value)
+        if row.status != "failed":
+            history = client.get_metric_history(row.run_id, "val_accuracy")
+            assert len({m.step for m in history}) >= row.epochs  # per-epoch metrics from rank 0
+            assert run.data.params["model.overrides.embed_dim"] == str(row.params["model.overrides.embed_dim"])
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"sweep_results.csv", "sweep_results.md", "base_config.yaml"} <= artifacts
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_names_the_best_completed_trial(sweep) -> None:
+    _, cfg, result = sweep
+    completed = [r for r in result.rows if r.status == "completed"]
+    assert result.best is not None and result.best.status == "completed"
+    assert result.best.score == max(r.score for r in completed)
+    assert result.best.metrics.get("test_accuracy") is not None
+    parent = _client(result).get_run(result.parent_run_id)
+    assert parent.data.tags["poster.best_run_id"] == result.best.run_id
+    assert parent.data.metrics[f"best_{cfg.metric}"] == pytest.approx(result.best.score)
+    assert result.best.trial_id in result.markdown
+    try:
+        from pipeline.registry import register_run  # noqa: F401  (written in parallel)
+    except ImportError:
+        assert result.registered_version is None
+        return
+    version = _client(result).get_model_version_by_alias(cfg.registry_name, cfg.alias)
+    assert version.run_id == result.best.run_id and str(version.version) == result.registered_version
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_of_a_finished_sweep_reruns_nothing(sweep) -> None:
+    from pipeline.tune import SweepCfg, run_sweep
+
+    base, _, result = sweep
+    again = run_sweep(base, SweepCfg(name=result.name, register=False), resume=True)
+    assert again.parent_run_id == result.parent_run_id
+    assert sorted((r.trial_id, r.status) for r in again.rows) == sorted((r.trial_id, r.status) for r in result.rows)
+    assert len(_children(result)) == 4  # no new child runs
+    spec = json.loads((Path(result.experiment_path) / "poster_sweep.json").read_text())
+    assert spec["sweep"]["name"] == result.name
