@@ -7,7 +7,8 @@
 1. Per core: decode + detect + align + JPEG-encode, one process pinned to one CPU.
 2. End to end on 2 cores: the Ray Data ingest (`pipeline.ingest`, 2 actors x 0.5 CPU, actor start
    included, `ray.init` excluded) vs a plain single-process loop doing the same work and writing
-   one Parquet file; the ratio is Ray's throughput over the loop's.
+   one Parquet file; the ratio is Ray's throughput over the loop's. Both run on the list and on
+   the list repeated `--repeat` times; the difference is the steady-state rate (start-up removed).
 Numbers depend on machine load: the script prints the load average next to them.
 """
 from __future__ import annotations
@@ -49,6 +50,18 @@ def make_inputs(tmp: Path, n_synth: int | None) -> tuple[Path, str]:
         lines.append(f"raw/{p.name},{label}")
     (tmp / "list.csv").write_text("\n".join(lines) + "\n")
     return tmp / "list.csv", f"{n} generated faces"
+
+
+def repeat(csv_path: Path, k: int, tmp: Path) -> Path:
+    """The same list k times over (absolute paths), so the end-to-end runs are longer."""
+    if k <= 1:
+        return csv_path
+    rows = list(csv.DictReader(open(csv_path)))
+    lines = ["path,label"] + [f"{(csv_path.parent / r['path']).resolve()},{r['label']}"
+                              for _ in range(k) for r in rows]
+    out = tmp / "repeated.csv"
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def per_core(csv_path: Path) -> tuple[float, int, int]:
@@ -99,6 +112,8 @@ def main() -> int:
     ap.add_argument("--synthetic", type=int, help="benchmark N generated faces instead of real ones")
     ap.add_argument("--mean-shape", action="store_true", help="re-measure MEAN_SHAPE_68 on real faces")
     ap.add_argument("--skip-ray", action="store_true", help="only the per-core figure")
+    ap.add_argument("--repeat", type=int, default=4,
+                    help="also run the end-to-end part on the list repeated K times (steady-state rate)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     try:
@@ -107,7 +122,7 @@ def main() -> int:
         csv_path, what = make_inputs(tmp, args.synthetic)
         print(f"inputs: {what}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if not args.skip_ray:
-            run_ray_vs_loop(csv_path, tmp)
+            run_ray_vs_loop(csv_path, args.repeat, tmp)
         rate, hits, n = per_core(csv_path)  # last: it pins this process to one CPU
         print(f"per core: {rate:.1f} img/s decode+detect+align+encode ({hits}/{n} faces found)")
     finally:
@@ -115,25 +130,34 @@ def main() -> int:
     return 0
 
 
-def run_ray_vs_loop(csv_path: Path, tmp: Path) -> None:
+def run_ray_vs_loop(csv_path: Path, k: int, tmp: Path) -> None:
+    """Both ways at 1x and kx the list; the difference gives the steady-state (marginal) rate."""
     import ray
 
     from pipeline.ingest import ingest
 
-    n = sum(1 for _ in open(csv_path)) - 1
-    t_loop = loop(csv_path, tmp / "loop")
+    sizes = {1: csv_path} if k <= 1 else {1: csv_path, k: repeat(csv_path, k, tmp)}
+    n = {m: sum(1 for _ in open(p)) - 1 for m, p in sizes.items()}
+    t_loop = {m: loop(p, tmp / f"loop{m}") for m, p in sizes.items()}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    t_ray = {}
     try:
-        t = time.perf_counter()
-        rep = ingest("csv", str(tmp / "ray"), str(csv_path), class_names=["happy", "neutral"],
-                     workers=2, actor_cpus=0.5, max_reject_fraction=1.0, progress=False)
-        t_ray = time.perf_counter() - t
+        for m, p in sizes.items():
+            t = time.perf_counter()
+            ingest("csv", str(tmp / f"ray{m}"), str(p), class_names=["happy", "neutral"], workers=2,
+                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False)
+            t_ray[m] = time.perf_counter() - t
     finally:
         ray.shutdown()
-    print(f"single-process loop: {n / t_loop:.1f} img/s ({t_loop:.1f} s for {n})")
-    print(f"Ray Data, 2 actors on 2 CPUs: {n / t_ray:.1f} img/s ({t_ray:.1f} s incl. actor start; "
-          f"{rep.written} written, {rep.rejected} rejected)")
-    print(f"ratio Ray / loop: {t_loop / t_ray:.2f}x")
+    for m in sizes:
+        print(f"{n[m]:>5} images: loop {n[m] / t_loop[m]:6.1f} img/s ({t_loop[m]:5.1f} s) | Ray Data 2 actors "
+              f"{n[m] / t_ray[m]:6.1f} img/s ({t_ray[m]:5.1f} s, actor start included) | "
+              f"ratio {t_loop[m] / t_ray[m]:.2f}x")
+    if k > 1:
+        dn = n[k] - n[1]
+        lo, ra = dn / (t_loop[k] - t_loop[1]), dn / (t_ray[k] - t_ray[1])
+        print(f"steady state (marginal {dn} images): loop {lo:.1f} img/s, Ray Data {ra:.1f} img/s, "
+              f"ratio {ra / lo:.2f}x")
 
 
 def print_mean_shape() -> int:

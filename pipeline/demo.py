@@ -29,6 +29,18 @@ def step(title: str, argv: list[str], env: dict[str, str], allow_fail: bool = Fa
     return rc
 
 
+def run_id_of(uri: str, run_name: str) -> str:
+    """MLflow run id of a training run, found by the run-name tag pipeline.train sets."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()],
+        filter_string=f"tags.`poster.run_name` = '{run_name}'", max_results=1)
+    if not runs:
+        raise SystemExit(f"no MLflow run named {run_name} in {uri}")
+    return runs[0].info.run_id
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
          [py, "-m", "pipeline.train", "--config", "configs/smoke.yaml", *common,
           f"run.name=demo-train-{tag}", f"schedule.epochs={a.epochs}"], env)
     step("4. register the run as poster-fer@challenger",
-         [py, "-m", "pipeline.registry", "register", "--run-name", f"demo-train-{tag}"], env)
+         [py, "-m", "pipeline.registry", "register", "--run-id", run_id_of(uri, f"demo-train-{tag}")], env)
     step("5. review challenger vs champion on the test shards, promote",
          [py, "-m", "pipeline.registry", "review", "--shards", str(shards), "--promote"], env)
     step("6. Tune sweep over loss mixtures (best trial → @challenger)",

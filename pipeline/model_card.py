@@ -8,7 +8,6 @@ the logged model, and puts it in the version description.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 RECIPE_PARAMS = (

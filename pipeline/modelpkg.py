@@ -163,14 +163,17 @@ def _copy_code(dst: Path) -> list[str]:
     return paths
 
 
-def _signature(example_df: Any, output: Any) -> Any:
-    from mlflow.models import ModelSignature, infer_signature
+def _signature(classes: list[str]) -> Any:
+    """image (+ optional landmark_crop) in; label, label_index and one probability per class out."""
+    from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import ColSpec, Schema
 
     inputs = Schema([ColSpec(DataType.binary, "image"),
                      ColSpec(DataType.binary, "landmark_crop", required=False)])
-    return ModelSignature(inputs=inputs, outputs=infer_signature(example_df, output).outputs)
+    outputs = Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.long, "label_index")]
+                     + [ColSpec(DataType.double, f"prob_{c}") for c in classes])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -196,9 +199,10 @@ def log_poster_model(tracking_uri: str, run_id: str, state: dict[str, torch.Tens
         wpath = save_weights(Path(d) / WEIGHTS, state, poster_cfg, classes, extra)
         example = example_image if example_image is not None else np.full((224, 224, 3), 128, np.uint8)
         example_df = images_frame([_jpeg(np.asarray(example, dtype=np.uint8))])
-        probe = PosterPyfunc()
+        probe = PosterPyfunc()  # fail here, not at serving time, if the weights do not load/run
         probe.model, probe.classes, probe.extra = load_weights_file(wpath)
-        signature = _signature(example_df, probe.predict(None, example_df))
+        probe.predict(None, example_df)
+        signature = _signature(list(classes))
         code = _copy_code(Path(d) / "code")
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(

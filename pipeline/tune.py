@@ -30,6 +30,7 @@ from pipeline.sweep_space import (check_space, config_for_trial, decode_sample, 
 from pipeline.tracking import MlflowTracker, default_tracking_uri, end_run, start_or_resume_run
 
 SPEC_FILE = "poster_sweep.json"  # what --resume needs, next to Tune's experiment state
+DRIVER_MEMORY = 256 * 1024**2  # logical bytes the trial bundle asks for when it takes no CPU
 
 
 class SweepError(RuntimeError):
@@ -47,7 +48,7 @@ class SweepCfg:
     search: str = "random"  # random | optuna | hyperopt
     grace_period: int = 1  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 2
-    trial_cpus: float = 0.1  # the driver only waits; the workers hold scaling.cpus_per_worker
+    trial_cpus: float = 0.0  # the driver only waits (0: a memory-only bundle, see trial_resources)
     max_failures: int = 0  # Tune-level retries of a crashed trial (Train retries workers itself)
     register: bool = True
     registry_name: str = "poster-fer"
@@ -165,12 +166,39 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     tracker.set_tags({"poster.trial_status": "completed"})
 
 
+def trial_resources(trial_cpus: float) -> dict[str, float]:
+    """The trial driver's bundle. Tune rejects an all-zero bundle, so a 0-CPU driver asks for a
+    little (logical) memory instead: on 2 cores the Train workers take 2 x 0.5 CPU and Ray Data's
+    file-listing task needs one whole free CPU, so even a 0.1-CPU driver would hang the trial."""
+    return {"CPU": trial_cpus} if trial_cpus > 0 else {"CPU": 0, "memory": DRIVER_MEMORY}
+
+
+def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
+    """Refuse a local sweep whose concurrent trials leave Ray Data less than one whole CPU."""
+    import os
+
+    import ray
+
+    need = sweep.max_concurrent * (sweep.trial_cpus + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if need <= have + 1e-9:
+        return
+    msg = (f"{sweep.max_concurrent} concurrent trial(s) x ({sweep.trial_cpus} driver + "
+           f"{cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker} CPU) + 1 CPU for Ray Data "
+           f"= {need:g} CPUs, but the cluster has {have:g}: trials would hang waiting for CPUs. Lower "
+           "--max-concurrent, --trial-cpus or scaling.cpus_per_worker.")
+    if os.environ.get("RAY_ADDRESS"):  # a cluster may scale up; say it, do not refuse
+        print(f"[tune] warning: {msg}", file=sys.stderr)
+        return
+    raise SweepError(msg)
+
+
 def _tuner(ctx: dict[str, Any], sweep: SweepCfg, space: dict[str, Any], exp_dir: Path,
            epochs: int, resume: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), {"CPU": sweep.trial_cpus})
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), trial_resources(sweep.trial_cpus))
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise SweepError(f"--resume: no Tune experiment to restore at {exp_dir}")
@@ -263,6 +291,7 @@ def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> Sweep
     cfg = _prepare(base, sweep, space)
     check_space(space, cfg, num_classes)
     _check_concurrency(cfg.tracking.uri, sweep)
+    check_fits(cfg, sweep)
     experiment = experiment_for(cfg, manifest)
     parent = _open_parent(cfg, sweep, space, experiment)
     if not resume:
@@ -329,7 +358,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
     p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a stop")
     p.add_argument("--reduction-factor", type=int, default=d.reduction_factor, help="ASHA halving rate")
-    p.add_argument("--trial-cpus", type=float, default=d.trial_cpus, help="CPUs of each trial's driver")
+    p.add_argument("--trial-cpus", type=float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
     p.add_argument("--no-register", action="store_true", help="do not register the best model")

