@@ -156,6 +156,7 @@ def test_local_cluster_end_to_end(tmp_path):
         left = [p for p in recorded if alive(p)]
         shutil.rmtree(env["POSTER_RAY_TEMP_DIR"], ignore_errors=True)
         print("cluster e2e timings (s) and sizes:", {k: round(v, 2) for k, v in timings.items()})
+        print("local.sh down:", down.stdout.strip(), down.stderr.strip())
     assert down.returncode == 0, down.stdout + down.stderr
     assert left == [], f"processes of ours still running after down: {left}"
     assert not (state / "state.env").exists()

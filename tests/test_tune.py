@@ -138,6 +138,61 @@ def test_missing_search_library_is_explained(search: str) -> None:
         _searcher(SweepCfg(search=search), {"optim.lr": {"uniform": [0.1, 0.2]}})
 
 
+# --- trial status bookkeeping (no Ray, no MLflow server) -----------------------------------
+
+class _Obj:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class _FakeClient:
+    """The four MlflowClient calls sweep_report makes, on in-memory runs."""
+
+    def __init__(self, runs: dict[str, tuple[str, str]]):  # trial id -> (run id, status)
+        self.runs = {rid: _Obj(info=_Obj(run_id=rid, status=st), data=_Obj(tags={"poster.trial_id": tid}))
+                     for tid, (rid, st) in runs.items()}
+
+    def search_runs(self, experiment_ids, filter_string, max_results):
+        return list(self.runs.values())
+
+    def get_run(self, run_id):
+        return self.runs[run_id]
+
+    def set_tag(self, run_id, key, value):
+        self.runs[run_id].data.tags[key] = value
+
+    def set_terminated(self, run_id, status):
+        self.runs[run_id].info.status = status
+
+
+def test_trial_statuses_from_tune_and_mlflow() -> None:
+    import pandas as pd
+
+    from pipeline import sweep_report
+
+    def result(tid, accs, error=None, **last):
+        df = pd.DataFrame({"epoch": range(len(accs)), "val_accuracy": accs}) if accs else None
+        return _Obj(metrics={"trial_id": tid, **last}, metrics_dataframe=df, error=error, config={"optim.lr": 0.1})
+
+    results = [result("a", [0.3, 0.5], test_accuracy=0.45), result("b", [0.6]), result("c", [], error="boom"),
+               result("d", [0.2])]
+    trials = {"a": _Obj(status="TERMINATED"), "b": _Obj(status="TERMINATED"), "c": _Obj(status="ERROR"),
+              "d": _Obj(status="PENDING")}
+    client = _FakeClient({"a": ("ra", "FINISHED"), "b": ("rb", "RUNNING"), "c": ("rc", "RUNNING"),
+                          "d": ("rd", "RUNNING")})
+    rows = sweep_report.collect_rows(results, trials, dict, "val_accuracy", "max", client, "0", "p")
+    assert [(r.trial_id, r.status) for r in rows] == [
+        ("b", "stopped_early"), ("a", "completed"), ("d", "unfinished"), ("c", "failed")]
+    assert rows[1].score == 0.5 and rows[1].epochs == 2 and rows[1].metrics == {"test_accuracy": 0.45}
+    sweep_report.fix_up_runs(rows, client)
+    assert {tid: client.runs[f"r{tid}"].info.status for tid in "abcd"} == {
+        "a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "KILLED"}
+    assert client.runs["rc"].data.tags["poster.trial_error"] == "boom"
+    assert sweep_report.best_row(rows).trial_id == "a"  # the best with a model, not the best score
+    head, body = sweep_report.table(rows, "val_accuracy")
+    assert sweep_report.to_markdown(head, body).count("\n") == 2 + len(rows)
+
+
 # --- one sweep end to end ------------------------------------------------------------------
 
 GRID_SPACE = '''"""Test space: a 2 x 2 grid; (embed_dim 48, num_heads 8) cannot build."""

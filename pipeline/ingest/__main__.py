@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("input and output")
     g.add_argument("--source", required=True, choices=sorted(SOURCES),
                    help="dataset layout of --input (synthetic needs no input)")
-    g.add_argument("--input", "-i", help="dataset folder or file (local path or URI such as s3://...)")
+    g.add_argument("--input", "--root", "-i", dest="input", help="dataset folder or file (local path or URI such as s3://...)")
     g.add_argument("--out", "-o", required=True, help="output folder (local path or URI)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output (only on success)")
     g.add_argument("--limit", type=int, help="ingest only the first N inputs (quick checks)")
