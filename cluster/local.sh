@@ -76,6 +76,14 @@ record_pids() {  # PID<TAB>start time of every process under the given leaders, 
   for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids"
 }
 
+recorded_alive() {  # recorded PIDs whose start time still matches: a PID reused since is someone else's
+  local pid start
+  [[ -f "$STATE_DIR/pids" ]] || return 0
+  while IFS=$'\t' read -r pid start; do
+    if alive "$pid" && [[ "$(started "$pid")" == "$start" ]]; then echo "$pid"; fi
+  done < "$STATE_DIR/pids"
+}
+
 curl_ray() {  # GET a dashboard path, with the bearer token when auth is on
   local hdr=()
   [[ "$AUTH" == token ]] && hdr=(-H "Authorization: Bearer $(cat "$TOKEN_FILE")")
@@ -125,16 +133,17 @@ stop_pids() {  # SIGTERM all at once, wait, SIGKILL what is left, wait for it to
     ((${#left[@]})) || return 0
     sleep 0.5
   done
+  return 0  # the caller reports what survived
 }
 
 cmd_up() {
   if [[ -f "$STATE" ]]; then
     # shellcheck disable=SC1090
     source "$STATE"
-    if alive "${RAY_PID:-}" || alive "${MLFLOW_PID:-}"; then
+    if [[ -n "$(recorded_alive)" ]]; then
       die "already up (state in $STATE); run 'cluster/local.sh down' first"
     fi
-    rm -f "$STATE"
+    rm -f "$STATE" "$STATE_DIR/pids"  # left by a head that died on its own
   fi
   [[ "$AUTH" == token || "$AUTH" == disabled ]] || die "POSTER_RAY_AUTH must be token or disabled"
   for p in "$RAY_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$MLFLOW_PORT"; do
@@ -151,6 +160,9 @@ cmd_up() {
   # Inherited client settings must not leak into the head's processes.
   unset RAY_ADDRESS RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
   export RAY_USAGE_STATS_ENABLED=0
+  # On SIGTERM `ray start --block` first drains the node (for Serve upgrades on Kubernetes), up to
+  # 30 s, and after a Train job it waits all of them out. A dev head has nothing to hand over.
+  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
   if [[ "$AUTH" == token ]]; then
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
   else
@@ -225,14 +237,10 @@ cmd_down() {
   [[ -f "$STATE" ]] || { echo "not up (no $STATE)"; return 0; }
   # shellcheck disable=SC1090
   source "$STATE"
-  # Ours = a recorded PID whose start time still matches (a PID reused since is someone else's),
-  # plus whatever our live leaders have spawned since `up` (Ray workers, job drivers).
-  local ours=() pid start p
-  if [[ -f "$STATE_DIR/pids" ]]; then
-    while IFS=$'\t' read -r pid start; do
-      alive "$pid" && [[ "$(started "$pid")" == "$start" ]] && ours+=("$pid")
-    done < "$STATE_DIR/pids"
-  fi
+  # Ours = the recorded processes still alive, plus whatever our live leaders have spawned since
+  # `up` (Ray workers, job drivers).
+  local ours=() p
+  mapfile -t ours < <(recorded_alive)
   local leaders=()
   for p in "$RAY_PID" "$MLFLOW_PID"; do
     [[ " ${ours[*]} " == *" $p "* ]] && leaders+=("$p")
@@ -242,10 +250,13 @@ cmd_down() {
     alive "$p" && pids+=("$p")
   done
   if ((${#pids[@]})); then
-    # Everything at once, as `ray stop` does: signalled alone, the `ray start --block` leader
-    # first drains the node for up to 30 s.
+    # The leaders first: `ray start --block` stops its own processes in order (raylet, GCS, ...);
+    # then whatever is left, e.g. job drivers, which run in sessions of their own.
     echo "Stopping Ray head (pid $RAY_PID) and MLflow (pid $MLFLOW_PID): ${#pids[@]} processes ..."
-    stop_pids "${pids[@]}"
+    ((${#leaders[@]})) && stop_pids "${leaders[@]}"
+    local rest=()
+    for p in "${pids[@]}"; do alive "$p" && rest+=("$p"); done
+    stop_pids "${rest[@]}"
   fi
   local left=()
   for p in "${pids[@]}"; do alive "$p" && left+=("$p"); done

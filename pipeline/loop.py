@@ -118,12 +118,26 @@ def _train_epoch(model, loss_fn, optimizer, ema, shard, ctx: dict[str, Any]) -> 
     return metrics
 
 
-def _evaluate(eval_model, iterator, ctx: dict[str, Any]) -> np.ndarray:
+def _evaluate(eval_model, iterator, ctx: dict[str, Any], cache: list | None = None) -> np.ndarray:
+    """All-reduced confusion matrix. With ``cache`` (a list), this rank's encoded rows are kept
+    after the first pass, so later epochs skip re-reading the split through Ray Data (each rank
+    holds only its own 1/world of the rows, still JPEG-encoded)."""
     cfg: TrainConfig = ctx["cfg"]
-    batches = iter_partition(iterator, ctx["rank"], ctx["world"], cfg.data.eval_batch_size)
+    if cache is not None and cache:
+        batches = iter(cache)
+    else:
+        batches = iter_partition(iterator, ctx["rank"], ctx["world"], cfg.data.eval_batch_size)
+        if cache is not None:
+            batches = _tee_into(batches, cache)
     res = evaluate_batches(eval_model, batches, ctx["classes"], ctx["device"], cfg.data.bgr,
                            ctx["use_crop"], ctx["autocast"])
     return allreduce_confusion(res.confusion, ctx["dist_device"])
+
+
+def _tee_into(batches, cache: list):
+    for b in batches:
+        cache.append(b)
+        yield b
 
 
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
@@ -160,6 +174,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
     train_shard = ray.train.get_dataset_shard("train")
     val_it = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
+    val_cache: list = []
     for epoch in range(state.start_epoch, cfg.schedule.epochs):
         _maybe_inject_failure(cfg, epoch, rank, loop_config["marker_dir"])
         ctx["epoch"] = epoch
@@ -168,7 +183,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         scheduler.step()
         eval_model = ema.module if ema is not None else unwrap(model)
         if val_it is not None:
-            vm = metrics_from_confusion(_evaluate(eval_model, val_it, ctx), classes)
+            vm = metrics_from_confusion(_evaluate(eval_model, val_it, ctx, val_cache), classes)
             metrics.update({f"val_{k}": v for k, v in vm.items()})
         state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, eval_model, epoch)
         metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,

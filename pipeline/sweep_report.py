@@ -87,17 +87,25 @@ def _error_text(err: Any) -> str:
 
 
 def fix_up_runs(rows: list[TrialRow], client: Any) -> None:
-    """Tag every child run with its trial status; close runs a killed trial left RUNNING."""
+    """Tag every child run with its trial status and close it accordingly.
+
+    A stopped trial's workers may raise while Tune tears the trial down, so ``run_training``
+    can have closed its run as FAILED with an error tag; ASHA's stop is not a failure.
+    """
     end_status = {"failed": "FAILED", "stopped_early": "KILLED", "unfinished": "KILLED"}
     for rank, row in enumerate(rows, 1):
         if row.run_id is None:
             continue
+        run = client.get_run(row.run_id)
         client.set_tag(row.run_id, "poster.trial_status", row.status)
         client.set_tag(row.run_id, "poster.trial_rank", str(rank))
         if row.error:
             client.set_tag(row.run_id, "poster.trial_error", row.error)
-        if row.status in end_status and client.get_run(row.run_id).info.status == "RUNNING":
-            client.set_terminated(row.run_id, status=end_status[row.status])
+        elif "poster.trial_error" in run.data.tags:
+            client.delete_tag(row.run_id, "poster.trial_error")
+        want = end_status.get(row.status)
+        if want and run.info.status not in (want, "FINISHED"):
+            client.set_terminated(row.run_id, status=want)
 
 
 def best_row(rows: list[TrialRow]) -> TrialRow | None:

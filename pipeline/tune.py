@@ -63,6 +63,7 @@ class SweepResult:
     tracking_uri: str
     experiment: str
     experiment_path: str
+    metric: str
     rows: list[Any]
     best: Any
     registered_version: str | None
@@ -338,7 +339,8 @@ def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any],
             tracker.set_tags({"poster.registered_version": version})
     unfinished = any(r.status == "unfinished" for r in rows)
     end_run(uri, parent, "KILLED" if unfinished else "FINISHED")
-    return SweepResult(sweep.name, parent, uri, experiment, exp_path, rows, best, version, markdown)
+    return SweepResult(sweep.name, parent, uri, experiment, exp_path, sweep.metric, rows, best, version,
+                       markdown)
 
 
 # --- CLI -----------------------------------------------------------------------------------
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n[tune] sweep {out.name}: {len(out.rows)} trials, results in {out.experiment_path}")
     print(out.markdown)
     if out.best is not None:
-        print(f"[tune] best trial {out.best.trial_id}: {sweep.metric}={out.best.score:.4f} "
+        print(f"[tune] best trial {out.best.trial_id}: {out.metric}={out.best.score:.4f} "
               f"run {out.best.run_id}; registered version: {out.registered_version}")
     print(f"[tune] MLflow parent run {out.parent_run_id} in '{out.experiment}' at {out.tracking_uri}")
     return 0

@@ -164,6 +164,9 @@ class _FakeClient:
     def set_terminated(self, run_id, status):
         self.runs[run_id].info.status = status
 
+    def delete_tag(self, run_id, key):
+        del self.runs[run_id].data.tags[key]
+
 
 def test_trial_statuses_from_tune_and_mlflow() -> None:
     import pandas as pd
@@ -178,8 +181,10 @@ def test_trial_statuses_from_tune_and_mlflow() -> None:
                result("d", [0.2])]
     trials = {"a": _Obj(status="TERMINATED"), "b": _Obj(status="TERMINATED"), "c": _Obj(status="ERROR"),
               "d": _Obj(status="PENDING")}
-    client = _FakeClient({"a": ("ra", "FINISHED"), "b": ("rb", "RUNNING"), "c": ("rc", "RUNNING"),
+    # b's workers raised while Tune stopped it, so run_training closed its run FAILED
+    client = _FakeClient({"a": ("ra", "FINISHED"), "b": ("rb", "FAILED"), "c": ("rc", "RUNNING"),
                           "d": ("rd", "RUNNING")})
+    client.runs["rb"].data.tags["poster.trial_error"] = "worker died"
     rows = sweep_report.collect_rows(results, trials, dict, "val_accuracy", "max", client, "0", "p")
     assert [(r.trial_id, r.status) for r in rows] == [
         ("b", "stopped_early"), ("a", "completed"), ("d", "unfinished"), ("c", "failed")]
@@ -188,6 +193,7 @@ def test_trial_statuses_from_tune_and_mlflow() -> None:
     assert {tid: client.runs[f"r{tid}"].info.status for tid in "abcd"} == {
         "a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "KILLED"}
     assert client.runs["rc"].data.tags["poster.trial_error"] == "boom"
+    assert "poster.trial_error" not in client.runs["rb"].data.tags
     assert sweep_report.best_row(rows).trial_id == "a"  # the best with a model, not the best score
     head, body = sweep_report.table(rows, "val_accuracy")
     assert sweep_report.to_markdown(head, body).count("\n") == 2 + len(rows)
