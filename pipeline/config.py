@@ -208,16 +208,6 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("weights", "overrides"):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load a YAML config (may be None for pure defaults) and apply ``key=value`` overrides."""
     tree: dict[str, Any] = {}
@@ -229,10 +219,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         tree = loaded
-    over: dict[str, Any] = {}
+    # Overrides edit the YAML tree in place: `loss.weights={ce: 1}` replaces the dict,
+    # `loss.weights.supcon=0.3` sets one entry of it.
     for o in overrides or []:
-        apply_override(over, o)
-    cfg = from_dict(TrainConfig, _merge(tree, over))
+        apply_override(tree, o)
+    cfg = from_dict(TrainConfig, tree)
     validate(cfg)
     return cfg
 

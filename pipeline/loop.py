@@ -32,7 +32,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int, marker_dir: str) -> None:
-    """Test hook: hard-kill rank 0 once at ``run.fail_at_epoch`` (a marker file makes it once)."""
+    """Test hook: hard-kill rank 0 once, mid-epoch ``run.fail_at_epoch`` (a marker file makes it
+    once). Ray restarts the worker group from the latest checkpoint it has registered."""
     if cfg.run.fail_at_epoch != epoch or rank != 0:
         return
     marker = Path(marker_dir) / f".fail_injected_epoch{epoch}"
@@ -100,6 +101,8 @@ def _train_epoch(model, loss_fn, optimizer, ema, shard, ctx: dict[str, Any]) -> 
         image, crop = to_model_inputs(batch["image"], batch["crop"], ctx["device"], cfg.data.bgr)
         target = batch["label"].to(ctx["device"])
         ctx["step"] = steps
+        if steps == 2:  # mid-epoch, after real optimiser steps
+            _maybe_inject_failure(cfg, ctx["epoch"], ctx["rank"], ctx["marker_dir"])
         out = _train_step(model, loss_fn, optimizer, image, crop, target, ctx)
         if ema is not None:
             ema.update_parameters(unwrap(model))
@@ -156,6 +159,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         "cfg": cfg, "classes": classes, "rank": rank, "world": world, "device": device,
         "dist_device": device if use_gpu else "cpu", "autocast": use_gpu and cfg.scaling.bf16,
         "use_crop": loop_config.get("use_crop", True), "step": 0,
+        "marker_dir": loop_config["marker_dir"],
     }
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.scaling.compile:
@@ -176,7 +180,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     val_it = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
     val_cache: list = []
     for epoch in range(state.start_epoch, cfg.schedule.epochs):
-        _maybe_inject_failure(cfg, epoch, rank, loop_config["marker_dir"])
         ctx["epoch"] = epoch
         metrics = _train_epoch(model, loss_fn, optimizer, ema, train_shard, ctx)
         metrics["lr"] = scheduler.get_last_lr()[0]
@@ -230,4 +233,4 @@ def _final_test(model, ema, state, loop_config: dict[str, Any], ctx: dict[str, A
     tracker.log_metrics(final, step=ctx["cfg"].schedule.epochs)
     if ctx["rank"] == 0:
         log_confusion(tracker, cm, ctx["classes"], "test")
-    ray.train.report({**final, "done": 1.0}, checkpoint=None)
+    ray.train.report({**final, "final_report": 1.0}, checkpoint=None)  # "done" is reserved by Tune

@@ -43,7 +43,7 @@ def experiment_for(cfg: TrainConfig, manifest: dict[str, Any]) -> str:
     return cfg.tracking.experiment or f"poster-fer/{name or 'dataset'}"
 
 
-def _start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
+def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
                     parent_run_id: str | None) -> tuple[str, str, str]:
     uri = default_tracking_uri(cfg.tracking.uri)
     experiment = experiment_for(cfg, manifest)
@@ -126,7 +126,7 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
     classes = list(manifest["classes"])
     check_shards(cfg.data.shards, manifest)
     name = run_name or run_name_for(cfg)
-    uri, experiment, run_id = _start_tracking(cfg, manifest, name, parent_run_id)
+    uri, experiment, run_id = start_tracking(cfg, manifest, name, parent_run_id)
     trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
     try:
         result = trainer.fit()

@@ -138,7 +138,7 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
 
     from pipeline.schema import read_manifest
-    from pipeline.train import _start_tracking, run_training
+    from pipeline.train import start_tracking, run_training
 
     trial_id = tune.get_context().get_trial_id()
     name = f"{ctx['sweep']}-{trial_id}"
@@ -155,7 +155,7 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         end_run(ctx["uri"], run_id, "FAILED")
         raise
     cfg.run.name = name
-    _, _, run_id = _start_tracking(cfg, read_manifest(cfg.data.shards), name, ctx["parent_run_id"])
+    _, _, run_id = start_tracking(cfg, read_manifest(cfg.data.shards), name, ctx["parent_run_id"])
     tracker = MlflowTracker(ctx["uri"], run_id)
     tracker.log_params(params)
     tracker.set_tags(tags)

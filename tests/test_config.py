@@ -53,3 +53,8 @@ def test_dump_round_trips(tmp_path):
     p.write_text(dump_yaml(cfg))
     assert load_config(p) == cfg
     assert cfg.flat()["optim.lr"] == cfg.optim.lr
+
+
+def test_dict_entry_override_keeps_the_other_entries():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["loss.weights.supcon=0.3"])
+    assert cfg.loss.weights == {"ce": 1.0, "lsce": 2.0, "supcon": 0.3}

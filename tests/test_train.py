@@ -38,9 +38,15 @@ def test_ddp_run_learns_well_above_chance(smoke_run):
 def test_killed_worker_resumes_from_checkpoint(smoke_run):
     out, cfg, _ = smoke_run
     run = MlflowClient(out.tracking_uri).get_run(out.run_id)
-    assert run.data.tags["poster.resumed_from_epoch"] == str(cfg.run.fail_at_epoch)
+    # Rank 0 dies mid-epoch `fail_at_epoch`; the restart resumes after the last checkpoint Ray
+    # had registered: normally that epoch, one earlier if the kill beat the previous report.
+    resumed = int(run.data.tags["poster.resumed_from_epoch"])
+    assert cfg.run.fail_at_epoch - 1 <= resumed <= cfg.run.fail_at_epoch
     history = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
-    assert sorted({m.step for m in history}) == list(range(cfg.schedule.epochs))
+    steps = sorted(m.step for m in history)
+    assert sorted(set(steps)) == list(range(cfg.schedule.epochs))
+    # only the epochs between the resume point and the crash may have run twice
+    assert all(steps.count(e) == 1 for e in range(cfg.schedule.epochs) if not resumed <= e < cfg.run.fail_at_epoch)
 
 
 def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
@@ -56,7 +62,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.params["model.variant"] == "tiny"
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
     for key in ("train_loss_ce", "train_loss_lsce", "lr", "img_per_s", "data_wait_fraction", "val_macro_f1"):
-        assert len(client.get_metric_history(out.run_id, key)) == cfg.schedule.epochs, key
+        steps = {m.step for m in client.get_metric_history(out.run_id, key)}
+        assert steps == set(range(cfg.schedule.epochs)), key
     arts = {a.path for a in client.list_artifacts(out.run_id, "confusion")}
     assert {"confusion/test_confusion.png", "confusion/test_confusion.json"} <= arts
     cm = json.loads(Path(client.download_artifacts(out.run_id, "confusion/test_confusion.json")).read_text())
