@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
-    p.add_argument("--per-class", type=int, default=80, help="generated images per class")
+    p.add_argument("--per-class", type=int, default=100, help="generated images per class")
     p.add_argument("--trials", type=int, default=3, help="Tune trials")
-    p.add_argument("--epochs", type=int, default=6, help="epochs of the main training run")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the main training run")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI uses this to keep it from rotting)")
     return p.parse_args(argv)
 

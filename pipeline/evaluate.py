@@ -172,7 +172,7 @@ def evaluate_model(loaded: LoadedModel, shards: str, split: str = "test", batch_
         have = [s for s in manifest.get("counts", {}) if split_exists(manifest, s)]
         raise FileNotFoundError(f"{shards}: no rows in split {split!r} (splits with rows: {have})")
     if warmup:  # first forward pays allocator/thread start-up; keep it out of the latency
-        first = next(iter_split_batches(shards, split, 2), None)
+        first = next(iter_split_batches(shards, split, 1), None)
         if first is not None:
             evaluate_batches(loaded.model, [first], loaded.classes, bgr=loaded.bgr, use_crop=loaded.use_crop)
     result = evaluate_batches(loaded.model, iter_split_batches(shards, split, batch_size),

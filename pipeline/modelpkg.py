@@ -213,21 +213,50 @@ def log_poster_model(tracking_uri: str, run_id: str, state: dict[str, torch.Tens
     return info.model_uri
 
 
+def resolve_model_uri(model_uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME/VERSION[/path]``, ``models:/NAME@ALIAS[/path]`` or ``models:/m-…[/path]`` →
+    the artifact location it names, looked up in ``tracking_uri``'s registry.
+
+    MLflow 3.17's ``download_artifacts(registry_uri=…)`` resolves ``models:/`` URIs with the
+    *global* registry URI (``ModelsArtifactRepository._get_model_uri_infos``), so code that passes
+    its store explicitly resolves the URI itself. Other URIs are returned unchanged.
+    """
+    if not tracking_uri or not model_uri.startswith("models:/"):
+        return model_uri
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    base, sub = ModelsArtifactRepository.split_models_uri(model_uri)
+    body = base[len("models:/"):].strip("/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+        location = client.get_model_version_download_uri(name, version)
+    elif "/" in body:
+        name, version = body.split("/", 1)
+        location = client.get_model_version_download_uri(name, version)
+    else:
+        location = client.get_logged_model(body).artifact_location
+    return location.rstrip("/") + (f"/{sub}" if sub else "")
+
+
 def load_torch_model(model_uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     """The plain nn.Module behind a logged pyfunc (``models:/poster-fer@champion`` etc.).
 
-    ``tracking_uri`` (also used as the registry URI) is passed per call, never set globally;
-    without it MLflow's current URIs apply. Only ``weights.pt`` is downloaded.
+    ``tracking_uri`` (also the registry URI) is used per call, never set globally; without it
+    MLflow's current URIs apply. Only ``weights.pt`` is downloaded.
     """
     import mlflow
 
-    uris = {"tracking_uri": tracking_uri, "registry_uri": tracking_uri} if tracking_uri else {}
+    uri = resolve_model_uri(model_uri, tracking_uri)
+    kw = {"tracking_uri": tracking_uri} if tracking_uri else {}
     with tempfile.TemporaryDirectory() as d:
         try:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{WEIGHTS}", dst_path=d, **uris)
+                artifact_uri=f"{uri.rstrip('/')}/artifacts/{WEIGHTS}", dst_path=d, **kw)
         except Exception:  # other layouts: fetch the whole model and look for the file
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d, **uris)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=d, **kw)
         found = [Path(local)] if Path(local).is_file() else list(Path(local).rglob(WEIGHTS))
         if not found:
             raise FileNotFoundError(f"{model_uri} has no {WEIGHTS}: not a poster-ray model")

@@ -27,15 +27,19 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Library INFO lines from every worker (Train's "Reporting training result", Data's
+    # execution plans) drown the per-epoch progress lines; keep warnings and our own prints.
+    quiet = ray.LoggingConfig(log_level=os.environ.get("POSTER_RAY_LOG_LEVEL", "WARNING"))
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
+                 logging_level=logging.WARNING, logging_config=quiet)
         return True
     # A throwaway local instance: token auth protects shared clusters, not this process's own.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # The dashboard (ray[default]) also serves the state API that Train V2's placement-group
     # cleaner polls; without it that thread logs a traceback every few seconds.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=True, logging_level=logging.WARNING)
+             log_to_driver=True, logging_level=logging.WARNING, logging_config=quiet)
     return True
 
 
