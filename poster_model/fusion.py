@@ -70,6 +70,16 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+def token_mix(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for a kernel-1 Conv1d over the token axis, as one batched matmul (+ bias).
+
+    Same function as the official Conv1d(100, 100, 1); CPU convolution kernels are several times
+    slower for this shape, whose FLOPs are negligible.
+    """
+    w = conv.weight.squeeze(-1)
+    return torch.baddbmm(conv.bias[:, None], w.expand(x.shape[0], -1, -1), x)
+
+
 class Block(nn.Module):
     """One cross-fusion layer at one width: image update, landmark update, 1x1 token-mixing conv."""
 
@@ -93,16 +103,6 @@ class Block(nn.Module):
         x_lm = x_lm + self.drop_path(self.attn_lm(n[:, :HALF], n[:, HALF:]))
         x_lm = x_lm + self.drop_path(self.mlp2(self.norm4(x_lm)))
         return token_mix(self.conv, torch.cat((x_img, x_lm), dim=1))
-
-
-def token_mix(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for a kernel-1 Conv1d over the token axis, as one batched matmul (+ bias).
-
-    Same function as the official Conv1d(100, 100, 1); CPU convolution kernels are several times
-    slower for this shape, whose FLOPs are negligible.
-    """
-    w = conv.weight.squeeze(-1)
-    return torch.baddbmm(conv.bias[:, None], w.expand(x.shape[0], -1, -1), x)
 
 
 def up_conv(factor: int) -> nn.ConvTranspose1d:

@@ -396,15 +396,19 @@ def test_predict_cli_with_the_champion(flow, runs, tmp_path, capsys):
 
 
 def test_register_best_trial_of_a_sweep(flow, runs, capsys):
+    """--best-of picks the best child run that has a logged model (the shared smoke run is not touched)."""
     from pipeline.registry import best_trial_run, main
 
     uri = runs["uri"]
     c = _client(uri)
-    exp = c.get_run(runs["good"].run_id).info.experiment_id
+    exp = c.get_run(runs["weak"].run_id).info.experiment_id
     parent = c.create_run(exp, run_name="regtest-sweep").info.run_id
-    for r in (runs["weak"], runs["good"]):
-        c.set_tag(r.run_id, "mlflow.parentRunId", parent)
-    assert best_trial_run(parent, uri) == runs["good"].run_id
+    c.set_tag(runs["weak"].run_id, "mlflow.parentRunId", parent)
+    crashed = c.create_run(exp, run_name="regtest-trial-without-model",
+                           tags={"mlflow.parentRunId": parent}).info.run_id
+    c.log_metric(crashed, "val_accuracy", 0.99)  # best score, but it never logged a model
+    c.set_terminated(crashed, "FAILED")
+    assert best_trial_run(parent, uri) == runs["weak"].run_id
     assert main(["register", "--best-of", parent, "--model", NAME, "--alias", "", "--tracking-uri", uri]) == 0
-    assert f"registered run {runs['good'].run_id} as {NAME} v4" in capsys.readouterr().out
+    assert f"registered run {runs['weak'].run_id} as {NAME} v4" in capsys.readouterr().out
     assert _aliases(uri) == {"champion": flow["better"]["version"], "challenger": flow["worse"]["version"]}

@@ -242,7 +242,7 @@ def sweep(tune_shards, tmp_path_factory):
 def _client(result):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=result.tracking_uri)
+    return MlflowClient(tracking_uri=result.tracking_uri, registry_uri=result.tracking_uri)
 
 
 def _children(result):
