@@ -160,6 +160,11 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint) or hint
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if origin is float and isinstance(value, str):  # YAML 1.1 reads "1e-7" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if origin is bool and not isinstance(value, bool):
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
     if origin in (int, float, str, bool, list, dict):

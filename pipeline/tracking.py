@@ -31,10 +31,6 @@ def default_tracking_uri(configured: str = "") -> str:
     return f"sqlite:///{(RUNS_DIR / 'mlflow.db').resolve()}"
 
 
-def default_artifact_root() -> str:
-    return str((RUNS_DIR / "mlartifacts").resolve())
-
-
 class Tracker(Protocol):
     run_id: str | None
 
@@ -126,8 +122,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri.startswith("sqlite:"):
-        location = Path(default_artifact_root()).as_uri()
+    if tracking_uri.startswith("sqlite:///"):  # artifacts beside their database, not one shared folder
+        db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+        location = (db.parent / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -58,3 +58,7 @@ def test_dump_round_trips(tmp_path):
 def test_dict_entry_override_keeps_the_other_entries():
     cfg = load_config(CONFIGS / "smoke.yaml", ["loss.weights.supcon=0.3"])
     assert cfg.loss.weights == {"ce": 1.0, "lsce": 2.0, "supcon": 0.3}
+
+
+def test_exponent_floats_parse():
+    assert load_config(None, ["optim.lr=1e-7"]).optim.lr == 1e-7
