@@ -103,13 +103,6 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def expected_train_rows(cfg: TrainConfig, manifest: dict[str, Any]) -> int:
-    n = sum(manifest["counts"].get("train", {}).values())
-    if not has_split(manifest, "val"):
-        n = int(round(n * (1 - cfg.data.val_fraction)))
-    return min(n, cfg.data.max_train_rows) if cfg.data.max_train_rows > 0 else n
-
-
 def class_weights(manifest: dict[str, Any], classes: list[str]) -> list[float]:
     """Inverse-frequency weights (mean 1 over present classes) from the manifest's train counts;
     a streaming dataset has no sampler, so AffectNet-style balancing goes into the loss."""

@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite, test_fraction=args.test_fraction, per_class=args.per_class,
             seed=args.seed, limit=args.limit, image_column=args.image_column,
             label_column=args.label_column)
-    except OutputExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
+    except (OutputExistsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except IngestError as e:
