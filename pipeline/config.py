@@ -42,6 +42,8 @@ class DataCfg:
     class_balanced_loss: bool = False  # weights 1/count from the manifest (no sampler when streaming)
     max_train_rows: int = 0  # 0 = all; cap for smoke runs
     decode_cpus: float = 0.25  # CPUs per Ray Data decode task
+    decode_concurrency: int = 0  # cap on concurrent decode tasks (0: as many as CPUs allow)
+    prefetch_batches: int = 4  # batches each worker's iterator fetches ahead of the step loop
     seed: int = 123
 
 
@@ -52,6 +54,8 @@ class ModelCfg:
     ir50_weights: str = ""  # local path to the official ir50.pth (never downloaded)
     mobilefacenet_weights: str = ""  # local path to mobilefacenet_model_best.pth.tar
     official_checkpoint: str = ""  # start from an official V1 checkpoint (rafdb_best.pth style)
+    # local torchvision state dict for overrides.image_backbone resnet18/resnet50/efficientnet_b0
+    image_backbone_weights: str = ""
 
 
 @dataclass

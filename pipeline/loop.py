@@ -16,9 +16,11 @@ import torch
 
 from pipeline import checkpointing
 from pipeline.config import TrainConfig, from_dict
+from pipeline.epochs import EpochBatches
 from pipeline.evaluation import allreduce_confusion, evaluate_batches, iter_partition
 from pipeline.metrics import metrics_from_confusion
 from pipeline.modeling import build_loss, build_model, build_optimizer, build_scheduler, unwrap
+from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
 from pipeline.transforms import to_model_inputs
 
@@ -71,8 +73,8 @@ def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, A
         _clip(model, cfg)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    out = {"loss": float(total)}
-    out.update({f"loss_{k}": float(v) for k, v in terms.items()})
+    out = {"loss": float(total.detach())}
+    out.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
     return out
 
 
@@ -81,16 +83,13 @@ def _clip(model: torch.nn.Module, cfg: TrainConfig) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
 
 
-def _train_epoch(model, loss_fn, optimizer, ema, shard, ctx: dict[str, Any]) -> dict[str, float]:
+def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dict[str, Any]) -> dict[str, float]:
     cfg: TrainConfig = ctx["cfg"]
     model.train()
     sums: dict[str, float] = {}
     rows, steps, wait = 0, 0, 0.0
     t_start = time.perf_counter()
-    batches = shard.iter_torch_batches(batch_size=cfg.data.batch_size, drop_last=True,
-                                       dtypes={"image": torch.uint8, "crop": torch.uint8,
-                                               "label": torch.int64})
-    it = iter(batches)
+    it = batches.epoch()
     while True:
         t0 = time.perf_counter()
         try:
@@ -111,11 +110,14 @@ def _train_epoch(model, loss_fn, optimizer, ema, shard, ctx: dict[str, Any]) -> 
         rows += len(target)
         steps += 1
     elapsed = time.perf_counter() - t_start
+    if ctx["epoch"] + 1 < cfg.schedule.epochs:
+        batches.start_next()  # next epoch's pipeline start-up overlaps eval and checkpointing
     metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
     metrics.update({
         "train_steps": float(steps),
         "img_per_s": rows * ctx["world"] / max(elapsed, 1e-9),
         "data_wait_fraction": wait / max(elapsed, 1e-9),
+        "data_wait_first_batch_s": batches.first_wait_s,
         "epoch_seconds": elapsed,
     })
     return metrics
@@ -147,6 +149,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_train_worker()
     cfg: TrainConfig = from_dict(TrainConfig, loop_config["cfg"])
     classes: list[str] = loop_config["classes"]
     tc = ray.train.get_context()
@@ -176,12 +179,13 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = tracker_for(rank, loop_config["tracking_uri"], loop_config.get("mlflow_run_id"))
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
-    train_shard = ray.train.get_dataset_shard("train")
+    train_batches = EpochBatches(ray.train.get_dataset_shard("train"), cfg.data.batch_size,
+                                 cfg.data.prefetch_batches)
     val_it = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
     val_cache: list = []
     for epoch in range(state.start_epoch, cfg.schedule.epochs):
         ctx["epoch"] = epoch
-        metrics = _train_epoch(model, loss_fn, optimizer, ema, train_shard, ctx)
+        metrics = _train_epoch(model, loss_fn, optimizer, ema, train_batches, ctx)
         metrics["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
         eval_model = ema.module if ema is not None else unwrap(model)
@@ -198,6 +202,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
                   f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
                   f"{metrics['img_per_s']:.1f} img/s wait {metrics['data_wait_fraction']:.1%}", flush=True)
+    train_batches.close()
     _final_test(model, ema, state, loop_config, ctx, tracker)
 
 

@@ -29,9 +29,10 @@ def build_model(mcfg: ModelCfg, num_classes: int, load_weights: bool = True) -> 
             mcfg.official_checkpoint, variant=mcfg.variant, num_classes=num_classes)
         return model.train()
     model = poster_model.build_poster(poster_config(mcfg, num_classes))
-    if load_weights and (mcfg.ir50_weights or mcfg.mobilefacenet_weights):
+    if load_weights and (mcfg.ir50_weights or mcfg.mobilefacenet_weights or mcfg.image_backbone_weights):
         poster_model.load_pretrained(model, ir50_path=mcfg.ir50_weights or None,
-                                     mobilefacenet_path=mcfg.mobilefacenet_weights or None)
+                                     mobilefacenet_path=mcfg.mobilefacenet_weights or None,
+                                     image_backbone_path=mcfg.image_backbone_weights or None)
     return model
 
 

@@ -15,9 +15,19 @@ QUIET_ENV = {
 }
 
 
+DATA_LOGGING = Path(__file__).resolve().parents[1] / "configs" / "ray_data_logging.yaml"
+
+
 def quiet_env() -> None:
+    """Set (unless already set) the env that keeps Ray's console quiet; local Ray workers inherit it."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    if DATA_LOGGING.is_file() and ray_log_level() != "INFO":
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
+
+
+def ray_log_level() -> str:
+    return os.environ.get("POSTER_RAY_LOG_LEVEL", "WARNING")
 
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
@@ -29,7 +39,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return False
     # Library INFO lines from every worker (Train's "Reporting training result", Data's
     # execution plans) drown the per-epoch progress lines; keep warnings and our own prints.
-    quiet = ray.LoggingConfig(log_level=os.environ.get("POSTER_RAY_LOG_LEVEL", "WARNING"))
+    quiet = ray.LoggingConfig(log_level=ray_log_level())
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
                  logging_level=logging.WARNING, logging_config=quiet)
@@ -41,6 +51,17 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=True, logging_level=logging.WARNING, logging_config=quiet)
     return True
+
+
+def quiet_train_worker() -> None:
+    """In a Train worker: honour the log level for Train V2's per-report INFO line, which Ray 2.60
+    logs through ``logging.getLogger(__file__)`` (a path, so RunConfig's LoggingConfig misses it)."""
+    level = ray_log_level()
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to fix
+        return
+    logging.getLogger(context.__file__).setLevel(level)
 
 
 def git_commit(repo: Path | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
 from pipeline.data import build_datasets, check_shards, class_weights
-from pipeline.runtime import ensure_ray, git_commit
+from pipeline.runtime import ensure_ray, git_commit, ray_log_level
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, MlflowTracker
 
@@ -100,6 +100,9 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
                 checkpoint_score_attribute=cfg.checkpoint.metric,
                 checkpoint_score_order=cfg.checkpoint.mode),
             callbacks=callbacks or [],
+            # Train V2 logs every report/checkpoint at INFO from each worker; keep the console
+            # to warnings and the per-epoch progress line (POSTER_RAY_LOG_LEVEL=INFO for all)
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),
         ),
     )
 

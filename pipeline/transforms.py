@@ -8,11 +8,13 @@ sees identical pixels wherever it runs.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -72,6 +74,10 @@ def augment_batch(batch: dict[str, np.ndarray], hflip: float, erasing: float,
 def to_model_inputs(image: Any, crop: Any, device: torch.device | str = "cpu",
                     bgr: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 NHWC (tensor or array) → ImageNet-normalised float NCHW on ``device``."""
+    # imported here: Ray Data decode tasks import this module, and torch would add ~1 s of
+    # start-up to every fresh task worker process
+    import torch
+
     mean = torch.as_tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.as_tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 

@@ -94,13 +94,14 @@ class Block(nn.Module):
         self.conv = nn.Conv1d(TOKENS, TOKENS, 1)  # mixes all 100 tokens (channels) at each position
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_img, x_lm = x[:, :HALF], x[:, HALF:]
+        # split, not two slices: its backward is one cat instead of two zero-filled full-size grads
+        x_img, x_lm = x.split(HALF, dim=1)
         # both updates read the layer *input* x (the landmark update does not see the new x_img)
-        n = self.norm1(x)
-        x_img = x_img + self.drop_path(self.attn_img(n[:, HALF:], n[:, :HALF]))
+        n_img, n_lm = self.norm1(x).split(HALF, dim=1)
+        x_img = x_img + self.drop_path(self.attn_img(n_lm, n_img))
         x_img = x_img + self.drop_path(self.mlp1(self.norm2(x_img)))
-        n = self.norm3(x)
-        x_lm = x_lm + self.drop_path(self.attn_lm(n[:, :HALF], n[:, HALF:]))
+        n_img, n_lm = self.norm3(x).split(HALF, dim=1)
+        x_lm = x_lm + self.drop_path(self.attn_lm(n_img, n_lm))
         x_lm = x_lm + self.drop_path(self.mlp2(self.norm4(x_lm)))
         return token_mix(self.conv, torch.cat((x_img, x_lm), dim=1))
 

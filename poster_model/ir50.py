@@ -74,6 +74,12 @@ class IR50(nn.Module):
             in_ch = out_ch
         self.body = nn.Sequential(*blocks)
         self.out_channels = in_ch
+        # NHWC weights too, or every convolution call re-lays-out its weight (load_state_dict and
+        # optimiser state keep this layout; state-dict values and names are unchanged)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.input_layer(resize_112(x)))
+        # channels_last: oneDNN's NHWC convolutions (and cuDNN's with bf16) are faster than NCHW;
+        # the values are the same, and the raw tokenizer makes the output contiguous NCHW again
+        x = resize_112(x).contiguous(memory_format=torch.channels_last)
+        return self.body(self.input_layer(x))

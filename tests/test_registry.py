@@ -24,6 +24,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from shard_subsets import subset_test_rows
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -56,25 +57,7 @@ def runs(smoke_run, ray_session, tmp_path_factory):
 def _shards_variant(runs, tmp: Path, per_class: int = 1, **manifest_changes) -> str:
     """Test rows of the shards (``per_class`` of each class) under a manifest with some fields
     changed: small, so the reviews that only probe refusals and alias handling stay fast."""
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-
-    src = Path(runs["full_shards"])
-    dst = tmp / "variant"
-    table = pads.dataset(src / "test", format="parquet").to_table()
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(table.column("label").to_pylist()):
-        if seen.get(label, 0) < per_class:
-            keep.append(i)
-            seen[label] = seen.get(label, 0) + 1
-    (dst / "test").mkdir(parents=True)
-    pq.write_table(table.take(keep), dst / "test" / "part-00000.parquet")
-    manifest = json.loads((src / "_manifest.json").read_text())
-    manifest["counts"] = {"test": {c: seen.get(i, 0) for i, c in enumerate(manifest["classes"])}}
-    manifest.update(manifest_changes)
-    (dst / "_manifest.json").write_text(json.dumps(manifest))
-    return str(dst)
+    return subset_test_rows(runs["full_shards"], tmp / "variant", per_class, **manifest_changes)
 
 
 def _client(uri):

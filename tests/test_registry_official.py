@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shard_subsets import subset_test_rows
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,26 +26,7 @@ CANONICAL7 = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 @pytest.fixture(scope="module")
 def mini_shards(synthetic_shards, tmp_path_factory) -> str:
     """One test row per class of the session shards (POSTER-small is slow on 2 CPU cores)."""
-    import json
-
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-
-    src = Path(synthetic_shards)
-    dst = tmp_path_factory.mktemp("mini") / "shards"
-    table = pads.dataset(src / "test", format="parquet").to_table()
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(table.column("label").to_pylist()):
-        if seen.get(label, 0) < 1:
-            keep.append(i)
-            seen[label] = seen.get(label, 0) + 1
-    (dst / "test").mkdir(parents=True)
-    pq.write_table(table.take(keep), dst / "test" / "part-00000.parquet")
-    manifest = json.loads((src / "_manifest.json").read_text())
-    manifest["counts"] = {"test": {c: seen.get(i, 0) for i, c in enumerate(manifest["classes"])}}
-    (dst / "_manifest.json").write_text(json.dumps(manifest))
-    return str(dst)
+    return subset_test_rows(synthetic_shards, tmp_path_factory.mktemp("mini") / "shards")
 
 
 @pytest.fixture(scope="module")

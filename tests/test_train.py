@@ -61,7 +61,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.params["optim.lr"] == str(cfg.optim.lr)
     assert run.data.params["model.variant"] == "tiny"
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
-    for key in ("train_loss_ce", "train_loss_lsce", "lr", "img_per_s", "data_wait_fraction", "val_macro_f1"):
+    for key in ("train_loss_ce", "train_loss_lsce", "lr", "img_per_s", "data_wait_fraction",
+                "data_wait_first_batch_s", "val_macro_f1"):
         steps = {m.step for m in client.get_metric_history(out.run_id, key)}
         assert steps == set(range(cfg.schedule.epochs)), key
     arts = {a.path for a in client.list_artifacts(out.run_id, "confusion")}

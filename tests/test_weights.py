@@ -9,7 +9,7 @@ import torch
 from poster_model import (PosterConfig, WeightLoadError, build_poster, load_official_checkpoint, load_pretrained,
                           poster_tiny)
 from poster_model.testing import deterministic_tensor, manifest_state_dict, read_manifest
-from poster_model.weights import IR50_STAGE4_KEYS, V1_UNUSED_KEYS, load_image_backbone
+from poster_model.weights import IR50_STAGE4_KEYS, TV_UNUSED_PREFIXES, V1_UNUSED_KEYS, load_image_backbone
 
 MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "manifests"
 needs_manifests = pytest.mark.skipif(not MANIFESTS.is_dir(), reason=f"manifests not found at {MANIFESTS}")
@@ -84,16 +84,44 @@ def test_ir50_weights_rejected_for_torchvision_backbone(tmp_path):
         load_pretrained(model, ir50_path=tmp_path / "unused.pth")
 
 
-def test_local_torchvision_weights_load_and_tolerate_unbuilt_parts(tmp_path):
+@pytest.mark.parametrize("name,probe", [
+    ("resnet18", "layer3.0.conv1.weight"), ("resnet50", "layer3.5.conv3.weight"),
+    ("efficientnet_b0", "features.5.2.block.1.0.weight")])
+def test_local_torchvision_weights_load_and_tolerate_unbuilt_parts(tmp_path, name, probe):
+    """A torchvision checkpoint saved to a local file (the field would hold ImageNet weights) loads
+    into the stride-16 backbone; only the unbuilt tail is ignored, anything else is an error."""
     import torchvision
-    full = torchvision.models.resnet18(weights=None)
-    model = poster_tiny(image_backbone="resnet18", depth=1)
+    torch.manual_seed(1)
+    full = getattr(torchvision.models, name)(weights=None)
+    model = poster_tiny(image_backbone=name, depth=1)
+    assert not torch.equal(model.tv_back.get_parameter(probe), full.get_parameter(probe))
     ignored = load_pretrained(model, image_backbone_path=save(tmp_path, full.state_dict()))["image_backbone"]
-    assert ignored and all(k.startswith(("layer4.", "fc.")) for k in ignored)
-    torch.testing.assert_close(model.tv_back.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
+    assert ignored and all(k.startswith(TV_UNUSED_PREFIXES[name]) for k in ignored)
+    for key, value in model.tv_back.state_dict().items():
+        assert torch.equal(value, full.state_dict()[key]), key
     bad = dict(full.state_dict(), **{"head.weight": torch.zeros(1)})
     with pytest.raises(WeightLoadError, match=r"head\.weight"):
         load_image_backbone(model, save(tmp_path, bad, "bad.pth"))
+
+
+def test_pipeline_model_config_loads_local_backbone_weights(tmp_path):
+    """`model.image_backbone_weights` / `model.ir50_weights` reach the loaders from the train config."""
+    import torchvision
+
+    from pipeline.config import ModelCfg
+    from pipeline.modeling import build_model
+    full = torchvision.models.resnet18(weights=None)
+    cfg = ModelCfg(overrides={"image_backbone": "resnet18", "depth": 1},
+                   image_backbone_weights=str(save(tmp_path, full.state_dict())))
+    model = build_model(cfg, num_classes=7)
+    torch.testing.assert_close(model.tv_back.layer2[0].conv1.weight, full.layer2[0].conv1.weight, rtol=0, atol=0)
+    donor = poster_tiny()
+    path = save(tmp_path, {"state_dict": donor.ir_back.state_dict()}, "ir50.pth")
+    model = build_model(ModelCfg(variant="tiny", ir50_weights=str(path)), num_classes=7)
+    for key, value in model.ir_back.state_dict().items():
+        assert torch.equal(value, donor.ir_back.state_dict()[key]), key
+    assert not torch.equal(build_model(ModelCfg(variant="tiny"), 7).ir_back.input_layer[0].weight,
+                           donor.ir_back.input_layer[0].weight)
 
 
 @needs_manifests
