@@ -87,7 +87,7 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]
     train = train.map_batches(
         functools.partial(_train_batch, carve=carve, cfg=aug),
         batch_format="numpy", batch_size=64, num_cpus=d.decode_cpus,
-        concurrency=d.decode_concurrency or None,
+        compute=ray.data.TaskPoolStrategy(size=d.decode_concurrency or None),
     )
     out = {"train": train}
     if has_split(manifest, "val"):

@@ -13,8 +13,8 @@ QUIET_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print appears twice
     "RAY_USAGE_STATS_ENABLED": "0",
 }
-
-
+# Ray system config for a local instance only (a cluster keeps its own).
+LOCAL_WORKER_POOL = {"RAY_num_workers_soft_limit": "12", "RAY_idle_worker_killing_time_threshold_ms": "120000"}
 DATA_LOGGING = Path(__file__).resolve().parents[1] / "configs" / "ray_data_logging.yaml"
 
 
@@ -46,6 +46,11 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return True
     # A throwaway local instance: token auth protects shared clusters, not this process's own.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Keep idle task processes instead of killing them after 1 s: every epoch re-runs the data
+    # pipeline, and re-spawning its processes (imports included) cost 1-4 s of data wait per epoch
+    # on 2 cores. Measured: mean data wait after epoch 0 fell from 7-13 % to 4.5 %.
+    for key, value in LOCAL_WORKER_POOL.items():
+        os.environ.setdefault(key, value)
     # The dashboard (ray[default]) also serves the state API that Train V2's placement-group
     # cleaner polls; without it that thread logs a traceback every few seconds.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",

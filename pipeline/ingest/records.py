@@ -107,6 +107,17 @@ def map_label(raw: object, label_map: dict[str, str] | None = None) -> tuple[str
     return name, "", ""
 
 
+def labelled(source_ref: str, split: str, raw_label: object, label_map: dict[str, str] | None,
+             **fields) -> dict:
+    """`record(...)` with the mapped label, or the reject that says why the label is unusable."""
+    label, reason, detail = map_label(raw_label, label_map)
+    return reject(source_ref, split, reason, detail) if reason else record(source_ref, split, label, **fields)
+
+
+# Class order of the generic sources (folder, csv): canonical, contempt last.
+GENERIC_ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+
+
 def resolve_classes(official: tuple[str, ...], n_classes: int | None = None,
                     class_names: list[str] | None = None, order: str = "official") -> list[str]:
     """Class index order written to the manifest.

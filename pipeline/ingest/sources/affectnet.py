@@ -18,7 +18,7 @@ import csv
 import io
 from typing import Iterator
 
-from pipeline.ingest.records import AFFECTNET_ORDER, LABEL_MAPS, map_label, record, reject
+from pipeline.ingest.records import AFFECTNET_ORDER, LABEL_MAPS, labelled, map_label, record, reject
 
 NAME = "affectnet"
 ORDER = AFFECTNET_ORDER
@@ -59,11 +59,7 @@ def _v1(root, opts) -> Iterator[dict]:
             if len(parts) < 2:
                 yield reject(ref, split, "unknown_label", f"{ann}:{n}: no label")
                 continue
-            label, reason, detail = map_label(parts[1], lmap)
-            if reason:
-                yield reject(ref, split, reason, detail)
-                continue
-            yield record(ref, split, label, path=root.ref(folder, "images", parts[0]))
+            yield labelled(ref, split, parts[1], lmap, path=root.ref(folder, "images", parts[0]))
 
 
 def _floats(text: str, n: int) -> list[float]:

@@ -9,11 +9,11 @@ import csv
 import io
 from typing import Iterator
 
-from pipeline.ingest.records import map_label, map_split, record, reject
+from pipeline.ingest.records import GENERIC_ORDER, labelled, map_split, reject
 from pipeline.ingest.sources import Root
 
 NAME = "csv"
-ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+ORDER = GENERIC_ORDER
 DEFAULT_CLASSES = 7
 
 
@@ -37,8 +37,5 @@ def records(root, opts) -> Iterator[dict]:
         if len(row) < 2:
             yield reject(ref, split, "unknown_label", f"{name}:{n}: no label column")
             continue
-        label, reason, detail = map_label(row[1], opts.label_map)
-        if reason:
-            yield reject(ref, split, reason, detail)
-            continue
-        yield record(ref, split, label, path=rel if "://" in rel or rel.startswith("/") else base.ref(rel))
+        yield labelled(ref, split, row[1], opts.label_map,
+                       path=rel if "://" in rel or rel.startswith("/") else base.ref(rel))

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pipeline.ingest.records import SPLIT_ALIASES, map_label, map_split, record, reject
+from pipeline.ingest.records import GENERIC_ORDER, SPLIT_ALIASES, labelled, map_split, reject
 
 NAME = "folder"
-ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+ORDER = GENERIC_ORDER
 DEFAULT_CLASSES = 7
 
 
@@ -31,8 +31,4 @@ def records(root, opts) -> Iterator[dict]:
         if not label_dir:
             yield reject(rel, split, "unknown_label", "file is not inside a label folder")
             continue
-        label, reason, detail = map_label(label_dir, opts.label_map)
-        if reason:
-            yield reject(rel, split, reason, detail)
-            continue
-        yield record(rel, split, label, path=root.ref(rel))
+        yield labelled(rel, split, label_dir, opts.label_map, path=root.ref(rel))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pipeline.ingest.records import LABEL_MAPS, RAFDB_ORDER, map_label, record, reject
+from pipeline.ingest.records import LABEL_MAPS, RAFDB_ORDER, labelled, reject
 
 NAME = "rafdb"
 ORDER = RAFDB_ORDER
@@ -41,8 +41,4 @@ def records(root, opts) -> Iterator[dict]:
         if len(parts) < 2:
             yield reject(ref, split, "unknown_label", f"{LABEL_FILE}:{n}: no label")
             continue
-        label, reason, detail = map_label(parts[1], opts.label_map or LABEL_MAPS["rafdb"])
-        if reason:
-            yield reject(ref, split, reason, detail)
-            continue
-        yield record(ref, split, label, path=root.ref(*base, *rel))
+        yield labelled(ref, split, parts[1], opts.label_map or LABEL_MAPS["rafdb"], path=root.ref(*base, *rel))
