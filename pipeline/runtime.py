@@ -15,7 +15,7 @@ QUIET_ENV = {
 }
 # Ray system config for a local instance only (a cluster keeps its own).
 LOCAL_WORKER_POOL = {"RAY_num_workers_soft_limit": "12", "RAY_idle_worker_killing_time_threshold_ms": "120000"}
-DATA_LOGGING = Path(__file__).resolve().parents[1] / "configs" / "ray_data_logging.yaml"
+DATA_LOGGING = Path(__file__).resolve().parent / "ray_data_logging.yaml"
 
 
 def quiet_env() -> None:
