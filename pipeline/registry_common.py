@@ -1,0 +1,85 @@
+"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.review`)."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import getpass
+import os
+from typing import Any, Iterator
+
+DEFAULT_NAME = "poster-fer"
+CHAMPION, CHALLENGER = "champion", "challenger"
+DEFAULT_IMPORT_EXPERIMENT = "poster-fer/official"
+REVIEW_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+TAG_KEYS = ("poster.dataset_hash", "poster.variant", "poster.config_hash", "poster.classes",
+            "poster.shards", "poster.source", "poster.dataset", "poster.official_checkpoint",
+            "poster.official_sha256", "poster.bgr")
+MAX_DESCRIPTION = 4900  # MLflow caps descriptions at 5000 characters
+
+
+class RegistryError(RuntimeError):
+    """Bad input: unknown run/version/alias, no logged model, etc. (exit code 2)."""
+
+
+class ReviewRefused(RegistryError):
+    """The comparison would be meaningless: class order or shards differ (exit code 3)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_uri(tracking_uri: str | None = None) -> str:
+    from pipeline.tracking import default_tracking_uri
+
+    return default_tracking_uri(tracking_uri or "")
+
+
+def client_for(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """Point the fluent ``mlflow.*`` API at ``uri`` for a block, then restore it."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as reg_utils
+    import mlflow.tracking._tracking_service.utils as trk_utils
+
+    # Restore exactly what was *set* (None = "not set, use the default"): restoring the resolved
+    # default instead would pin the registry to ./mlflow.db for later set_tracking_uri() calls.
+    before_t = getattr(trk_utils, "_tracking_uri", None)
+    before_r = getattr(reg_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        if hasattr(trk_utils, "_tracking_uri"):
+            trk_utils._tracking_uri = before_t
+        if hasattr(reg_utils, "_registry_uri"):
+            reg_utils._registry_uri = before_r
+
+
+def current_user() -> str:
+    user = os.environ.get("POSTER_REVIEWER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _classes_of(tags: dict[str, str]) -> list[str] | None:
+    raw = tags.get("poster.classes")
+    return [c for c in raw.split(",") if c] if raw else None

@@ -1,0 +1,266 @@
+"""Champion vs challenger on the same shards: evaluate both, print them side by side, and (with
+``--promote``) move ``@champion`` when the challenger wins by the margin. Every decision is written
+as version tags and a review artifact. Reached through ``python -m pipeline.registry review``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
+                                      ReviewRefused, _classes_of, _fmt, _now, client_for, current_user,
+                                      resolve_uri)
+
+
+@dataclass
+class VersionEval:
+    role: str  # champion | challenger
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    classes: list[str]
+    parameters: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} v{self.version}"
+
+
+@dataclass
+class ReviewResult:
+    name: str
+    shards: str
+    split: str
+    metric: str
+    margin: float
+    challenger: VersionEval
+    champion: VersionEval | None
+    delta: float | None  # challenger − champion on ``metric``; None without a champion
+    wins: bool  # challenger beats the champion by more than the margin (or there is none)
+    decision: str  # promoted | rejected | none (no --promote)
+    reason: str
+    forced: bool = False
+    report: str = ""
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
+
+def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_other_shards: bool) -> None:
+    tags = dict(mv.tags)
+    classes = _classes_of(tags)
+    want = list(manifest["classes"])
+    if classes is not None and classes != want:
+        raise ReviewRefused(
+            f"v{mv.version} was trained on class order {classes} but the shards at {shards} use {want}; "
+            "per-class numbers and label indices would not correspond")
+    trained_on = tags.get("poster.dataset_hash", "")
+    have = manifest.get("content_hash", "")
+    if trained_on != have and not allow_other_shards:
+        raise ReviewRefused(
+            f"v{mv.version} was trained on shard manifest {trained_on[:16] or '(none recorded)'} but "
+            f"--shards {shards} has manifest {have[:16]}; review on the shards it was trained with, or pass "
+            "--allow-other-shards to compare on these anyway (e.g. an imported official checkpoint)")
+
+
+def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, split: str,
+                      manifest: dict[str, Any], batch_size: int) -> VersionEval:
+    from pipeline.evaluate import ClassOrderError, LoadedModel, evaluate_model
+    from pipeline.modelpkg import load_torch_model
+
+    model, classes, extra = load_torch_model(f"models:/{name}/{mv.version}", uri)
+    loaded = LoadedModel(model, classes, extra, f"models:/{name}/{mv.version}", "registry")
+    try:
+        res = evaluate_model(loaded, shards, split, batch_size, manifest)
+    except ClassOrderError as e:
+        raise ReviewRefused(f"v{mv.version}: {e}") from None
+    metrics = dict(res.metrics)
+    metrics["parameters"] = loaded.parameters
+    return VersionEval(role, str(mv.version), mv.run_id or "", metrics, res.confusion, classes,
+                       loaded.parameters, dict(mv.tags))
+
+
+def _report(result: ReviewResult) -> str:
+    from pipeline.evaluate import confusion_text, metric_keys
+    from pipeline.metrics import format_table
+
+    evals = [e for e in (result.champion, result.challenger) if e is not None]
+    rows = {e.label: e.metrics for e in evals}
+    keys = metric_keys(result.challenger.classes, {k: 1 for e in evals for k in e.metrics})
+    lines = [f"review of {result.name} on {result.shards} split={result.split} "
+             f"(metric {result.metric}, margin {result.margin:g})", "",
+             format_table(rows, keys), ""]
+    for e in evals:
+        lines += [f"confusion {e.label}:", confusion_text(e.confusion, e.classes), ""]
+    lines.append(f"decision: {result.decision} — {result.reason}")
+    return "\n".join(lines)
+
+
+def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user: str, when: str) -> None:
+    """Decision tags on both versions, and the report + matrices in the challenger's run."""
+    ch, champ = result.challenger, result.champion
+    m = result.metric
+    tags = {
+        "decision": result.decision, "decided_by": user, "decided_at": when, "reason": result.reason,
+        "margin": _fmt(float(result.margin)), "review_metric": m, "review_split": result.split,
+        "review_shards": result.shards, "review_manifest_hash": manifest_hash,
+        f"review_{m}": _fmt(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
+        "compared_to_version": champ.version if champ else "none",
+        f"champion_{m}": _fmt(champ.metrics.get(m, float("nan"))) if champ else "none",
+    }
+    for k in REVIEW_METRICS + ("latency_ms_per_image",):
+        if k in ch.metrics:
+            tags[f"review_{k}"] = _fmt(float(ch.metrics[k]))
+    for k, v in tags.items():
+        client.set_model_version_tag(result.name, ch.version, k, v)
+    if champ is not None:
+        champ_tags = {
+            "last_review_outcome": "replaced" if result.promoted else "kept",
+            "last_review_by": user, "last_review_at": when, "last_review_challenger": ch.version,
+            "last_review_reason": result.reason,
+        }
+        for k in REVIEW_METRICS + ("latency_ms_per_image",):
+            if k in champ.metrics:
+                champ_tags[f"review_{k}"] = _fmt(float(champ.metrics[k]))
+        for k, v in champ_tags.items():
+            client.set_model_version_tag(result.name, champ.version, k, v)
+    if ch.run_id:
+        _log_review_artifacts(client, ch.run_id, result, f"reviews/{when.replace(':', '')}")
+
+
+def _review_payload(result: ReviewResult) -> dict[str, Any]:
+    def ev(e: VersionEval | None) -> dict[str, Any] | None:
+        if e is None:
+            return None
+        return {"version": e.version, "run_id": e.run_id, "metrics": e.metrics,
+                "confusion": e.confusion.astype(int).tolist(), "classes": e.classes}
+
+    return {"name": result.name, "shards": result.shards, "split": result.split, "metric": result.metric,
+            "margin": result.margin, "delta": result.delta, "wins": result.wins,
+            "decision": result.decision, "reason": result.reason, "forced": result.forced,
+            "challenger": ev(result.challenger), "champion": ev(result.champion)}
+
+
+def write_review(out: str | Path, result: ReviewResult) -> Path:
+    """report.txt, review.json and one confusion PNG per evaluated version into ``out``."""
+    from pipeline.metrics import plot_confusion
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.txt").write_text(result.report + "\n")
+    (out / "review.json").write_text(json.dumps(_review_payload(result), indent=2, default=float))
+    for e in (result.champion, result.challenger):
+        if e is not None:
+            plot_confusion(e.confusion, e.classes, out / f"confusion_{e.role}_v{e.version}.png",
+                           title=f"{e.label} ({result.split})")
+    return out
+
+
+def _log_review_artifacts(client: Any, run_id: str, result: ReviewResult, artifact_path: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        write_review(d, result)
+        try:
+            client.log_artifacts(run_id, d, artifact_path)
+        except Exception as e:  # the decision tags are the record; artifacts are a convenience
+            print(f"[registry] note: review artifacts not logged to run {run_id}: {e}", file=sys.stderr)
+
+
+def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metric: str = "accuracy",
+           margin: float = 0.0, promote: bool = False, force: bool = False, reason: str = "",
+           allow_other_shards: bool = False, tracking_uri: str | None = None, batch_size: int = 64,
+           out_dir: str | Path | None = None, user: str | None = None) -> ReviewResult:
+    """Evaluate ``@champion`` and ``@challenger`` on the same shards and (optionally) promote.
+
+    The challenger wins when ``challenger[metric] − champion[metric] > margin`` or when there is
+    no champion yet. With ``promote`` a winning challenger becomes ``@champion`` (and loses
+    ``@challenger``); a losing one is tagged ``decision=rejected`` and keeps its alias. ``force``
+    (needs ``reason``) promotes regardless of the metric, never regardless of a refusal.
+
+    Raises ReviewRefused when a version's class order or training manifest does not match the
+    shards (the latter unless ``allow_other_shards``), RegistryError for missing aliases.
+    """
+    from pipeline.schema import read_manifest
+
+    if force and not reason.strip():
+        raise RegistryError("--force needs --reason: forced promotions must say why")
+    if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
+        raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
+    promote = promote or force
+    uri = resolve_uri(tracking_uri)
+    client = client_for(uri)
+    try:
+        manifest = read_manifest(shards)
+    except Exception as e:
+        raise RegistryError(f"--shards {shards}: {e}") from None
+    if metric.startswith("recall_") and metric[len("recall_"):] not in manifest["classes"]:
+        raise RegistryError(f"--metric {metric}: no class {metric[7:]!r} in {manifest['classes']}")
+    challenger_mv = _version_by_alias(client, name, CHALLENGER)
+    champion_mv = _version_by_alias(client, name, CHAMPION)
+    if challenger_mv is None:
+        raise RegistryError(f"{name} has no @{CHALLENGER}; register a run first "
+                            f"(python -m pipeline.registry register --run-id …)")
+    if champion_mv is not None and champion_mv.version == challenger_mv.version:
+        raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
+    user = user or current_user()
+    when = _now()
+    try:
+        for mv in (champion_mv, challenger_mv):
+            if mv is not None:
+                _check_comparable(mv, manifest, shards, allow_other_shards)
+        ch = _evaluate_version(name, challenger_mv, CHALLENGER, uri, shards, split, manifest, batch_size)
+        champ = (_evaluate_version(name, champion_mv, CHAMPION, uri, shards, split, manifest, batch_size)
+                 if champion_mv is not None else None)
+    except ReviewRefused as e:
+        if promote:
+            for k, v in {"decision": "refused", "decided_by": user, "decided_at": when,
+                         "reason": str(e)[:4900]}.items():
+                client.set_model_version_tag(name, challenger_mv.version, k, v)
+        raise
+    if champ is None:
+        delta, wins = None, True
+        auto = f"no {CHAMPION} yet: v{ch.version} ({metric} {ch.metrics.get(metric, 0):.4f}) is the first"
+    else:
+        a, b = ch.metrics.get(metric, 0.0), champ.metrics.get(metric, 0.0)
+        delta, wins = a - b, (a - b) > margin
+        auto = (f"{metric}: challenger v{ch.version} {a:.4f} vs champion v{champ.version} {b:.4f} "
+                f"(delta {a - b:+.4f} {'>' if wins else '<='} margin {margin:g})")
+    forced = bool(force and not wins)
+    if not promote:
+        decision = "none"
+        why = f"{auto}; would {'promote' if wins else 'not promote'} (dry run: pass --promote)"
+    elif wins or force:
+        decision = "promoted"
+        why = f"forced by {user}: {reason.strip()} ({auto})" if forced else (
+            f"{auto}" + (f"; note: {reason.strip()}" if reason.strip() else ""))
+    else:
+        decision = "rejected"
+        why = auto + (f"; note: {reason.strip()}" if reason.strip() else "")
+    result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
+                          decision, why, forced)
+    result.report = _report(result)
+    if promote:
+        if decision == "promoted":
+            client.set_registered_model_alias(name, CHAMPION, ch.version)
+            client.delete_registered_model_alias(name, CHALLENGER)
+        _record_decision(client, result, manifest.get("content_hash", ""), user, when)
+    if out_dir:
+        write_review(out_dir, result)
+    return result
