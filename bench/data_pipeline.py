@@ -30,42 +30,46 @@ from pipeline.schema import read_manifest  # noqa: E402
 from pipeline.transforms import augment_batch, decode_batch  # noqa: E402
 
 
-def bare_loop(root: str, batch: int = 64) -> float:
+def bare_loop(root: str, cfg) -> float:
+    """Single process, same decode and the same augmentation settings as the pipeline."""
+    d = cfg.data
     files = sorted(glob.glob(f"{root}/train/*.parquet"))
     rows, t0 = 0, time.perf_counter()
     for f in files:
         pf = pq.ParquetFile(f)
-        for rb in pf.iter_batches(batch_size=batch, columns=["image", "landmark_crop", "label"]):
+        for rb in pf.iter_batches(batch_size=64, columns=["image", "landmark_crop", "label"]):
             b = {k: np.asarray(rb.column(k).to_pylist(), dtype=object) for k in ("image", "landmark_crop")}
             b["label"] = rb.column("label").to_numpy()
-            out = augment_batch(decode_batch(b), 0.5, 0.5, (0.02, 0.1), 0.0)
+            out = augment_batch(decode_batch(b), d.hflip, d.random_erasing, tuple(d.erasing_scale),
+                                d.gaussian_noise)
             rows += len(out["label"])
     return rows / (time.perf_counter() - t0)
 
 
-def ray_pipeline(root: str, epochs: int, overrides: list[str], batch: int = 16) -> float:
+def ray_pipeline(root: str, epochs: int, cfg) -> float:
     import ray
 
     from pipeline.data import build_datasets
 
-    cfg = load_config(None, [f"data.shards={root}", "data.val_fraction=0", *overrides])
     ds = build_datasets(cfg, read_manifest(root))["train"]
 
     @ray.remote(num_cpus=0.5)
-    class Consumer:  # stands in for a Train worker: same iterator, same 0.5 CPU
-        def run(self, it, prefetch: int) -> float:
-            import torch
+    class Consumer:  # stands in for a Train worker: the loop's own EpochBatches, same 0.5 CPU
+        def run(self, it, batch_size: int, prefetch: int) -> float:
+            from pipeline.epochs import EpochBatches
+
+            batches = EpochBatches(it, batch_size, prefetch)
             rows, t0 = 0, time.perf_counter()
-            for b in it.iter_torch_batches(batch_size=batch, drop_last=True, prefetch_batches=prefetch,
-                                           dtypes={"image": torch.uint8, "crop": torch.uint8,
-                                                   "label": torch.int64}):
+            for b in batches.epoch():
                 rows += len(b["label"])
+            batches.close()
             return rows / (time.perf_counter() - t0)
 
     consumer = Consumer.remote()
     it = ds.streaming_split(1, equal=True)[0]
     # first epoch includes pipeline start-up; report the best
-    return max(ray.get(consumer.run.remote(it, cfg.data.prefetch_batches)) for _ in range(epochs))
+    return max(ray.get(consumer.run.remote(it, cfg.data.batch_size, cfg.data.prefetch_batches))
+               for _ in range(epochs))
 
 
 def repeated_shards(root: str, repeat: int, tmp: Path) -> str:
@@ -96,12 +100,13 @@ def main() -> None:
     a = ap.parse_args()
     from pipeline.runtime import ensure_ray
 
-    ensure_ray()
     with tempfile.TemporaryDirectory(dir=Path(a.shards).parent) as tmp:
         shards = repeated_shards(a.shards, a.repeat, Path(tmp)) if a.repeat > 1 else a.shards
         n = len(glob.glob(f"{shards}/train/*.parquet"))
-        bare = bare_loop(shards)
-        ray_rate = ray_pipeline(shards, a.epochs, a.overrides)
+        cfg = load_config(None, [f"data.shards={shards}", "data.val_fraction=0", *a.overrides])
+        bare = bare_loop(shards, cfg)  # before Ray starts: its start-up would slow the bare loop
+        ensure_ray()
+        ray_rate = ray_pipeline(shards, a.epochs, cfg)
         print(f"train files: {n}")
         print(f"bare decode+augment loop (1 process): {bare:8.1f} rows/s")
         print(f"Ray Data → iter_torch_batches in a 0.5-CPU actor: {ray_rate:8.1f} rows/s")
