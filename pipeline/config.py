@@ -44,6 +44,9 @@ class DataCfg:
     decode_cpus: float = 0.25  # CPUs per Ray Data decode task
     decode_concurrency: int = 0  # cap on concurrent decode tasks (0: as many as CPUs allow)
     prefetch_batches: int = 4  # batches each worker's iterator fetches ahead of the step loop
+    # rows per read block, i.e. per decode task (0: Ray's default). See pipeline.data.read_split.
+    read_rows_per_block: int = 128
+    parquet_reader: str = "v1"  # v1 | v2 (Ray 2.60's default, see pipeline.data.read_split)
     seed: int = 123
 
 
@@ -257,6 +260,8 @@ def validate(cfg: TrainConfig) -> None:
          "optim.sam with optim.grad_accum > 1 is not supported (SAM needs whole-batch gradients)"),
         (cfg.model.variant in ("tiny", "small", "base", "large"),
          "model.variant must be tiny, small, base or large"),
+        (cfg.data.parquet_reader in ("v1", "v2"), "data.parquet_reader must be v1 or v2"),
+        (cfg.data.read_rows_per_block >= 0, "data.read_rows_per_block must be >= 0 (0: Ray's default)"),
     ]
     for ok, msg in checks:
         if not ok:
