@@ -1,4 +1,5 @@
-"""Model registry: register runs, review champion vs challenger, import official checkpoints.
+"""Model registry: register runs, review champion vs challenger, import official checkpoints
+(``pipeline.review``, ``pipeline.official_import``).
 
     python -m pipeline.registry register --run-id RUN_ID [--name poster-fer] [--alias challenger]
     python -m pipeline.registry register --best-of SWEEP_PARENT_RUN_ID [--best-metric val_accuracy]
@@ -24,7 +25,6 @@ import datetime as _dt
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,68 +238,6 @@ def show_version(ref: str, name: str = DEFAULT_NAME, tracking_uri: str | None = 
     }
 
 
-# --------------------------------------------------------------------------- official import
-
-
-@dataclass
-class ImportResult:
-    run_id: str
-    model_uri: str
-    version: str | None
-    classes: list[str]
-
-
-def import_official(checkpoint: str | Path, variant: str = "large", dataset: str = "rafdb",
-                    tracking_uri: str | None = None, experiment: str = DEFAULT_IMPORT_EXPERIMENT,
-                    name: str = DEFAULT_NAME, alias: str | None = CHALLENGER, register: bool = True,
-                    classes: list[str] | None = None, run_name: str | None = None) -> ImportResult:
-    """Wrap an official POSTER checkpoint as an MLflow run + pyfunc model, and register it.
-
-    The head is re-ordered from the dataset's official label order into ``classes`` (default:
-    the canonical order of the dataset's classes); ``bgr`` is recorded for RAF-DB.
-    """
-    import dataclasses
-    import hashlib
-
-    from pipeline.modelpkg import log_poster_model
-    from pipeline.official import file_sha256, load_official
-    from pipeline.runtime import git_commit
-    from pipeline.tracking import end_run, start_or_resume_run, MlflowTracker
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise RegistryError(f"--checkpoint {checkpoint}: no such file")
-    uri = resolve_uri(tracking_uri)
-    model, cls, extra = load_official(checkpoint, variant, dataset, classes)
-    sha = file_sha256(checkpoint)
-    pcfg = dataclasses.asdict(model.cfg)
-    config_hash = hashlib.sha256(json.dumps(pcfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    tags = {
-        "poster.source": "official", "poster.dataset": extra["dataset"], "poster.variant": variant,
-        "poster.classes": ",".join(cls), "poster.dataset_hash": f"official:{extra['dataset']}",
-        "poster.config_hash": config_hash, "poster.official_checkpoint": str(checkpoint.resolve()),
-        "poster.official_sha256": sha, "poster.bgr": str(extra["bgr"]).lower(),
-    }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    name_for_run = run_name or f"official-{extra['dataset']}-{variant}-{sha[:8]}"
-    run_id = start_or_resume_run(uri, experiment, name_for_run, None, tags)
-    try:
-        tracker = MlflowTracker(uri, run_id)
-        tracker.set_tags(tags)
-        tracker.log_params({"model.variant": variant, "official.dataset": extra["dataset"],
-                            "official.class_order": ",".join(extra["official_class_order"]),
-                            "data.bgr": extra["bgr"], "official.use_crop": extra["use_crop"]})
-        model_uri = log_poster_model(uri, run_id, model.state_dict(), model.cfg, cls, extra)
-    except BaseException:
-        end_run(uri, run_id, "FAILED")
-        raise
-    end_run(uri, run_id, "FINISHED")
-    version = register_run(run_id, uri, name, alias) if register else None
-    return ImportResult(run_id, model_uri, version, cls)
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -357,6 +295,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _cmd_register(args: argparse.Namespace) -> None:
+    run_id = args.run_id or best_trial_run(args.best_of, args.tracking_uri, args.best_metric, args.mode)
+    version = register_run(run_id, args.tracking_uri, args.name, args.alias or None)
+    print(f"registered run {run_id} as {args.name} v{version}" + (f" @{args.alias}" if args.alias else ""))
+    print(f"load: mlflow.pyfunc.load_model('models:/{args.name}/{version}')")
+
+
+def _cmd_review(args: argparse.Namespace) -> None:
+    res = review(args.name, args.shards, args.split, args.metric, args.margin, args.promote, args.force,
+                 args.reason, args.allow_other_shards, args.tracking_uri, args.batch_size, args.out)
+    print(res.report)
+    if res.promoted:
+        print(f"\n@{CHAMPION} -> v{res.challenger.version}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    rows = list_versions(args.name, args.tracking_uri)
+    if not rows:
+        print(f"{args.name}: no versions")
+        return
+    _print_rows(rows, ["version", "aliases", "created", "variant", "test_accuracy", "test_macro_f1",
+                       "review_accuracy", "decision", "run_id"])
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    info = show_version(args.version, args.name, args.tracking_uri)
+    print(f"{info['name']} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
+    print(f"uri: {info['uri']}   source: {info['source']}   run: {info['run_id']}   created: {info['created']}")
+    print("tags:")
+    for k, v in info["tags"].items():
+        print(f"  {k} = {v}")
+    if info["description"]:
+        print("\n" + info["description"])
+
+
+def _cmd_import_official(args: argparse.Namespace) -> None:
+    from pipeline.official_import import import_official  # torch + MLflow: only when needed
+    from pipeline.schema import read_manifest
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.shards and not classes:
+        classes = list(read_manifest(args.shards)["classes"])
+    res = import_official(args.checkpoint, args.variant, args.dataset, args.tracking_uri, args.experiment,
+                          args.name, args.alias or None, not args.no_register, classes)
+    print(f"imported {args.checkpoint} as run {res.run_id}; model {res.model_uri}; "
+          f"classes {','.join(res.classes)}")
+    if res.version:
+        print(f"registered as {args.name} v{res.version}" + (f" @{args.alias}" if args.alias else ""))
+
+
+COMMANDS = {"register": _cmd_register, "review": _cmd_review, "list": _cmd_list, "show": _cmd_show,
+            "import-official": _cmd_import_official}
+
+
 def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
@@ -365,49 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_mlflow()
     try:
-        if args.cmd == "register":
-            run_id = args.run_id or best_trial_run(args.best_of, args.tracking_uri, args.best_metric, args.mode)
-            version = register_run(run_id, args.tracking_uri, args.name, args.alias or None)
-            print(f"registered run {run_id} as {args.name} v{version}"
-                  + (f" @{args.alias}" if args.alias else ""))
-            print(f"load: mlflow.pyfunc.load_model('models:/{args.name}/{version}')")
-        elif args.cmd == "review":
-            res = review(args.name, args.shards, args.split, args.metric, args.margin, args.promote,
-                         args.force, args.reason, args.allow_other_shards, args.tracking_uri,
-                         args.batch_size, args.out)
-            print(res.report)
-            if res.promoted:
-                print(f"\n@{CHAMPION} -> v{res.challenger.version}")
-        elif args.cmd == "list":
-            rows = list_versions(args.name, args.tracking_uri)
-            if not rows:
-                print(f"{args.name}: no versions")
-            else:
-                _print_rows(rows, ["version", "aliases", "created", "variant", "test_accuracy",
-                                   "test_macro_f1", "review_accuracy", "decision", "run_id"])
-        elif args.cmd == "show":
-            info = show_version(args.version, args.name, args.tracking_uri)
-            print(f"{info['name']} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
-            print(f"uri: {info['uri']}   source: {info['source']}   run: {info['run_id']}   "
-                  f"created: {info['created']}")
-            print("tags:")
-            for k, v in info["tags"].items():
-                print(f"  {k} = {v}")
-            if info["description"]:
-                print("\n" + info["description"])
-        elif args.cmd == "import-official":
-            from pipeline.schema import read_manifest
-
-            classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-            if args.shards and not classes:
-                classes = list(read_manifest(args.shards)["classes"])
-            res = import_official(args.checkpoint, args.variant, args.dataset, args.tracking_uri,
-                                  args.experiment, args.name, args.alias or None, not args.no_register,
-                                  classes)
-            print(f"imported {args.checkpoint} as run {res.run_id}; model {res.model_uri}; "
-                  f"classes {','.join(res.classes)}")
-            if res.version:
-                print(f"registered as {args.name} v{res.version}" + (f" @{args.alias}" if args.alias else ""))
+        COMMANDS[args.cmd](args)
     except ReviewRefused as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
 import time
@@ -25,35 +24,12 @@ from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict, load_config
 from pipeline.runtime import ensure_ray, git_commit
-from pipeline.sweep_space import (check_space, config_for_trial, decode_sample, domain_of,
-                                  json_keys, load_space)
+from pipeline.sweep_search import (SweepCfg, SweepError, make_searcher, report_callback,
+                                   to_tune_space, trial_resources)
+from pipeline.sweep_space import check_space, config_for_trial, decode_sample, load_space
 from pipeline.tracking import MlflowTracker, default_tracking_uri, end_run, start_or_resume_run
 
 SPEC_FILE = "poster_sweep.json"  # what --resume needs, next to Tune's experiment state
-DRIVER_MEMORY = 256 * 1024**2  # logical bytes the trial bundle asks for when it takes no CPU
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot start as asked (the message says what to change)."""
-
-
-@dataclass
-class SweepCfg:
-    space: str = ""
-    name: str = ""  # "" → sweep-<space>-<time>; the same name + --resume continues a sweep
-    num_samples: int = 8
-    max_concurrent: int = 1  # > 1 needs spare CPUs and an MLflow server, see docs/tune.md
-    metric: str = "val_accuracy"
-    mode: str = "max"
-    search: str = "random"  # random | optuna | hyperopt
-    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
-    reduction_factor: int = 2
-    trial_cpus: float = 0.0  # the driver only waits (0: a memory-only bundle, see trial_resources)
-    max_failures: int = 0  # Tune-level retries of a crashed trial (Train retries workers itself)
-    register: bool = True
-    registry_name: str = "poster-fer"
-    alias: str = "challenger"
-    seed: int = 0
 
 
 @dataclass
@@ -71,67 +47,6 @@ class SweepResult:
 
 
 # --- Tune side -----------------------------------------------------------------------------
-
-def to_tune_space(space: dict[str, Any]) -> dict[str, Any]:
-    """Plain-data domains → ``tune.*``; list/dict values travel as JSON strings."""
-    from ray import tune
-
-    enc = set(json_keys(space))
-    out: dict[str, Any] = {}
-    for key, spec in space.items():
-        kind, args = domain_of(spec)
-        if kind == "const":
-            out[key] = json.dumps(spec) if key in enc else spec
-        elif kind in ("choice", "grid"):
-            values = [json.dumps(v) for v in args] if key in enc else list(args)
-            out[key] = tune.choice(values) if kind == "choice" else tune.grid_search(values)
-        else:
-            out[key] = getattr(tune, kind)(*args)
-    return out
-
-
-def _searcher(sweep: SweepCfg, space: dict[str, Any]) -> Any:
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if sweep.search == "random":
-        # Tune ignores TuneConfig.max_concurrent_trials for a SearchAlgorithm instance like this
-        # one (it only wraps Searchers), so the limit goes here or every trial starts at once.
-        return BasicVariantGenerator(max_concurrent=sweep.max_concurrent, random_state=sweep.seed)
-    if any(domain_of(v)[0] == "grid" for v in space.values()):
-        raise SweepError(f"--search {sweep.search} cannot take grid domains; use --search random")
-    package = {"optuna": "optuna", "hyperopt": "hyperopt"}.get(sweep.search)
-    if package is None:
-        raise SweepError(f"--search must be random, optuna or hyperopt, got {sweep.search!r}")
-    if importlib.util.find_spec(package) is None:
-        raise SweepError(f"--search {sweep.search} needs the {package} package, which is not installed: "
-                         f"pip install {package}   (or use --search random)")
-    if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(seed=sweep.seed)
-    from ray.tune.search.hyperopt import HyperOptSearch
-
-    return HyperOptSearch(random_state_seed=sweep.seed)
-
-
-def _report_callback() -> Any:
-    """``TuneReportCallback`` plus two renames: ``epochs_done`` (1-based epoch, ASHA's clock, right
-    on resumed trials too), and the loop's final ``done`` flag moved to ``train_done``: Tune reads
-    ``done`` as "trial finished" and would kill the driver before it logs the model."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class SweepReportCallback(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            renamed = []
-            for m in metrics:
-                m = {("train_done" if k == "done" else k): v for k, v in m.items()}
-                if "epoch" in m:
-                    m["epochs_done"] = int(m["epoch"]) + 1
-                renamed.append(m)
-            super().after_report(run_context, renamed, checkpoint)
-
-    return SweepReportCallback()
-
 
 def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One trial: base config + sampled point → ``run_training`` in a nested MLflow run."""
@@ -160,18 +75,11 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     tracker.log_params(params)
     tracker.set_tags(tags)
     try:
-        run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[_report_callback()], run_name=name)
+        run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[report_callback()], run_name=name)
     except BaseException as e:
         tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
         raise
     tracker.set_tags({"poster.trial_status": "completed"})
-
-
-def trial_resources(trial_cpus: float) -> dict[str, float]:
-    """The trial driver's bundle. Tune rejects an all-zero bundle, so a 0-CPU driver asks for a
-    little (logical) memory instead: on 2 cores the Train workers take 2 x 0.5 CPU and Ray Data's
-    file-listing task needs one whole free CPU, so even a 0.1-CPU driver would hang the trial."""
-    return {"CPU": trial_cpus} if trial_cpus > 0 else {"CPU": 0, "memory": DRIVER_MEMORY}
 
 
 def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
@@ -209,7 +117,7 @@ def _tuner(ctx: dict[str, Any], sweep: SweepCfg, space: dict[str, Any], exp_dir:
     # and model logging; the loop ends by itself after schedule.epochs.
     asha = ASHAScheduler(time_attr="epochs_done", max_t=epochs, grace_period=min(sweep.grace_period, epochs),
                          reduction_factor=sweep.reduction_factor, stop_last_trials=False)
-    searcher = _searcher(sweep, space)
+    searcher = make_searcher(sweep, space)
     limit = None if sweep.search == "random" else sweep.max_concurrent  # random: set in the searcher
     return tune.Tuner(
         trainable,

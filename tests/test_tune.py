@@ -81,7 +81,7 @@ def test_check_key_accepts_nested_paths() -> None:
 def test_tune_domains_round_trip() -> None:
     from ray import tune
 
-    from pipeline.tune import to_tune_space
+    from pipeline.sweep_search import to_tune_space
 
     space = load_space("combined")
     converted = to_tune_space(space)
@@ -107,9 +107,9 @@ def test_concurrent_trials_refuse_sqlite() -> None:
 
 def test_random_search_keeps_the_concurrency_limit() -> None:
     """Tune drops max_concurrent_trials for a BasicVariantGenerator; ours carries the limit."""
-    from pipeline.tune import SweepCfg, _searcher
+    from pipeline.sweep_search import SweepCfg, make_searcher
 
-    assert _searcher(SweepCfg(max_concurrent=1), {"optim.lr": {"uniform": [0.1, 0.2]}}).max_concurrent == 1
+    assert make_searcher(SweepCfg(max_concurrent=1), {"optim.lr": {"uniform": [0.1, 0.2]}}).max_concurrent == 1
 
 
 @pytest.mark.ray
@@ -130,12 +130,12 @@ def test_default_trial_resources_fit_two_cpus(ray_session, monkeypatch) -> None:
 def test_missing_search_library_is_explained(search: str) -> None:
     import importlib.util
 
-    from pipeline.tune import SweepCfg, SweepError, _searcher
+    from pipeline.sweep_search import SweepCfg, SweepError, make_searcher
 
     if importlib.util.find_spec(search) is not None:
         pytest.skip(f"{search} is installed")
     with pytest.raises(SweepError, match=f"pip install {search}"):
-        _searcher(SweepCfg(search=search), {"optim.lr": {"uniform": [0.1, 0.2]}})
+        make_searcher(SweepCfg(search=search), {"optim.lr": {"uniform": [0.1, 0.2]}})
 
 
 # --- trial status bookkeeping (no Ray, no MLflow server) -----------------------------------
