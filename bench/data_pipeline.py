@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data import train_transform  # noqa: E402
 from pipeline.schema import read_manifest  # noqa: E402
-from pipeline.transforms import augment_batch, decode_batch  # noqa: E402
 
 
 def rates(passes: list[tuple[int, int, float, float]]) -> tuple[float, float]:
@@ -43,13 +43,13 @@ def rates(passes: list[tuple[int, int, float, float]]) -> tuple[float, float]:
 
 
 def bare_loop(root: str, passes: int, cfg) -> tuple[float, float]:
-    """Single process, same decode and the same augmentation settings as the pipeline; the best
+    """Single process, the pipeline's decode + augment (same settings) over the same files; the best
     of ``passes`` passes, as for the pipeline's epochs (the first pass pays for warm-up)."""
     return rates([_bare_pass(root, cfg) for _ in range(passes)])
 
 
 def _bare_pass(root: str, cfg) -> tuple[int, int, float, float]:
-    d = cfg.data
+    transform = train_transform(cfg.data, carve=0.0)  # the pipeline's own decode + augment
     files = sorted(glob.glob(f"{root}/train/*.parquet"))
     rows, first_rows, t_first, t0 = 0, 0, 0.0, time.perf_counter()
     for f in files:
@@ -57,8 +57,7 @@ def _bare_pass(root: str, cfg) -> tuple[int, int, float, float]:
         for rb in pf.iter_batches(batch_size=64, columns=["image", "landmark_crop", "label"]):
             b = {k: np.asarray(rb.column(k).to_pylist(), dtype=object) for k in ("image", "landmark_crop")}
             b["label"] = rb.column("label").to_numpy()
-            out = augment_batch(decode_batch(b), d.hflip, d.random_erasing, tuple(d.erasing_scale),
-                                d.gaussian_noise)
+            out = transform(b)
             rows += len(out["label"])
             if not first_rows:
                 first_rows, t_first = rows, time.perf_counter() - t0

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -65,6 +65,13 @@ def _keep(batch: dict[str, np.ndarray], val_fraction: float, want_val: bool) -> 
     return {k: v[mask] for k, v in batch.items()}
 
 
+def train_transform(d: Any, carve: float) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Parquet rows → decoded, augmented uint8 batch, minus the rows carved out for validation:
+    what the train pipeline maps over its blocks (and bench/data_pipeline.py's bare loop calls)."""
+    aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise")}
+    return functools.partial(_train_batch, carve=carve, cfg=aug)
+
+
 def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     batch = _keep(batch, carve, want_val=False)
     if len(batch["label"]) == 0:
@@ -110,10 +117,8 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]
                        shuffle=FileShuffleConfig(seed=d.seed, reseed_after_execution=True))
     if d.max_train_rows > 0:
         train = train.limit(d.max_train_rows)
-    aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise")}
     train = train.map_batches(
-        functools.partial(_train_batch, carve=carve, cfg=aug),
-        batch_format="numpy", batch_size=64, num_cpus=d.decode_cpus,
+        train_transform(d, carve), batch_format="numpy", batch_size=64, num_cpus=d.decode_cpus,
         compute=ray.data.TaskPoolStrategy(size=d.decode_concurrency or None),
     )
     out = {"train": train}
