@@ -1,8 +1,8 @@
 """Epoch-by-epoch batches from a Ray Train dataset shard, with the next epoch started early.
 
-Every epoch re-executes the Ray Data pipeline (list files → read → decode+augment → split), and
-its first batch takes seconds to arrive: on a short epoch that start-up is most of the trainer's
-data wait. ``start_next()`` pulls the next epoch's first batch in a background thread, so the
+Every epoch re-executes the Ray Data pipeline (read → decode+augment → split), and its first
+batch takes 0.4-0.7 s on 2 cores (seconds in the first epoch): on a short epoch that start-up is
+most of the trainer's data wait. ``start_next()`` pulls the next epoch's first batch in a background thread, so the
 start-up overlaps validation, checkpointing and ``ray.train.report`` instead of stalling the step
 loop. No collective ops run in that thread; ranks still see equal batch counts (equal split).
 """
