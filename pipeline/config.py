@@ -39,7 +39,17 @@ class DataCfg:
     erasing_scale: list = field(default_factory=lambda: [0.02, 0.1])
     gaussian_noise: float = 0.0  # official V1 dataset-level aug: p of adding N(0, var 30) noise
     bgr: bool = False  # official RAF-DB model was trained on BGR input
-    class_balanced_loss: bool = False  # weights 1/count from the manifest (no sampler when streaming)
+    class_balanced_loss: bool = False  # weights 1/count from the manifest in the loss
+    # "balanced": per-class resampling in the stream (docs/design.md, "Shuffling and sampling")
+    sampler: str = "none"  # none | balanced
+    # Row order every epoch, reseeded from `seed` per epoch (docs/design.md). "full": Ray's
+    # random_shuffle of the encoded rows (all-to-all); "blocks": block order randomised + the local
+    # buffer below (cheaper; ranks can get class-skewed rows from class-sorted shards); "files":
+    # file order + buffer only; "auto": full up to full_shuffle_max_rows train rows, else blocks.
+    shuffle: str = "auto"
+    full_shuffle_max_rows: int = 100_000
+    shuffle_buffer: int = 1024  # rows per worker mixed by iter_torch_batches (0: off)
+    group_column: str = ""  # val carve by hash of this column (e.g. "group" from --group-regex)
     max_train_rows: int = 0  # 0 = all; cap for smoke runs
     decode_cpus: float = 0.25  # CPUs per Ray Data decode task
     decode_concurrency: int = 0  # cap on concurrent decode tasks (0: as many as CPUs allow)
@@ -262,6 +272,10 @@ def validate(cfg: TrainConfig) -> None:
          "model.variant must be tiny, small, base or large"),
         (cfg.data.parquet_reader in ("v1", "v2"), "data.parquet_reader must be v1 or v2"),
         (cfg.data.read_rows_per_block >= 0, "data.read_rows_per_block must be >= 0 (0: Ray's default)"),
+        (cfg.data.shuffle in ("auto", "blocks", "full", "files"),
+         "data.shuffle must be auto, blocks, full or files"),
+        (cfg.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: off)"),
+        (cfg.data.sampler in ("none", "balanced"), "data.sampler must be none or balanced"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -1,8 +1,11 @@
 """Ray Data pipelines over the ingest shards.
 
-- train: file-level shuffle reseeded every epoch → carve out val rows → decode + augment in
-  ``map_batches`` (uint8 into the object store) → split equally across workers by Ray Train
-  (ranks with different batch counts would deadlock DDP).
+- train: file shuffle + block order (or a full row shuffle) reseeded every epoch → carve out val
+  rows (by sample-id hash, or by the hash of ``data.group_column`` so a person or sequence stays
+  on one side) → optional class-balanced resampling → decode + augment in ``map_batches`` (uint8
+  into the object store) → split equally across workers by Ray Train (ranks with different batch
+  counts would deadlock DDP); each worker's iterator then mixes rows in a local shuffle buffer
+  reseeded per epoch (pipeline.epochs). Class-sorted shards otherwise give one-class batches.
 - val / test: raw rows, *not* split by Ray Train; each worker decodes only the rows whose
   sample-id hash falls in its partition, so every row is evaluated exactly once and the
   confusion matrices can be all-reduced (an equal split would silently drop rows).
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any, Callable
 
 import numpy as np
@@ -57,23 +61,69 @@ def read_blocks(manifest: dict[str, Any], split: str, rows_per_block: int) -> in
     return max(1, -(-rows // rows_per_block)) if rows_per_block > 0 and rows else None
 
 
-def _keep(batch: dict[str, np.ndarray], val_fraction: float, want_val: bool) -> dict[str, np.ndarray]:
+def group_fraction(groups: np.ndarray) -> np.ndarray:
+    """Stable value in [0, 1) per group name (sha256), so a whole group falls on one side."""
+    return np.array([int(hashlib.sha256(str(g).encode()).hexdigest()[:8], 16) / 16**8 for g in groups],
+                    dtype=np.float64)
+
+
+def carve_fraction(batch: dict[str, np.ndarray], group_column: str = "") -> np.ndarray:
+    """The value the val carve compares with ``val_fraction``: per group when a column is named
+    (rows with an empty group fall back to their sample id), else per sample id."""
+    by_id = hash_fraction(batch["sample_id"])
+    if not group_column:
+        return by_id
+    groups = batch[group_column]
+    has = np.array([bool(g) for g in groups], dtype=bool)
+    return np.where(has, group_fraction(groups), by_id)
+
+
+def _keep(batch: dict[str, np.ndarray], val_fraction: float, want_val: bool,
+          group_column: str = "") -> dict[str, np.ndarray]:
     if val_fraction <= 0:
-        return batch if not want_val else {k: v[:0] for k, v in batch.items()}
-    is_val = hash_fraction(batch["sample_id"]) < val_fraction
-    mask = is_val if want_val else ~is_val
-    return {k: v[mask] for k, v in batch.items()}
+        out = batch if not want_val else {k: v[:0] for k, v in batch.items()}
+    else:
+        is_val = carve_fraction(batch, group_column) < val_fraction
+        mask = is_val if want_val else ~is_val
+        out = {k: v[mask] for k, v in batch.items()}
+    return {k: v for k, v in out.items() if k in EVAL_COLUMNS}
 
 
-def train_transform(d: Any, carve: float) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Parquet rows → decoded, augmented uint8 batch, minus the rows carved out for validation:
-    what the train pipeline maps over its blocks (and bench/data_pipeline.py's bare loop calls)."""
+def balanced_weights(manifest: dict[str, Any], classes: list[str]) -> list[float]:
+    """Expected copies per row of each class so every class gets N/K rows per epoch in
+    expectation (the epoch keeps about N rows, like PyTorch's ImbalancedDatasetSampler with
+    ``num_samples=len(dataset)``); absent classes get 0."""
+    counts = np.array([manifest["counts"]["train"].get(c, 0) for c in classes], dtype=np.float64)
+    present = max(int((counts > 0).sum()), 1)
+    return np.where(counts > 0, counts.sum() / present / np.maximum(counts, 1), 0.0).tolist()
+
+
+def resample(batch: dict[str, np.ndarray], weights: list[float], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each row repeated floor(w) times plus once more with probability frac(w), w its class's
+    weight: majority classes are thinned, minority classes repeated, all in the stream."""
+    w = np.asarray(weights, dtype=np.float64)[batch["label"].astype(np.int64)]
+    reps = np.floor(w).astype(np.int64) + (rng.random(len(w)) < w - np.floor(w))
+    idx = np.repeat(np.arange(len(w)), reps)
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def train_transform(d: Any, carve: float, weights: list[float] | None = None
+                    ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Parquet rows → decoded, augmented uint8 batch, minus the rows carved out for validation
+    (and resampled per class when ``weights`` are given): what the train pipeline maps over its
+    blocks (and bench/data_pipeline.py's bare loop calls)."""
     aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise")}
-    return functools.partial(_train_batch, carve=carve, cfg=aug)
+    return functools.partial(_train_batch, carve=carve, cfg=aug, group_column=d.group_column,
+                             weights=weights)
 
 
-def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    batch = _keep(batch, carve, want_val=False)
+def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any],
+                 group_column: str = "", weights: list[float] | None = None) -> dict[str, np.ndarray]:
+    batch = _keep(batch, carve, want_val=False, group_column=group_column)
+    if weights is not None:
+        # Not seeded: a map task does not know the epoch, and a fixed seed would drop the same
+        # majority rows every epoch. Row order is seeded (shuffle), the draw is not.
+        batch = resample(batch, weights, np.random.default_rng())
     if len(batch["label"]) == 0:
         return {"image": np.zeros((0, 224, 224, 3), np.uint8), "crop": np.zeros((0, 112, 112, 3), np.uint8),
                 "label": np.zeros((0,), np.int64)}
@@ -82,7 +132,8 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]
                          cfg["gaussian_noise"])
 
 
-def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None) -> Any:
+def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,
+               columns: list[str] | None = None) -> Any:
     """``read_parquet`` of one split with the reader ``data.parquet_reader`` names.
 
     "v1" (default): Ray 2.60's default reader (DataSource V2) packs files into 128 MiB read units
@@ -99,13 +150,43 @@ def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle:
     ctx.use_datasource_v2 = d.parquet_reader == "v2"
     try:  # the flag is read here, on the driver; the Dataset keeps its own copy of the context
         return ray.data.read_parquet(
-            split_path(root, split), columns=EVAL_COLUMNS, num_cpus=d.decode_cpus, shuffle=shuffle,
+            split_path(root, split), columns=columns or EVAL_COLUMNS, num_cpus=d.decode_cpus, shuffle=shuffle,
             override_num_blocks=read_blocks(manifest, split, d.read_rows_per_block))
     finally:
         ctx.use_datasource_v2 = previous
 
 
-def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_group_column(root: str, column: str) -> None:
+    """``data.group_column`` must name a column of the train shards (fail before any Ray work)."""
+    path = split_path(root, "train")
+    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if column not in pads.dataset(inner, filesystem=fs, format="parquet").schema.names:
+        raise ValueError(f"data.group_column={column!r}: no such column in {path}; re-ingest with "
+                         "--group-regex (writes 'group') or set data.group_column=''")
+
+
+def shuffle_mode(d: Any, manifest: dict[str, Any]) -> str:
+    """``data.shuffle`` with "auto" resolved by the manifest's train row count."""
+    if d.shuffle != "auto":
+        return d.shuffle
+    rows = sum(manifest.get("counts", {}).get("train", {}).values())
+    return "full" if rows <= d.full_shuffle_max_rows else "blocks"
+
+
+def shuffled(ds: Any, d: Any, mode: str) -> Any:
+    """Row order of one epoch (``data.shuffle``), reseeded from ``data.seed`` on every execution."""
+    from ray.data import RandomSeedConfig
+
+    seed = RandomSeedConfig(seed=d.seed, reseed_after_execution=True)
+    if mode == "blocks":
+        return ds.randomize_block_order(seed=seed)
+    if mode == "full":
+        return ds.random_shuffle(seed=seed)
+    return ds
+
+
+def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str] | None = None
+                   ) -> dict[str, Any]:
     """Ray Datasets keyed train / val / test (test only when the shards have one)."""
     import ray.data
     from ray.data import FileShuffleConfig
@@ -113,20 +194,26 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]
     d = cfg.data
     root = d.shards
     carve = 0.0 if has_split(manifest, "val") else d.val_fraction
-    train = read_split(root, "train", d, manifest,
+    cols = EVAL_COLUMNS + ([d.group_column] if d.group_column and carve > 0 else [])
+    if len(cols) > len(EVAL_COLUMNS):
+        check_group_column(root, d.group_column)
+    train = read_split(root, "train", d, manifest, columns=cols,
                        shuffle=FileShuffleConfig(seed=d.seed, reseed_after_execution=True))
     if d.max_train_rows > 0:
         train = train.limit(d.max_train_rows)
+    train = shuffled(train, d, shuffle_mode(d, manifest))
+    weights = (balanced_weights(manifest, classes or manifest["classes"])
+               if d.sampler == "balanced" else None)
     train = train.map_batches(
-        train_transform(d, carve), batch_format="numpy", batch_size=64, num_cpus=d.decode_cpus,
-        compute=ray.data.TaskPoolStrategy(size=d.decode_concurrency or None),
+        train_transform(d, carve, weights), batch_format="numpy", batch_size=64,
+        num_cpus=d.decode_cpus, compute=ray.data.TaskPoolStrategy(size=d.decode_concurrency or None),
     )
     out = {"train": train}
     if has_split(manifest, "val"):
         out["val"] = read_split(root, "val", d, manifest)
     elif carve > 0:
-        out["val"] = read_split(root, "train", d, manifest).map_batches(
-            functools.partial(_keep, val_fraction=carve, want_val=True),
+        out["val"] = read_split(root, "train", d, manifest, columns=cols).map_batches(
+            functools.partial(_keep, val_fraction=carve, want_val=True, group_column=d.group_column),
             batch_format="numpy", num_cpus=d.decode_cpus)
     if has_split(manifest, "test"):
         out["test"] = read_split(root, "test", d, manifest)

@@ -18,7 +18,7 @@ from pipeline import checkpointing
 from pipeline.config import TrainConfig, from_dict
 from pipeline.epochs import EpochBatches
 from pipeline.evaluation import allreduce_confusion, evaluate_batches, iter_partition
-from pipeline.metrics import metrics_from_confusion
+from pipeline.metrics import BatchMix, metrics_from_confusion
 from pipeline.modeling import build_loss, build_model, build_optimizer, build_scheduler, unwrap
 from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
@@ -87,6 +87,7 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
     cfg: TrainConfig = ctx["cfg"]
     model.train()
     sums: dict[str, float] = {}
+    mix = BatchMix(len(ctx["classes"]))  # label mix of the batches: one-class batches show here
     rows, steps, wait = 0, 0, 0.0
     t_start = time.perf_counter()
     it = batches.epoch()
@@ -99,6 +100,7 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         wait += time.perf_counter() - t0
         image, crop = to_model_inputs(batch["image"], batch["crop"], ctx["device"], cfg.data.bgr)
         target = batch["label"].to(ctx["device"])
+        mix.add(batch["label"])
         ctx["step"] = steps
         if steps == 2:  # mid-epoch, after real optimiser steps
             _maybe_inject_failure(cfg, ctx["epoch"], ctx["rank"], ctx["marker_dir"])
@@ -120,6 +122,7 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         "data_wait_first_batch_s": batches.first_wait_s,
         "epoch_seconds": elapsed,
     })
+    metrics.update(mix.metrics())
     return metrics
 
 
@@ -180,7 +183,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
     train_batches = EpochBatches(ray.train.get_dataset_shard("train"), cfg.data.batch_size,
-                                 cfg.data.prefetch_batches)
+                                 cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
+                                 seed=cfg.data.seed, rank=rank, start_epoch=state.start_epoch)
     val_it = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
     val_cache: list = []
     for epoch in range(state.start_epoch, cfg.schedule.epochs):

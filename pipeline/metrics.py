@@ -98,3 +98,26 @@ def format_table(rows: dict[str, dict[str, float]], keys: Sequence[str] | None =
             vals.append(f"{v:>12.4f}" if isinstance(v, float) else f"{str(v) if v is not None else '-':>12}")
         lines.append(f"{k:<{width}}  " + "  ".join(vals))
     return "\n".join(lines)
+
+
+class BatchMix:
+    """Label mix of an epoch's training batches, the signal that class-sorted streaming hides:
+    ``train_batch_classes`` = mean distinct labels per batch (1.0 = every batch one class) and
+    ``train_batch_label_entropy`` = mean per-batch label entropy in bits (0 = one class)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.batches, self.distinct, self.entropy = 0, 0.0, 0.0
+
+    def add(self, labels) -> None:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=self.num_classes)
+        if counts.sum() == 0:
+            return
+        p = counts[counts > 0] / counts.sum()
+        self.batches += 1
+        self.distinct += float(len(p))
+        self.entropy += float(-(p * np.log2(p)).sum())
+
+    def metrics(self) -> dict[str, float]:
+        n = max(self.batches, 1)
+        return {"train_batch_classes": self.distinct / n, "train_batch_label_entropy": self.entropy / n}

@@ -44,6 +44,17 @@ SCHEMA = pa.schema([
 ], metadata={b"schema_version": str(SCHEMA_VERSION).encode()})
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
+# Optional column (same schema version: readers select the columns they need, so shards without
+# it stay readable): the person/sequence a row belongs to, from ingest --group-regex. The val
+# carve (data.group_column) and the ingest's test split hash it, so a group stays on one side.
+GROUP = "group"
+GROUP_FIELD = pa.field(GROUP, pa.string(), nullable=False)
+
+
+def shard_schema(names) -> pa.Schema:
+    """SCHEMA, plus the optional group column when ``names`` has it."""
+    return SCHEMA.append(GROUP_FIELD) if GROUP in names else SCHEMA
+
 REJECTS_SCHEMA = pa.schema([
     pa.field(SOURCE_REF, pa.string()),
     pa.field(SPLIT, pa.string()),

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-fraction", type=float,
                    help="for inputs without a split: share put in test, chosen by content hash "
                         "(default 0; synthetic 0.2)")
+    g.add_argument("--group-regex",
+                   help="regex on each input's source_ref whose first capture group (or whole "
+                        "match) names its person/sequence; writes a 'group' column, the test "
+                        "split (--test-fraction) hashes it, and training's val carve can too "
+                        "(data.group_column=group), so a person never straddles splits. LFW-style "
+                        "names: '([^/]+)_[0-9]+[.][a-z]+$'")
     g.add_argument("--dedupe", action="store_true",
                    help="also drop duplicate images within a split (across splits they are always rejected)")
     g.add_argument("--max-reject-fraction", type=float, default=0.2,
@@ -64,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = ap.add_argument_group("synthetic")
     g.add_argument("--per-class", type=int, default=40, help="synthetic: images per class (all splits)")
-    g.add_argument("--seed", type=int, default=0, help="synthetic: seed; same seed, same images")
+    g.add_argument("--seed", type=int, default=0,
+                   help="synthetic: seed; same seed, same images. All sources: seed of the shards' "
+                        "row order (rows are written in a seeded random order, so shards are class-mixed)")
 
     g = ap.add_argument_group("scale")
     g.add_argument("--workers", type=int, help="face actors (default: the cluster's CPU count)")
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             max_reject_fraction=args.max_reject_fraction, dedupe=args.dedupe,
             overwrite=args.overwrite, test_fraction=args.test_fraction, per_class=args.per_class,
             seed=args.seed, limit=args.limit, image_column=args.image_column,
-            label_column=args.label_column)
+            label_column=args.label_column, group_regex=args.group_regex)
     except (OutputExistsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ import importlib.util
 import logging
 import math
 import os
+import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -128,7 +130,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
            max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
            test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
            limit: int | None = None, image_column: str | None = None, label_column: str | None = None,
-           progress: bool | None = None) -> IngestReport:
+           group_regex: str | None = None, progress: bool | None = None) -> IngestReport:
     """Ingest one source into `out` (a local path or URI). See docs/ingest.md for every option.
 
     Raises:
@@ -138,6 +140,11 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
         FileNotFoundError / ValueError: bad input path or options.
     """
     t0 = time.perf_counter()
+    if group_regex:
+        try:
+            re.compile(group_regex)
+        except re.error as e:
+            raise ValueError(f"--group-regex {group_regex!r} is not a valid regular expression: {e}") from None
     if skip_detection and detect:
         raise ValueError("--skip-detection and --detect exclude each other")
     if source != "synthetic" and not input:
@@ -150,6 +157,9 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
     class_list, recs, test_fraction = plan.classes, plan.records, plan.test_fraction
     if not recs:
         raise IngestError(f"no inputs found in {input or source}")
+    # Seeded random row order, so shards are class-mixed even when the input is sorted by class
+    # (a <label>/ folder tree, a sorted CSV); the content hash does not depend on order.
+    random.Random(seed).shuffle(recs)
 
     mode = "skip" if skip_detection else "detect" if detect else "auto"
     use_detector = mode != "auto" or any(not r["reason"] and not r["landmarks"] and not r["synth"]
@@ -162,7 +172,8 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
         log.warning("mediapipe is not installed: --skip-detection uses the mean landmark shape")
         use_detector = False
     cfg = StageConfig(source=source, classes=class_list, mode=mode, margin=margin,
-                      jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector)
+                      jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector,
+                      group_regex=group_regex or "")
 
     started_ray = _ensure_ray()
     staging, published = None, False
@@ -211,7 +222,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
 def _options(loc: dict) -> dict:
     keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
             "margin", "rows_per_shard", "jpeg_quality", "max_reject_fraction", "dedupe",
-            "test_fraction", "per_class", "seed", "limit")
+            "test_fraction", "per_class", "seed", "limit", "group_regex")
     return {k: loc[k] for k in keys}
 
 

@@ -150,7 +150,8 @@ def _drop_rows(fs, path: str, rows: set[int]) -> None:
     if table.num_rows == 0:
         fs.delete_file(path)
     else:
-        pq.write_table(table.cast(S.SCHEMA), path, filesystem=fs, compression="zstd")
+        pq.write_table(table.cast(S.shard_schema(table.schema.names)), path, filesystem=fs,
+                       compression="zstd")
 
 
 def content_hash(kept: pa.Table, classes: list[str]) -> str:

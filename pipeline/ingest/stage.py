@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class StageConfig:
     jpeg_quality: int = 95
     test_fraction: float = 0.0    # for records without a split: share sent to test (by sample_id)
     use_detector: bool = True     # False when every record has known landmarks (no mediapipe load)
+    group_regex: str = ""         # --group-regex on source_ref -> the `group` column ("" = none)
     detector_kwargs: dict = field(default_factory=dict)
 
 
@@ -128,6 +130,7 @@ class FaceStage:
                 if cfg.mode != "skip":  # skip mode falls back to the mean shape
                     raise
         self.index = {name: i for i, name in enumerate(cfg.classes)}
+        self.group_re = re.compile(cfg.group_regex) if cfg.group_regex else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.process(r) for r in batch.to_pylist()]
@@ -138,6 +141,8 @@ class FaceStage:
         out = {"source_ref": r["source_ref"], "split": r["split"], "source": self.cfg.source,
                "label_name": r["label_name"], "sample_id": "", "reason": r["reason"] or "",
                "detail": r["detail"] or ""}
+        if self.group_re is not None:
+            out["group"] = group_of(self.group_re, r["source_ref"])
         if out["reason"]:
             return out
         try:
@@ -162,8 +167,8 @@ class FaceStage:
         out["sample_id"] = sample_id(data)
         if min(rgb.shape[:2]) < MIN_SIDE:
             raise RejectError("image_too_small", f"{rgb.shape[1]}x{rgb.shape[0]}")
-        if not out["split"]:
-            out["split"] = _hash_split(out["sample_id"], self.cfg.test_fraction)
+        if not out["split"]:  # a group (person) goes to one split as a whole
+            out["split"] = _hash_split(out["sample_id"], self.cfg.test_fraction, out.get("group", ""))
         result = self._face(rgb, known, r["box"] or None)
         q = self.cfg.jpeg_quality
         out.update(image=encode_jpeg(result.image, q), landmark_crop=encode_jpeg(result.crop, q),
@@ -190,8 +195,18 @@ class FaceStage:
             raise RejectError("no_face", str(e)) from None
 
 
-def _hash_split(sid: str, test_fraction: float) -> str:
-    # by content, so copies of one image always land in the same split
+def group_of(pattern: "re.Pattern[str]", source_ref: str) -> str:
+    """The group of one input: the regex's first capture group (or whole match); "" = none."""
+    m = pattern.search(source_ref)
+    if m is None:
+        return ""
+    return (m.group(1) if pattern.groups else m.group(0)) or ""
+
+
+def _hash_split(sid: str, test_fraction: float, group: str = "") -> str:
+    # by content, so copies of one image always land in the same split; by group when given
+    if group:
+        return "test" if int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 2**32 < test_fraction else "train"
     return "test" if int(sid[:8], 16) / 2**32 < test_fraction else "train"
 
 
@@ -207,6 +222,8 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
             cols[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(lm.reshape(-1)), 2 * S.NUM_LANDMARKS)
         elif f.name == S.LABEL:
             cols[f.name] = pa.array([r.get("label", -1) for r in rows], pa.int32())
+        elif f.name == S.GROUP:  # null without --group-regex, so the writer leaves the column out
+            cols[f.name] = pa.array([r.get(S.GROUP) for r in rows], pa.string())
         elif pa.types.is_binary(f.type):
             cols[f.name] = pa.array([r.get(f.name, b"") for r in rows], pa.binary())
         else:
@@ -238,9 +255,11 @@ def write_shards(batch: pa.Table, staging: str) -> pa.Table:
     rejected = [i for i, r in enumerate(reasons) if r]
     for i in rejected:
         _summary(out, batch, i, "", -1, "")
+    groups = batch.column(S.GROUP).null_count < batch.num_rows  # --group-regex was given
+    cols = [*S.COLUMNS, S.GROUP] if groups else list(S.COLUMNS)
     for split in sorted({splits[i] for i, r in enumerate(reasons) if not r}):
         idx = [i for i, r in enumerate(reasons) if not r and splits[i] == split]
-        shard = batch.take(pa.array(idx)).select(S.COLUMNS).cast(S.SCHEMA)
+        shard = batch.take(pa.array(idx)).select(cols).cast(S.shard_schema(cols))
         rel = f"{split}/part-{uuid.uuid4().hex[:16]}.parquet"
         fs.create_dir(S.join(base, split), recursive=True)
         pq.write_table(shard, S.join(base, rel), filesystem=fs, compression="zstd")
