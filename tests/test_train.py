@@ -21,16 +21,25 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+# What the shared smoke fit (conftest: configs/smoke.yaml, 2 DDP workers, a crash at epoch 2, 7
+# synthetic classes) really reaches, minus a margin for run-to-run noise; see MEASURED_* below.
+# A model that does not learn sits at 1/7 = 0.14; one fed one-class batches also stays far below.
+MIN_TEST_ACCURACY = 0.60
+MIN_VAL_ACCURACY = 0.55
+
+
 def test_ddp_run_learns_well_above_chance(smoke_run):
     out, cfg, _ = smoke_run
-    chance = 1.0 / len(out.classes)
-    # The smoke profile is ~1 minute of CPU training from random init; a broken loop stays at
-    # chance (1/7), a working one clears it by a margin within those few epochs.
-    assert out.metrics["val_accuracy"] > chance + 0.08, out.metrics
-    assert out.metrics["test_accuracy"] > chance + 0.08, out.metrics
-    history = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
+    assert out.metrics["val_accuracy"] >= MIN_VAL_ACCURACY, out.metrics
+    assert out.metrics["test_accuracy"] >= MIN_TEST_ACCURACY, out.metrics
+    client = MlflowClient(out.tracking_uri)
+    history = client.get_metric_history(out.run_id, "train_loss")
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert losses[-1] < losses[0] - 0.1, losses  # the mixture loss goes down
+    # the batches were class-mixed every epoch (one-class batches would log 1.0 and 0.0 bits)
+    for name, low in (("train_batch_classes", 5.0), ("train_batch_label_entropy", 2.0)):
+        values = [m.value for m in client.get_metric_history(out.run_id, name)]
+        assert len(values) >= cfg.schedule.epochs and min(values) >= low, (name, values)
     # evaluated over the whole test split (all ranks' confusion matrices summed)
     assert out.metrics["test_num_samples"] == pytest.approx(smoke_run[2]["test_rows"])
 
