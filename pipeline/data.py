@@ -180,8 +180,8 @@ def shuffled(ds: Any, d: Any, mode: str) -> Any:
     seed = RandomSeedConfig(seed=d.seed, reseed_after_execution=True)
     if mode == "blocks":
         return ds.randomize_block_order(seed=seed)
-    if mode == "full":
-        return ds.random_shuffle(seed=seed)
+    if mode == "full":  # its map/reduce tasks take decode-sized CPU slots, not a whole CPU each
+        return ds.random_shuffle(seed=seed, num_cpus=d.decode_cpus)
     return ds
 
 
