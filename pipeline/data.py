@@ -62,15 +62,20 @@ def read_blocks(manifest: dict[str, Any], split: str, rows_per_block: int) -> in
 
 
 def group_fraction(groups: np.ndarray) -> np.ndarray:
-    """Stable value in [0, 1) per group name (sha256), so a whole group falls on one side."""
-    return np.array([int(hashlib.sha256(str(g).encode()).hexdigest()[:8], 16) / 16**8 for g in groups],
+    """Stable value in [0, 1) per group name (sha256 hex digits 8-15), so a whole group falls on
+    one side of the val carve."""
+    return np.array([int(hashlib.sha256(str(g).encode()).hexdigest()[8:16], 16) / 16**8 for g in groups],
                     dtype=np.float64)
 
 
 def carve_fraction(batch: dict[str, np.ndarray], group_column: str = "") -> np.ndarray:
     """The value the val carve compares with ``val_fraction``: per group when a column is named
-    (rows with an empty group fall back to their sample id), else per sample id."""
-    by_id = hash_fraction(batch["sample_id"])
+    (rows with an empty group fall back to their sample id), else per sample id.
+
+    Hex digits 8-15, not 0-7: the ingest's ``--test-fraction`` split uses digits 0-7 of the same
+    hashes, so with those every train row would lie above the test fraction and a smaller
+    ``val_fraction`` would carve out nothing."""
+    by_id = np.array([int(str(s)[8:16], 16) / 16**8 for s in batch["sample_id"]], dtype=np.float64)
     if not group_column:
         return by_id
     groups = batch[group_column]

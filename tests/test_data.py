@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data import build_datasets, hash_fraction, read_split
+from pipeline.data import build_datasets, carve_fraction, read_split
 from pipeline.schema import read_manifest
 
 
@@ -32,7 +32,7 @@ def test_train_epoch_has_every_non_val_row_once_and_val_the_rest(ray_session, sy
     manifest = read_manifest(str(synthetic_shards))
     table = pq.read_table(next((synthetic_shards / "train").glob("*.parquet")),
                           columns=["sample_id", "label"])
-    is_val = hash_fraction(table.column("sample_id").to_numpy(zero_copy_only=False)) < 0.2
+    is_val = carve_fraction({"sample_id": table.column("sample_id").to_numpy(zero_copy_only=False)}) < 0.2
     labels = table.column("label").to_numpy()
     want_train = collections.Counter(labels[~is_val].tolist())
     want_val = collections.Counter(labels[is_val].tolist())

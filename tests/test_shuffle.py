@@ -144,7 +144,7 @@ def test_two_ranks_get_mixed_disjoint_equal_batches_each_epoch(ray_session, sort
 def test_group_carve_keeps_a_group_on_one_side_and_is_reproducible():
     rng = np.random.default_rng(0)
     groups = np.array([f"person_{k}" for k in rng.integers(0, 60, 2000)], dtype=object)
-    ids = np.array([f"{x:08x}" + "0" * 24 for x in rng.integers(0, 2**32, 2000)], dtype=object)
+    ids = np.array([f"{x:016x}" + "0" * 16 for x in rng.integers(0, 2**63, 2000)], dtype=object)
     batch = {"sample_id": ids, "group": groups}
     frac = carve_fraction(batch, "group")
     is_val = frac < 0.2
@@ -158,6 +158,25 @@ def test_group_carve_keeps_a_group_on_one_side_and_is_reproducible():
     # by sample id (no group column) the same people do straddle: what the group key fixes
     by_id = carve_fraction(batch) < 0.2
     assert any(len(set(by_id[groups == g].tolist())) == 2 for g in set(groups))
+
+
+def test_val_carve_is_independent_of_the_ingest_test_split():
+    """Ingest --test-fraction 0.2 keeps the rows whose hash digits 0-7 are >= 0.2 in train; a
+    carve on those same digits would find no val rows at val_fraction 0.15."""
+    import hashlib
+
+    from pipeline.ingest.stage import _hash_split
+
+    rng = np.random.default_rng(2)
+    ids = [hashlib.sha256(rng.bytes(8)).hexdigest()[:32] for _ in range(3000)]
+    groups = [f"p{k}" for k in rng.integers(0, 300, 3000)]
+    for key, column in ((ids, ""), (groups, "group")):
+        train = [i for i, (s, g) in enumerate(zip(ids, groups))
+                 if _hash_split(s, 0.2, g if column else "") == "train"]
+        batch = {"sample_id": np.array(ids, dtype=object)[train],
+                 "group": np.array(groups, dtype=object)[train]}
+        share = (carve_fraction(batch, column) < 0.15).mean()
+        assert 0.08 < share < 0.22, (column, share)
 
 
 def test_balanced_sampler_evens_out_an_imbalanced_stream():
