@@ -165,6 +165,20 @@ def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str)
             "seconds": time.perf_counter() - t0}
 
 
+def _ray() -> None:
+    """One small local Ray for the three ingests and fits (ingest leaves a running Ray alone)."""
+    import logging
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # throwaway local cluster
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, object_store_memory=512 * 1024**2)
+
+
 def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench" / "framing_cross",
                   epochs: int = 8, limit: int | None = None, borders: bool = True,
                   train: bool = True) -> dict:
@@ -184,6 +198,7 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
     finally:
         proc.close()
     if train:
+        _ray()
         result["cross"] = {}
         for row, opts in INGESTS.items():
             tag = row.split(" ")[0]

@@ -8,7 +8,8 @@ what ingest stores. The images must be *aligned faces* (``pipeline.face.FaceProc
 or the shards' ``image`` column); ``pipeline.predict`` does the detection and alignment for raw
 photos — or pass ``params={"detect": True}`` and raw photo bytes: the pyfunc then detects the face
 and cuts the model's framing itself (``pipeline.framing.prepare_face``, needs mediapipe; a row
-without a face raises naming the row). The preprocessing is ``pipeline.transforms`` + ``pipeline.evaluation.predict_logits`` —
+without a face raises naming the row). The preprocessing is ``pipeline.transforms`` +
+``pipeline.evaluation.predict_logits`` —
 the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
 
 Output: a DataFrame with ``label``, ``label_index`` and one ``prob_<class>`` column per class.

@@ -5,7 +5,8 @@
 
 Each image goes through ``pipeline.framing.prepare_face``: the detector ingest uses, then the cut of
 the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
-detector recipe falls back to the project framing with a ``FramingWarning``) — and the model runs on the aligned 224 face and its 112 landmark crop with the evaluation
+detector recipe falls back to the project framing with a ``FramingWarning``). The model runs
+on the aligned 224 face and its 112 landmark crop with the evaluation
 preprocessing (``pipeline.evaluation.predict_logits``, honouring the model's ``bgr`` flag). The
 model is anything ``pipeline.evaluate`` loads: a ``models:/`` URI, a training checkpoint, a
 ``weights.pt`` or (with ``--variant/--dataset``) an official checkpoint.

@@ -247,3 +247,20 @@ def test_training_checkpoint_carries_the_framing(tmp_path):
                        {"model": {"variant": "tiny"}}, CLASSES, rec)
     loaded = load_model(str(tmp_path))
     assert loaded.extra["framing"] == rec and loaded.framing.name == "dataset-crop"
+
+
+def test_model_card_names_the_framing():
+    from types import SimpleNamespace as N
+
+    from pipeline.model_card import build_model_card
+
+    def card(framing: str, manifest=None) -> str:
+        run = N(data=N(tags={"poster.framing": framing}, params={}, metrics={}),
+                info=N(run_id="r1", experiment_id="1"))
+        return build_model_card(name="poster-fer", version="1", run=run, classes=CLASSES, manifest=manifest)
+
+    kept = card("dataset-crop", {"framing": FR.DATASET_CROP.to_dict() | {"origin": "dataset"}, "counts": {}})
+    assert "**Framing**: `dataset-crop`" in kept and "the dataset's own crop, kept at ingest" in kept
+    assert "Re-ingest without --keep-framing" in kept
+    official = card("rafdb-aligned")
+    assert "**Framing**: `rafdb-aligned` — RAF-DB basic" in official and "Re-ingest" not in official

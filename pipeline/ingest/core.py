@@ -123,7 +123,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
 def ingest(source: str, out: str, input: str | None = None, *, classes: int | None = None,
            class_names: list[str] | None = None, class_order: str = "official",
            label_map: str | None = None, skip_detection: bool = False, detect: bool = False,
-           keep_framing: bool | str = False, border: str = "replicate", margin: float = 0.8, workers: int | None = None, actor_cpus: float = 0.5,
+           keep_framing: bool | str = False, border: str = "replicate", margin: float = 0.8,
+           workers: int | None = None, actor_cpus: float = 0.5,
            batch_size: int = 16, rows_per_shard: int = 1000, jpeg_quality: int = 95,
            max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
            test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
@@ -217,7 +218,8 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
 
 def _options(loc: dict) -> dict:
     keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
-            "keep_framing", "border", "margin", "rows_per_shard", "jpeg_quality", "max_reject_fraction", "dedupe",
+            "keep_framing", "border", "margin", "rows_per_shard", "jpeg_quality",
+            "max_reject_fraction", "dedupe",
             "test_fraction", "per_class", "seed", "limit")
     return {k: loc[k] for k in keys}
 
