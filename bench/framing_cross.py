@@ -137,6 +137,55 @@ def border_policies(crops: Path, rows_b, processor) -> dict[str, dict[str, float
     return out
 
 
+def probe_cross(crops: Path, rows_b, processor) -> dict[str, dict[str, float]]:
+    """The cross-dataset figure with a linear probe instead of POSTER (seconds, no Ray).
+
+    Set A's crops are stored as each ingest stores them (re-aligned, or kept and resized), set B's
+    photos are cut by ``prepare_face`` in the framing predict uses for that model; a logistic
+    regression on 32x32 grey pixels is fitted on A and scored on B (and by 5-fold CV on A).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline import framing as FR
+    from pipeline.face import NoFaceError, aligned_only
+    from pipeline.predict import read_rgb
+
+    a = {"project": ([], []), "kept": ([], [])}
+    for path in sorted(crops.glob("*/*.jpg")):
+        rgb, y = read_rgb(path), CLASSES.index(path.parent.name)
+        a["kept"][0].append(_probe_features(aligned_only(rgb).image))
+        a["kept"][1].append(y)
+        try:
+            a["project"][0].append(_probe_features(processor.process(rgb).image))
+            a["project"][1].append(y)
+        except NoFaceError:
+            pass
+    b = {"project": ([], []), "rafdb-aligned": ([], [])}
+    for path, label in rows_b:
+        rgb = read_rgb(path)
+        for name in b:
+            try:
+                b[name][0].append(_probe_features(FR.prepare_face(rgb, FR.get(name), processor).image))
+                b[name][1].append(CLASSES.index(label))
+            except NoFaceError:
+                pass
+    rows = {"project (default re-alignment)": ("project", "project"),
+            "dataset-crop (--keep-framing)": ("kept", "project"),
+            "rafdb-aligned (--keep-framing rafdb-aligned)": ("kept", "rafdb-aligned")}
+    out = {}
+    for row, (ak, bk) in rows.items():
+        xa, ya = np.stack(a[ak][0]), np.asarray(a[ak][1])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+        own = float(cross_val_score(clf, xa, ya, cv=5).mean())
+        clf.fit(xa, ya)
+        out[row] = {"A_rows": len(ya), "A_cv_acc": own, "B_framing": bk, "B_photos": len(b[bk][1]),
+                    "B_acc": float(clf.score(np.stack(b[bk][0]), b[bk][1]))}
+    return out
+
+
 def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str) -> dict[str, float]:
     from pipeline.config import load_config
     from pipeline.evaluate import load_model
@@ -163,6 +212,16 @@ def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str)
             "B_answered": len(ok), "B_photos": len(rows_b), "B_acc_predict": acc,
             "B_pred_happy_share": sum(p.label == "happy" for p, _ in ok) / max(1, len(ok)),
             "seconds": time.perf_counter() - t0}
+
+
+def _shuffled_list(crops: Path) -> Path:
+    """``path,label`` in a seeded random order: the shard rows then mix the classes (a folder tree
+    is read class by class, and training shuffles files, not rows)."""
+    items = sorted(crops.glob("*/*.jpg"))
+    np.random.default_rng(0).shuffle(items)
+    out = crops / "list.csv"
+    out.write_text("".join(f"{p.relative_to(crops)},{p.parent.name}\n" for p in items))
+    return out
 
 
 def _ray() -> None:
@@ -195,6 +254,7 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
         result = {"A_photos": len(rows_a), "B_photos": len(rows_b), "A_crops": made}
         if borders:
             result["borders"] = border_policies(crops, rows_b, proc)
+            result["probe_cross"] = probe_cross(crops, rows_b, proc)
     finally:
         proc.close()
     if train:
@@ -203,13 +263,36 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
         for row, opts in INGESTS.items():
             tag = row.split(" ")[0]
             shards = out / f"shards-{tag}"
-            rep = ingest("folder", str(shards), str(crops), class_names=CLASSES, test_fraction=0.2,
-                         overwrite=True, progress=False, **opts)
+            rep = ingest("csv", str(shards), str(_shuffled_list(crops)), class_names=CLASSES,
+                         test_fraction=0.2, overwrite=True, progress=False, **opts)
             fig = _train_and_predict(shards, rows_b, out / f"train-{tag}", epochs, tag)
             fig["ingest_rejected"] = rep.rejected
             result["cross"][row] = fig
             print(f"[framing_cross] {row}: {json.dumps(fig)}", flush=True)
     return result
+
+
+def format_table(result: dict) -> str:
+    """The figure as a markdown table (one row per framing, then the border measurements)."""
+    lines = []
+    if "cross" in result:
+        lines += ["| training framing (ingest of set A crops) | test acc. on A | set B photos via predict "
+                  "| framing predict used | B predicted happy |", "|---|---|---|---|---|"]
+        for row, f in result["cross"].items():
+            lines.append(f"| {row} | {f['test_acc_own']:.3f} | **{f['B_acc_predict']:.3f}** "
+                         f"({f['B_answered']}/{f['B_photos']}) | {f['framing_predicted']}"
+                         f"{' (warned)' if f['warned'] else ''} | {f['B_pred_happy_share']:.2f} |")
+    if "probe_cross" in result:
+        lines += ["", "| probe (logistic regression, 32x32 grey) | CV acc. on A | set B photos | B cut in |",
+                  "|---|---|---|---|"]
+        for row, f in result["probe_cross"].items():
+            lines.append(f"| {row} | {f['A_cv_acc']:.3f} | **{f['B_acc']:.3f}** ({f['B_photos']}) | {f['B_framing']} |")
+    if "borders" in result:
+        lines += ["", "| border | outside share | detector on re-aligned | probe A → B |", "|---|---|---|---|"]
+        for b, m in result["borders"].items():
+            lines.append(f"| {b} | {m['outside_fraction']:.2f} | {m['detector_hit_rate_on_realigned']:.3f} "
+                         f"| {m['probe_acc_A_to_B']:.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "result.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
+    print(format_table(res))
     return 0
 
 
