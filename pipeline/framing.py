@@ -207,11 +207,12 @@ def resolve_for_predict(model_framing: Framing, override: str | None = None) -> 
         return get(override)
     if model_framing.detector_recipe:
         return model_framing
+    named = ", ".join(n for n, f in FRAMINGS.items() if f.detector_recipe)
     warnings.warn(
         f"the model was trained on framing {model_framing.name!r} (a dataset's own crops, kept "
         "with `pipeline.ingest --keep-framing`), which has no detector recipe: predicting with the "
         "'project' framing instead, so expect lower accuracy on photos. Fix: re-ingest without "
         "--keep-framing (the default re-aligns with the detector) and retrain, or, if the crops "
-        f"follow a named framing, pass --framing NAME ({', '.join(n for n, f in FRAMINGS.items() if f.detector_recipe)}).",
+        f"follow a named framing, pass --framing NAME ({named}).",
         FramingWarning, stacklevel=2)
     return PROJECT
