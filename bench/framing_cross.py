@@ -193,6 +193,9 @@ def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str)
     from pipeline.predict import predict_files
     from pipeline.train import run_training
 
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # same run name + storage would resume an old fit
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={shards}", f"run.name=framing-{name}", f"run.storage_path={work / 'ray'}",
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"schedule.epochs={epochs}",
