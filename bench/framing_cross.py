@@ -248,7 +248,7 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
     from pipeline.face import FaceProcessor
     from pipeline.ingest import ingest
 
-    out = Path(out)
+    out = Path(out).resolve()  # Ray Train storage must be absolute
     rows_a, rows_b = split_by_person(Path(data), limit)
     crops = out / "A_aligned100"
     proc = FaceProcessor()
