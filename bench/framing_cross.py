@@ -52,7 +52,7 @@ def split_by_person(data: Path, limit: int | None = None) -> tuple[list[tuple[st
     """(set A, set B) of (absolute path, label); a person is in exactly one set."""
     with open(data / "labels.csv") as f:
         rows = [(str(data / r["path"]), r["label"]) for r in csv.DictReader(f)]
-    rows = rows[:limit] if limit else rows
+    rows = rows[::max(1, len(rows) // limit)][:limit] if limit else rows  # labels.csv is sorted by class
     a = [r for r in rows if int(hashlib.sha1(person(r[0]).encode()).hexdigest()[:8], 16) % 2 == 0]
     b = [r for r in rows if r not in a]
     return a, b
