@@ -54,7 +54,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, ema,
-         state: TrainState, cfg: dict[str, Any], classes: list[str]) -> Path:
+         state: TrainState, cfg: dict[str, Any], classes: list[str],
+         framing: dict[str, Any] | None = None) -> Path:
     path = Path(directory) / CKPT_FILE
     torch.save({
         "epoch": epoch,
@@ -68,6 +69,7 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
         "rng": _rng_state(),
         "config": copy.deepcopy(cfg),
         "classes": list(classes),
+        "framing": dict(framing or {}),  # pipeline.framing spec of the training rows
         "format": "poster-ray/1",
     }, path)
     return path

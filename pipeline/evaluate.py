@@ -57,6 +57,13 @@ class LoadedModel:
         return bool(self.extra.get("use_crop", True))
 
     @property
+    def framing(self) -> Any:
+        """The framing the model was trained on (``pipeline.framing``; older models: project)."""
+        from pipeline.framing import of_extra
+
+        return of_extra(self.extra)
+
+    @property
     def parameters(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters()))
 
@@ -85,6 +92,8 @@ def _from_training_checkpoint(ck: dict[str, Any], source: str) -> LoadedModel:
     extra = {"bgr": bool(cfg.get("data", {}).get("bgr", False)), "use_crop": True,
              "variant": mcfg.variant, "epoch": int(ck.get("epoch", -1)),
              "best_epoch": int(ck.get("best_epoch", -1))}
+    if ck.get("framing"):
+        extra["framing"] = dict(ck["framing"])
     return LoadedModel(model.eval(), classes, extra, source, "checkpoint")
 
 

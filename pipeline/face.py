@@ -167,8 +167,13 @@ def similarity_transform(src5: np.ndarray, dst5: np.ndarray) -> np.ndarray:
     return m
 
 
-def warp_face(rgb: np.ndarray, m: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """Apply a 2x3 transform, pre-shrinking with INTER_AREA when it downscales a lot (no aliasing)."""
+def warp_face(rgb: np.ndarray, m: np.ndarray, size: int = ALIGNED_SIZE, border: str = "replicate") -> np.ndarray:
+    """Apply a 2x3 transform, pre-shrinking with INTER_AREA when it downscales a lot (no aliasing).
+
+    `border` fills what lies outside `rgb` (``pipeline.framing.BORDERS``; docs/ingest.md).
+    """
+    from pipeline.framing import fill
+
     scale = float(np.hypot(m[0, 0], m[1, 0]))
     if scale < 0.5:
         k = min(1.0, scale * 2.0)  # leave a 2x downscale to warpAffine
@@ -176,7 +181,8 @@ def warp_face(rgb: np.ndarray, m: np.ndarray, size: int = ALIGNED_SIZE) -> np.nd
         m = m.copy()
         m[:, :2] /= k
         rgb = small
-    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mode, value = fill(rgb, border)
+    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=value)
 
 
 def transform_points(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -191,15 +197,19 @@ def _finish(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str) -> F
 
 
 def align_with_landmarks(rgb: np.ndarray, lm68_px: np.ndarray, margin: float = DEFAULT_MARGIN,
-                         source: str = "known") -> FaceResult:
-    """Align a face whose 68 iBUG points (pixels of `rgb`) are already known."""
+                         source: str = "known", framing=None) -> FaceResult:
+    """Align a face whose 68 iBUG points (pixels of `rgb`) are already known.
+
+    `framing` (``pipeline.framing``) defaults to the project framing at `margin`.
+    """
+    from pipeline import framing as FR
+
     rgb = as_rgb(rgb)
     lm68_px = np.asarray(lm68_px, dtype=np.float64).reshape(68, 2)
     if not np.all(np.isfinite(lm68_px)):
         raise NoFaceError("non-finite landmarks")
-    m = similarity_transform(five_from_68(lm68_px), template_5pts(ALIGNED_SIZE, margin))
-    aligned = warp_face(rgb, m)
-    return _finish(aligned, transform_points(lm68_px, m), ALIGNED_SIZE, source)
+    framing = framing or FR.PROJECT.with_(margin=margin)
+    return FR.apply(rgb, lm68_px, five_from_68(lm68_px), framing, source)
 
 
 class FaceProcessor:
@@ -213,13 +223,17 @@ class FaceProcessor:
         min_side: images smaller than this are upscaled before detection (face mesh misses tiny faces).
         min_detection_confidence: BlazeFace threshold.
         pad_retry: on a miss, retry once with 25 % replicate padding (helps tight crops).
+        framing: what `process` cuts (``pipeline.framing``); default the project framing at `margin`.
     """
 
     def __init__(self, margin: float = DEFAULT_MARGIN, min_side: int = 192,
-                 min_detection_confidence: float = 0.5, pad_retry: bool = True):
+                 min_detection_confidence: float = 0.5, pad_retry: bool = True, framing=None):
         import mediapipe as mp  # lazy: the package imports without mediapipe
 
+        from pipeline import framing as FR
+
         self.margin = margin
+        self.framing = FR.get(framing) if framing is not None else FR.PROJECT.with_(margin=margin)
         self.min_side = min_side
         self.pad_retry = pad_retry
         self._mesh = mp.solutions.face_mesh.FaceMesh(
@@ -269,16 +283,11 @@ class FaceProcessor:
         """Detect, align and crop the face in an RGB uint8 image; raises NoFaceError.
 
         `box` (x, y, w, h), when known, restricts detection to that face (plus 25 % context).
+        The face is cut in this processor's framing (``pipeline.framing.prepare_face``).
         """
-        rgb = as_rgb(rgb)
-        region, off = rgb, np.zeros(2)
-        if box is not None:
-            region, off = _box_region(rgb, box)
-        lm68, five = self.detect68(region)
-        lm68, five = lm68 + off, five + off
-        m = similarity_transform(five, template_5pts(ALIGNED_SIZE, self.margin))
-        aligned = warp_face(rgb, m)
-        return _finish(aligned, transform_points(lm68, m), ALIGNED_SIZE, "detector")
+        from pipeline.framing import prepare_face
+
+        return prepare_face(rgb, self.framing, self, box)
 
     def landmarks_in(self, rgb: np.ndarray) -> np.ndarray | None:
         """68 points normalised to `rgb`'s own frame, or None when no face is found."""

@@ -201,7 +201,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                         f"best_{cfg.checkpoint.metric}": state.best_metric})
         tracker.log_metrics(metrics, step=epoch)
         _report(metrics, rank, lambda d: checkpointing.save(
-            d, epoch, unwrap(model), optimizer, scheduler, ema, state, loop_config["cfg"], classes))
+            d, epoch, unwrap(model), optimizer, scheduler, ema, state, loop_config["cfg"], classes,
+            loop_config.get("framing")))
         if rank == 0:
             print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
                   f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "

@@ -21,9 +21,8 @@ RECIPE_PARAMS = (
 HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1", "loss")
 
 GENERAL_LIMITS = (
-    "Inputs must be faces aligned by `pipeline.face` (MediaPipe face mesh, 5-point similarity "
-    "to a fixed template). The official POSTER numbers use RAF-DB's/AffectNet's own alignment; "
-    "other alignments shift accuracy.",
+    "Inputs must be faces cut in the model's framing (see Data): `pipeline.predict` and the "
+    "pyfunc's `detect` mode do that from raw photos; other framings shift accuracy.",
     "One face per image: the detector is run with `max_num_faces=1`.",
     "The checkpoint is selected on the validation metric; test numbers are reported once, but "
     "repeated registry reviews on the same test split slowly turn it into a selection set.",
@@ -82,8 +81,12 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
                    "started from random initialisation.")
     if tags.get("poster.source") == "official":
         out.append("Imported official checkpoint: its training data and alignment are the "
-                   "authors' (RAF-DB aligned 100×100); `poster.dataset_hash` names no project manifest, "
+                   "authors' (RAF-DB aligned 100×100 or AffectNet crops, recorded as its framing); `poster.dataset_hash` names no project manifest, "
                    "so reviews need `--allow-other-shards`.")
+    if tags.get("poster.framing") == "dataset-crop":
+        out.append("Trained on a dataset's **own crops** (`ingest --keep-framing`), a framing with no "
+                   "detector recipe: predict on photos falls back to the project framing (with a "
+                   "warning) and loses accuracy. Re-ingest without --keep-framing to fix.")
     if str(params.get("data.bgr", tags.get("poster.bgr", ""))).lower() == "true":
         out.append("Expects **BGR** pixel order internally (official RAF-DB quirk); the pyfunc handles it.")
     missing = [c for c in classes if f"test_recall_{c}" not in metrics]
@@ -96,6 +99,18 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
             out.append(f"Class imbalance in training data (max/min = {max(vals) / min(vals):.1f}); "
                        "see mean-class accuracy and per-class recall rather than accuracy alone.")
     return out + list(GENERAL_LIMITS)
+
+
+def _framing_text(name: str, manifest: dict[str, Any] | None) -> str:
+    from pipeline import framing as FR
+
+    spec = FR.of_manifest(manifest) if manifest else FR.get(name) if name in FR.FRAMINGS else None
+    if spec is None:
+        return "unknown framing"
+    origin = (manifest or {}).get("framing", {}).get("origin")
+    how = {"dataset": " (the dataset's own crop, kept at ingest)",
+           "detector": " (cut by the ingest detector)"}.get(origin or "", "")
+    return f"{spec.description}{how}; border `{spec.border}`"
 
 
 def build_model_card(*, name: str, version: str | None, run: Any, classes: list[str],
@@ -127,6 +142,8 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
         f"- **Shards**: `{tags.get('poster.shards', '–')}`",
         f"- **Manifest content hash**: `{tags.get('poster.dataset_hash', '–') or '–'}`",
         f"- **Class order** (label index order): {', '.join(classes)}",
+        f"- **Framing**: `{tags.get('poster.framing', 'project')}` — "
+        + _framing_text(tags.get("poster.framing", "project"), manifest),
     ]
     if manifest:
         src = manifest.get("source")

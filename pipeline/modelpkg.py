@@ -6,7 +6,10 @@ encoded image bytes (JPEG/PNG, as in the shards), a base64 string of such bytes 
 pixels (RGB). Without ``landmark_crop`` the crop is the aligned face resized to 112, which is
 what ingest stores. The images must be *aligned faces* (``pipeline.face.FaceProcessor`` output,
 or the shards' ``image`` column); ``pipeline.predict`` does the detection and alignment for raw
-photos. The preprocessing is ``pipeline.transforms`` + ``pipeline.evaluation.predict_logits`` —
+photos — or pass ``params={"detect": True}`` and raw photo bytes: the pyfunc then detects the face
+and cuts the model's framing itself (``pipeline.framing.prepare_face``, needs mediapipe; a row
+without a face raises naming the row). The preprocessing is ``pipeline.transforms`` +
+``pipeline.evaluation.predict_logits`` —
 the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
 
 Output: a DataFrame with ``label``, ``label_index`` and one ``prob_<class>`` column per class.
@@ -76,6 +79,9 @@ def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
         except (binascii.Error, ValueError) as e:
             raise ValueError(f"image string is not base64: {e}") from None
     if isinstance(x, (bytes, bytearray, memoryview)):
+        if not size:  # a raw photo: native size
+            with Image.open(io.BytesIO(bytes(x))) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
         return decode_image(bytes(x), size)
     arr = np.asarray(x)
     if arr.dtype != np.uint8:
@@ -88,9 +94,25 @@ def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
         raise ValueError(f"expected an HxWx3 uint8 image, got shape {arr.shape}")
     if arr.shape[2] != 3:
         arr = np.asarray(Image.fromarray(arr.squeeze(-1) if arr.shape[2] == 1 else arr).convert("RGB"))
-    if arr.shape[:2] != (size, size):
+    if size and arr.shape[:2] != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
     return np.ascontiguousarray(arr)
+
+
+def faces_from_photos(cells: Any, extra: dict[str, Any], processor: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Raw photo cells → (aligned images, crops) in the model's framing (``params.detect``)."""
+    from pipeline.face import NoFaceError
+    from pipeline.framing import of_extra, prepare_face, resolve_for_predict
+
+    framing = resolve_for_predict(of_extra(extra))
+    faces = []
+    for i, x in enumerate(cells):
+        rgb = _cell_to_uint8(x, 0)
+        try:
+            faces.append(prepare_face(rgb, framing, processor))
+        except NoFaceError as e:
+            raise ValueError(f"row {i}: no face found ({e}); send a photo with one visible face") from None
+    return np.stack([f.image for f in faces]), np.stack([f.crop for f in faces])
 
 
 def _to_uint8(items: Any, size: int) -> np.ndarray:
@@ -118,9 +140,15 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
         from pipeline.evaluation import predict_logits
         from pipeline.transforms import CROP_SIZE, IMAGE_SIZE
 
-        if isinstance(model_input, pd.DataFrame):
+        crops = None
+        if (params or {}).get("detect"):  # raw photos: cut the model's framing here
+            if getattr(self, "_processor", None) is None:
+                from pipeline.face import FaceProcessor
+
+                self._processor = FaceProcessor()
+            images, crops = faces_from_photos(model_input["image"], self.extra, self._processor)
+        elif isinstance(model_input, pd.DataFrame):
             images = _to_uint8(model_input["image"], IMAGE_SIZE)
-            crops = None
             if "landmark_crop" in model_input:
                 col = model_input["landmark_crop"]
                 if not col.isna().any():
@@ -167,13 +195,14 @@ def _signature(classes: list[str]) -> Any:
     """image (+ optional landmark_crop) in; label, label_index and one probability per class out."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec(DataType.binary, "image"),
                      ColSpec(DataType.binary, "landmark_crop", required=False)])
     outputs = Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.long, "label_index")]
                      + [ColSpec(DataType.double, f"prob_{c}") for c in classes])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema([ParamSpec("detect", DataType.boolean, False)])  # raw photos in `image`
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def _jpeg(arr: np.ndarray) -> bytes:

@@ -32,6 +32,13 @@ OFFICIAL_CLASS_ORDER: dict[str, tuple[str, ...]] = {
 TRAINED_ON_BGR = {"rafdb": True}
 
 
+def official_framing(dataset: str):
+    """The framing of the images an official checkpoint was trained on (RAF-DB aligned, AffectNet crops)."""
+    from pipeline import framing as FR
+
+    return FR.AFFECTNET_CROP if dataset.startswith("affectnet") else FR.RAFDB_ALIGNED
+
+
 def default_class_order(dataset: str) -> list[str]:
     """The project's order for a dataset's classes: canonical vocabulary order."""
     names = set(official_order(dataset))
@@ -85,6 +92,7 @@ def load_official(path: str | Path, variant: str = "large", dataset: str = "rafd
         "source": "official",
         "dataset": key,
         "official_class_order": list(source),
+        "framing": official_framing(key).to_dict(),
     }
     return model.eval(), target, extra
 

@@ -51,6 +51,7 @@ def import_official(checkpoint: str | Path, variant: str = "large", dataset: str
         "poster.classes": ",".join(cls), "poster.dataset_hash": f"official:{extra['dataset']}",
         "poster.config_hash": config_hash, "poster.official_checkpoint": str(checkpoint.resolve()),
         "poster.official_sha256": sha, "poster.bgr": str(extra["bgr"]).lower(),
+        "poster.framing": extra["framing"]["name"],
     }
     commit = git_commit()
     if commit:

@@ -3,8 +3,10 @@
     python -m pipeline.predict IMAGE [IMAGE ...] [--model models:/poster-fer@champion]
         [--tracking-uri URI] [--json] [--save-aligned DIR]
 
-Each image goes through ``pipeline.face.FaceProcessor`` — the detector and alignment ingest uses —
-and the model runs on the aligned 224 face and its 112 landmark crop with the evaluation
+Each image goes through ``pipeline.framing.prepare_face``: the detector ingest uses, then the cut of
+the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
+detector recipe falls back to the project framing with a ``FramingWarning``). The model runs
+on the aligned 224 face and its 112 landmark crop with the evaluation
 preprocessing (``pipeline.evaluation.predict_logits``, honouring the model's ``bgr`` flag). The
 model is anything ``pipeline.evaluate`` loads: a ``models:/`` URI, a training checkpoint, a
 ``weights.pt`` or (with ``--variant/--dataset``) an official checkpoint.
@@ -36,6 +38,7 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # unreadable | not_an_image | no_face, then ': detail'
     landmarks_from: str | None = None
+    framing: str | None = None  # the framing the face was cut in
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -55,10 +58,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ValueError(f"not a readable image ({e})") from None
 
 
-def prepare(paths: list[str], processor: Any) -> tuple[list[Prediction], list[Any]]:
-    """Face-process every path: a Prediction stub per path, and the FaceResult (or None) per path."""
+def prepare(paths: list[str], processor: Any, framing: Any = None) -> tuple[list[Prediction], list[Any]]:
+    """Face-process every path in `framing` (default: the project's): a Prediction stub per path,
+    and the FaceResult (or None) per path."""
     from pipeline.face import NoFaceError
+    from pipeline.framing import get, prepare_face
 
+    framing = get(framing)
     preds, faces = [], []
     for p in paths:
         try:
@@ -72,7 +78,7 @@ def prepare(paths: list[str], processor: Any) -> tuple[list[Prediction], list[An
             faces.append(None)
             continue
         try:
-            face = processor.process(rgb)
+            face = prepare_face(rgb, framing, processor)
         except NoFaceError as e:
             preds.append(Prediction(p, False, error=f"no_face: {e}"))
             faces.append(None)
@@ -81,7 +87,7 @@ def prepare(paths: list[str], processor: Any) -> tuple[list[Prediction], list[An
             preds.append(Prediction(p, False, error=f"processing_error: {type(e).__name__}: {e}"))
             faces.append(None)
             continue
-        preds.append(Prediction(p, True, landmarks_from=face.landmarks_from))
+        preds.append(Prediction(p, True, landmarks_from=face.landmarks_from, framing=framing.name))
         faces.append(face)
     return preds, faces
 
@@ -106,16 +112,22 @@ def classify(loaded: Any, preds: list[Prediction], faces: list[Any], batch_size:
 
 
 def predict_files(paths: list[str], model: str = DEFAULT_MODEL, tracking_uri: str | None = None,
-                  loaded: Any = None, processor: Any = None, **load_kw: Any) -> list[Prediction]:
-    """Python API: the same as the CLI, returning one Prediction per path (in order)."""
+                  loaded: Any = None, processor: Any = None, framing: str | None = None,
+                  **load_kw: Any) -> list[Prediction]:
+    """Python API: the same as the CLI, returning one Prediction per path (in order).
+
+    Faces are cut in the model's framing (`framing` overrides it; see ``resolve_for_predict``).
+    """
     from pipeline.evaluate import load_model
     from pipeline.face import FaceProcessor
+    from pipeline.framing import resolve_for_predict
 
     loaded = loaded or load_model(model, tracking_uri, **load_kw)
+    use = resolve_for_predict(loaded.framing, framing)
     own = processor is None
     processor = processor or FaceProcessor()
     try:
-        preds, faces = prepare(paths, processor)
+        preds, faces = prepare(paths, processor, use)
     finally:
         if own:
             processor.close()
@@ -137,16 +149,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tracking-uri", help="MLflow URI for models:/ (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
     ap.add_argument("--save-aligned", metavar="DIR", help="also write each aligned face (for inspection)")
+    ap.add_argument("--framing", help="cut faces in this named framing instead of the model's "
+                                      "(project, rafdb-aligned, affectnet-crop)")
     ap.add_argument("--variant", default="large", help="official checkpoints only")
     ap.add_argument("--dataset", default="rafdb", help="official checkpoints only")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate import load_model
-    from pipeline.face import FaceProcessor
+    import warnings
 
-    from pipeline.evaluate import quiet_mlflow
+    from pipeline.evaluate import load_model, quiet_mlflow
+    from pipeline.face import FaceProcessor
+    from pipeline.framing import FramingError, resolve_for_predict
 
     args = parse_args(argv)
     quiet_mlflow()
@@ -155,9 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # registry unreachable, alias missing, file absent: nothing can be answered
         print(f"error: cannot load model {args.model}: {e}", file=sys.stderr)
         return 2
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            framing = resolve_for_predict(loaded.framing, args.framing)
+    except FramingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     processor = FaceProcessor()
     try:
-        preds, faces = prepare(args.images, processor)
+        preds, faces = prepare(args.images, processor, framing)
     finally:
         processor.close()
     classify(loaded, preds, faces)

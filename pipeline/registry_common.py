@@ -13,7 +13,7 @@ DEFAULT_IMPORT_EXPERIMENT = "poster-fer/official"
 REVIEW_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 TAG_KEYS = ("poster.dataset_hash", "poster.variant", "poster.config_hash", "poster.classes",
             "poster.shards", "poster.source", "poster.dataset", "poster.official_checkpoint",
-            "poster.official_sha256", "poster.bgr")
+            "poster.official_sha256", "poster.bgr", "poster.framing")
 MAX_DESCRIPTION = 4900  # MLflow caps descriptions at 5000 characters
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
+from pipeline.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.data import build_datasets, check_shards, class_weights
 from pipeline.runtime import ensure_ray, git_commit, ray_log_level
 from pipeline.schema import read_manifest
@@ -53,6 +54,7 @@ def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
         "poster.config_hash": cfg.digest(),
         "poster.shards": cfg.data.shards,
         "poster.classes": ",".join(manifest["classes"]),
+        "poster.framing": framing_of_manifest(manifest).name,
     }
     commit = git_commit()
     if commit:
@@ -79,6 +81,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
         "has_test": "test" in datasets,
         "class_weights": class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
         "marker_dir": f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
+        "framing": record_of_manifest(manifest),  # saved in every checkpoint
         **loop_extra,
     }
     use_gpu = cfg.scaling.gpus_per_worker > 0
@@ -108,7 +111,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
 
 
 def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
-                     classes: list[str]) -> str | None:
+                     classes: list[str], framing: dict[str, Any]) -> str | None:
     """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
     from pipeline.checkpointing import load_from_checkpoint
     from pipeline.modeling import poster_config
@@ -118,7 +121,7 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
         return None
     ck = load_from_checkpoint(result.checkpoint)
     state = ck["best_model"] or ck["model"]
-    extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant}
+    extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant, "framing": framing}
     return log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)), classes, extra)
 
 
@@ -133,7 +136,8 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
     trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
     try:
         result = trainer.fit()
-        model_uri = _log_final_model(cfg, result, uri, run_id, classes)
+        model_uri = _log_final_model(cfg, result, uri, run_id, classes,
+                                     record_of_manifest(manifest))
     except BaseException:
         end_run(uri, run_id, "FAILED")
         raise

@@ -68,6 +68,7 @@ def test_import_registers_a_challenger_with_tags_and_card(imported):
     assert t["poster.variant"] == "small" and t["poster.bgr"] == "true"
     assert t["poster.classes"].split(",") == CANONICAL7
     assert t["poster.dataset_hash"] == "official:rafdb"
+    assert t["poster.framing"] == "rafdb-aligned"  # the official model's training framing
     assert t["poster.official_sha256"] == file_sha256(imported["ckpt"])
     run = c.get_run(mv.run_id)
     assert run.info.status == "FINISHED"
@@ -88,6 +89,7 @@ def test_imported_model_equals_the_official_model_on_bgr_input(imported):
     assert classes == CANONICAL7
     assert extra["bgr"] is True and extra["use_crop"] is False
     assert extra["official_class_order"] == RAFDB_ORDER
+    assert extra["framing"]["name"] == "rafdb-aligned" and extra["framing"]["size"] == 100
 
     official = poster_model.load_official_checkpoint(str(imported["ckpt"]), variant="small", num_classes=7)
     rng = np.random.default_rng(0)

@@ -70,6 +70,13 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.params["optim.lr"] == str(cfg.optim.lr)
     assert run.data.params["model.variant"] == "tiny"
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
+    # the model carries the framing of its training rows (manifest → tag, checkpoint, weights extra)
+    assert info["manifest"]["framing"]["name"] == run.data.tags["poster.framing"] == "project"
+    from pipeline.checkpointing import load_file
+    from pipeline.modelpkg import load_torch_model
+
+    assert load_file(Path(out.checkpoint_path) / "checkpoint.pt")["framing"] == info["manifest"]["framing"]
+    assert load_torch_model(out.model_uri, out.tracking_uri)[2]["framing"]["name"] == "project"
     for key in ("train_loss_ce", "train_loss_lsce", "lr", "img_per_s", "data_wait_fraction",
                 "data_wait_first_batch_s", "val_macro_f1"):
         steps = {m.step for m in client.get_metric_history(out.run_id, key)}

@@ -2,7 +2,7 @@
 
 Examples:
     python -m pipeline.ingest --source synthetic --out data/synth --per-class 40 --seed 0
-    python -m pipeline.ingest --source rafdb --input ~/data/raf-basic --out data/rafdb --skip-detection
+    python -m pipeline.ingest --source rafdb --input ~/data/raf-basic --out data/rafdb
     python -m pipeline.ingest --source affectnet --input ~/data/AffectNet --out s3://bucket/affectnet7 --classes 7
     python -m pipeline.ingest --source folder --input raw/ --out data/mine --test-fraction 0.2
 
@@ -43,9 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-column", help="hf: label column (default: label/labels/emotion/expression)")
 
     g = ap.add_argument_group("faces")
+    g.add_argument("--keep-framing", nargs="?", const=True, default=False, metavar="FRAMING",
+                   help="keep the dataset's own crop (resize only) and record it as the framing: "
+                        "FRAMING if given (rafdb-aligned, affectnet-crop, ...), else the source's "
+                        "(rafdb -> rafdb-aligned, affectnet -> affectnet-crop, others -> dataset-crop, "
+                        "which predict cannot reproduce). Default: re-align every face with the "
+                        "detector, small images upscaled, as predict does")
     g.add_argument("--skip-detection", action="store_true",
-                   help="inputs are already aligned faces (RAF-DB aligned, FER2013): resize only; "
-                        "landmarks from the detector when it finds a face, else the mean shape")
+                   help="deprecated alias of --keep-framing")
+    g.add_argument("--border", default="replicate", choices=("replicate", "reflect", "mean", "constant"),
+                   help="fill of pixels the framing needs beyond the source image")
     g.add_argument("--detect", action="store_true",
                    help="run the detector even where landmarks are known (synthetic, AffectNet CSV)")
     g.add_argument("--margin", type=float, default=0.8,
@@ -85,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.skip_detection:
+        print("warning: --skip-detection is deprecated; it means --keep-framing, which trains on the "
+              "dataset's crop while predict re-aligns photos. Drop it to re-align (the default).",
+              file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.ingest.core import IngestError, OutputExistsError, ingest
 
@@ -94,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             class_names=args.class_names.split(",") if args.class_names else None,
             class_order=args.class_order, label_map=args.label_map,
             skip_detection=args.skip_detection, detect=args.detect, margin=args.margin,
+            keep_framing=args.keep_framing, border=args.border,
             workers=args.workers, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
             rows_per_shard=args.rows_per_shard, jpeg_quality=args.jpeg_quality,
             max_reject_fraction=args.max_reject_fraction, dedupe=args.dedupe,

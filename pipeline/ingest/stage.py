@@ -38,6 +38,7 @@ class StageConfig:
     test_fraction: float = 0.0    # for records without a split: share sent to test (by sample_id)
     use_detector: bool = True     # False when every record has known landmarks (no mediapipe load)
     group_regex: str = ""         # --group-regex on source_ref -> the `group` column ("" = none)
+    framing: dict | None = None   # pipeline.framing spec the faces are cut in (None: project)
     detector_kwargs: dict = field(default_factory=dict)
 
 
@@ -125,12 +126,20 @@ class FaceStage:
         self.proc = None
         if cfg.use_detector:
             try:
-                self.proc = FaceProcessor(margin=cfg.margin, **cfg.detector_kwargs)
+                self.proc = FaceProcessor(margin=cfg.margin, framing=self._cut_framing(), **cfg.detector_kwargs)
             except ImportError:
                 if cfg.mode != "skip":  # skip mode falls back to the mean shape
                     raise
         self.index = {name: i for i, name in enumerate(cfg.classes)}
         self.group_re = re.compile(cfg.group_regex) if cfg.group_regex else None
+
+    def _cut_framing(self):
+        from pipeline import framing as FR
+
+        # skip mode keeps the dataset's crop; the detector there only measures landmarks
+        if self.cfg.framing is None or self.cfg.mode == "skip":
+            return FR.PROJECT.with_(margin=self.cfg.margin)
+        return FR.get(self.cfg.framing)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.process(r) for r in batch.to_pylist()]
@@ -184,7 +193,7 @@ class FaceStage:
             if lm.size != 136:
                 raise RejectError("bad_landmarks", f"{lm.size} values, expected 136")
             try:
-                return align_with_landmarks(rgb, lm.reshape(68, 2), self.cfg.margin)
+                return align_with_landmarks(rgb, lm.reshape(68, 2), self.cfg.margin, framing=self._cut_framing())
             except NoFaceError as e:
                 raise RejectError("bad_landmarks", str(e)) from None
         if self.proc is None:
