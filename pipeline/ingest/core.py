@@ -164,7 +164,9 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
     cfg = StageConfig(source=source, classes=class_list, mode=mode, margin=margin,
                       jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector)
 
-    started_ray = _ensure_ray()
+    from pipeline.runtime import ensure_ray
+
+    started_ray = ensure_ray(log_to_driver=False)
     staging, published = None, False
     try:
         staging = output.make_staging(out)
@@ -240,24 +242,6 @@ def _want_progress(progress: bool | None) -> bool:
     if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         return False
     return sys.stderr.isatty()
-
-
-def _ensure_ray() -> bool:
-    """Connect to RAY_ADDRESS if set, else start a quiet local Ray; True when we started it."""
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kw = dict(log_to_driver=False, logging_level=logging.WARNING)
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # throwaway local cluster
-        ray.init(include_dashboard=False, **kw)
-    return True
 
 
 def _run_pool(recs, cfg, staging, workers, actor_cpus, batch_size, rows_per_shard, progress) -> pa.Table:
