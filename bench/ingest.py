@@ -145,7 +145,8 @@ def run_ray_vs_loop(csv_path: Path, k: int, tmp: Path) -> None:
         for m, p in sizes.items():
             t = time.perf_counter()
             ingest("csv", str(tmp / f"ray{m}"), str(p), class_names=["happy", "neutral"], workers=2,
-                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False)
+                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False,
+                   allow_outside_input=True)  # repeat() lists the images by absolute path
             t_ray[m] = time.perf_counter() - t
     finally:
         ray.shutdown()

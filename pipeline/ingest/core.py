@@ -96,7 +96,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
                  class_names: list[str] | None = None, class_order: str = "official",
                  label_map: str | None = None, test_fraction: float | None = None,
                  per_class: int = 40, seed: int = 0, limit: int | None = None,
-                 image_column: str | None = None, label_column: str | None = None) -> Plan:
+                 image_column: str | None = None, label_column: str | None = None,
+                 allow_outside_input: bool = False) -> Plan:
     """Resolve the class list and enumerate the source's records (driver side, no Ray).
 
     Records whose (valid) label is outside the class list are marked `class_excluded` here.
@@ -110,7 +111,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
         test_fraction = 0.2 if source == "synthetic" else 0.0
     opts = SourceOptions(n_classes=n_classes, classes=tuple(class_list),
                          label_map=parse_label_map(label_map), per_class=per_class, seed=seed,
-                         test_fraction=test_fraction, image_column=image_column, label_column=label_column)
+                         test_fraction=test_fraction, image_column=image_column, label_column=label_column,
+                         allow_outside_input=allow_outside_input)
     recs = list(mod.records(Root(input) if input else None, opts))
     if limit:
         recs = recs[:limit]
@@ -128,7 +130,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
            max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
            test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
            limit: int | None = None, image_column: str | None = None, label_column: str | None = None,
-           progress: bool | None = None) -> IngestReport:
+           progress: bool | None = None, allow_outside_input: bool = False) -> IngestReport:
     """Ingest one source into `out` (a local path or URI). See docs/ingest.md for every option.
 
     Raises:
@@ -146,7 +148,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
     plan = plan_records(source, input, classes=classes, class_names=class_names,
                         class_order=class_order, label_map=label_map, test_fraction=test_fraction,
                         per_class=per_class, seed=seed, limit=limit, image_column=image_column,
-                        label_column=label_column)
+                        label_column=label_column, allow_outside_input=allow_outside_input)
     class_list, recs, test_fraction = plan.classes, plan.records, plan.test_fraction
     if not recs:
         raise IngestError(f"no inputs found in {input or source}")
@@ -213,7 +215,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
 def _options(loc: dict) -> dict:
     keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
             "margin", "rows_per_shard", "jpeg_quality", "max_reject_fraction", "dedupe",
-            "test_fraction", "per_class", "seed", "limit")
+            "test_fraction", "per_class", "seed", "limit", "allow_outside_input")
     return {k: loc[k] for k in keys}
 
 
