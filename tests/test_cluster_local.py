@@ -50,8 +50,8 @@ def run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProces
 
 
 def base_env(tmp_path: Path) -> dict:
-    # The session's conftest sets RAY_AUTH_MODE=disabled for its own Ray; the cluster under test
-    # must not inherit that or any other client setting.
+    # The session's Ray (ensure_ray) leaves RAY_AUTH_MODE=token in this process's environment; the
+    # cluster under test must not inherit that or any other client setting.
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
     gcs, dashboard, client, mlflow = free_ports(4)
     env.update(POSTER_RAY_PORT=str(gcs), POSTER_DASHBOARD_PORT=str(dashboard),

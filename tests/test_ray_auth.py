@@ -106,3 +106,24 @@ def test_dashboard_and_jobs_api_need_the_token(ray_session):
     port = int(url.rsplit(":", 1)[1])
     with pytest.raises(OSError):
         socket.create_connection((node_host, port), timeout=5).close()
+
+
+def test_one_ray_start_and_no_auth_off_switch_in_the_repo():
+    """Every local Ray goes through ensure_ray, and nothing in the repo turns token auth off."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for d in ("pipeline", "bench", "tests", "cluster", "docs", "configs", ".ci")
+             for p in (repo / d).rglob("*") if p.is_file() and p.suffix in (".py", ".sh", ".yaml", ".md", "")]
+    files += [repo / "README.md", repo / "Makefile"]
+    off = re.compile(r"RAY_AUTH_MODE\W{0,4}(=|:|,)\s*\W?disabled|POSTER_RAY_AUTH=disabled")
+    init = re.compile(r"\bray\.init\(")
+    for path in files:
+        if path == Path(__file__).resolve():
+            continue  # this file spells the patterns
+        text = path.read_text(errors="replace")
+        rel = path.relative_to(repo).as_posix()
+        assert not off.search(text), f"{rel} switches Ray's token auth off"
+        if path.suffix == ".py" and rel != "pipeline/runtime.py":
+            assert not init.search(text), f"{rel} starts Ray itself; use pipeline.runtime.ensure_ray"
