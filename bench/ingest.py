@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import shutil
 import sys
@@ -26,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GLOG_minloglevel", "2")
 MUX = REPO.parent / "shared" / "data" / "muxspace_dev"
@@ -139,13 +137,16 @@ def run_ray_vs_loop(csv_path: Path, k: int, tmp: Path) -> None:
     sizes = {1: csv_path} if k <= 1 else {1: csv_path, k: repeat(csv_path, k, tmp)}
     n = {m: sum(1 for _ in open(p)) - 1 for m, p in sizes.items()}
     t_loop = {m: loop(p, tmp / f"loop{m}") for m, p in sizes.items()}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    from pipeline.runtime import ensure_ray
+
+    ensure_ray(num_cpus=2, log_to_driver=False)  # as the CLI starts it: token auth on
     t_ray = {}
     try:
         for m, p in sizes.items():
             t = time.perf_counter()
             ingest("csv", str(tmp / f"ray{m}"), str(p), class_names=["happy", "neutral"], workers=2,
-                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False)
+                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False,
+                   allow_outside_input=True)  # repeat() lists the images by absolute path
             t_ray[m] = time.perf_counter() - t
     finally:
         ray.shutdown()

@@ -14,12 +14,16 @@
 #   POSTER_MLFLOW_PORT=5000       MLflow tracking server
 #   POSTER_NUM_CPUS=2             logical CPUs of the head; POSTER_NUM_GPUS (unset = autodetect)
 #   POSTER_OBJECT_STORE_MB        object store size (unset = Ray's default, ~30 % of free RAM)
-#   POSTER_RAY_AUTH=token         token | disabled (disabled: throwaway local use only)
 #   POSTER_CLUSTER_DIR=runs/cluster   state, logs, MLflow DB + artifacts, auth token
 #   POSTER_RAY_TEMP_DIR=/tmp/poster-ray-<RAY_PORT>   Ray's session dir; kept apart from /tmp/ray so a
 #                                 plain ray.init() elsewhere never attaches to this head by accident
 #   POSTER_START_TIMEOUT=120      seconds to wait for each service to answer
 #   POSTER_STOP_TIMEOUT=30        seconds between SIGTERM and SIGKILL on `down`
+# Numbers must be plain decimal integers: they are checked before any arithmetic (bash arithmetic
+# would evaluate an expression such as a[$(cmd)]). Token auth is always on.
+#
+# Security: the token reaches curl on stdin (`--config -`), never on a command line (`ps` shows
+# those); the state file is parsed line by line against a strict pattern, never sourced.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +35,6 @@ MLFLOW_PORT="${POSTER_MLFLOW_PORT:-5000}"
 NUM_CPUS="${POSTER_NUM_CPUS:-2}"
 NUM_GPUS="${POSTER_NUM_GPUS:-}"
 OBJECT_STORE_MB="${POSTER_OBJECT_STORE_MB:-}"
-AUTH="${POSTER_RAY_AUTH:-token}"
 TIMEOUT="${POSTER_START_TIMEOUT:-120}"
 STOP_TIMEOUT="${POSTER_STOP_TIMEOUT:-30}"
 STATE_DIR="${POSTER_CLUSTER_DIR:-$REPO/runs/cluster}"
@@ -40,6 +43,7 @@ STATE_DIR="$(cd "$STATE_DIR" && pwd)"            # absolute: the sqlite URI and 
 RAY_TMP="${POSTER_RAY_TEMP_DIR:-/tmp/poster-ray-$RAY_PORT}"   # short: Ray's unix sockets cap paths at 107 chars
 STATE="$STATE_DIR/state.env"
 TOKEN_FILE="$STATE_DIR/auth_token"
+SAFE_PATH='^[A-Za-z0-9_./+-]+$'   # what a path may look like in the state file and env.sh
 
 # The repo's virtual environment when present, else whatever is on PATH. It also goes first on
 # the head's PATH: job entrypoints say `python -m ...` and must find the interpreter that has ray.
@@ -48,6 +52,53 @@ RAY="${BIN}ray"
 MLFLOW="${BIN}mlflow"
 
 die() { echo "local.sh: $*" >&2; exit 1; }
+
+# check_int NAME VALUE [MIN MAX]: a plain decimal integer in range, tested as text before any
+# arithmetic sees it.
+check_int() {
+  local name="$1" value="$2" min="${3:-0}" max="${4:-1000000000}"
+  [[ "$value" =~ ^[0-9]{1,10}$ ]] || die "$name must be a whole number, got '$value'"
+  value=$((10#$value))
+  (( value >= min && value <= max )) || die "$name must be in $min..$max, got $value"
+}
+check_settings() {
+  check_int POSTER_RAY_PORT "$RAY_PORT" 1 65535
+  check_int POSTER_DASHBOARD_PORT "$DASHBOARD_PORT" 1 65535
+  check_int POSTER_RAY_CLIENT_PORT "$CLIENT_PORT" 1 65535
+  check_int POSTER_MLFLOW_PORT "$MLFLOW_PORT" 1 65535
+  check_int POSTER_NUM_CPUS "$NUM_CPUS" 1 4096
+  [[ -z "$NUM_GPUS" ]] || check_int POSTER_NUM_GPUS "$NUM_GPUS" 0 1024
+  [[ -z "$OBJECT_STORE_MB" ]] || check_int POSTER_OBJECT_STORE_MB "$OBJECT_STORE_MB" 64 16777216
+  check_int POSTER_START_TIMEOUT "$TIMEOUT" 1 86400
+  check_int POSTER_STOP_TIMEOUT "$STOP_TIMEOUT" 0 86400
+  [[ "$RAY_TMP" =~ $SAFE_PATH ]] || die "POSTER_RAY_TEMP_DIR may hold only letters, digits and _ . / + -"
+  [[ "$STATE_DIR" =~ $SAFE_PATH ]] || die "POSTER_CLUSTER_DIR may hold only letters, digits and _ . / + -"
+  if [[ -n "${POSTER_RAY_AUTH:-}" && "${POSTER_RAY_AUTH}" != token ]]; then
+    die "POSTER_RAY_AUTH=${POSTER_RAY_AUTH}: token auth is always on (unset POSTER_RAY_AUTH)"
+  fi
+}
+
+# load_state: read state.env as data. Known keys only, values of the expected shape, no expansion;
+# anything else stops the script before a value is used.
+STATE_KEYS=(RAY_PID MLFLOW_PID RAY_PORT DASHBOARD_PORT CLIENT_PORT MLFLOW_PORT RAY_TMP)
+load_state() {
+  local line key value n=0 seen=" "
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    n=$((n + 1))
+    [[ "$line" =~ ^([A-Z_]+)=([A-Za-z0-9_./+-]*)$ ]] || die "$STATE:$n: not a KEY=value line; refusing to use it"
+    key="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
+    [[ " ${STATE_KEYS[*]} " == *" $key "* ]] || die "$STATE:$n: unknown key $key"
+    case "$key" in
+      RAY_TMP) [[ "$value" =~ $SAFE_PATH ]] || die "$STATE:$n: bad path" ;;
+      *) check_int "$STATE:$n $key" "$value" 1 4194304 ;;
+    esac
+    printf -v "$key" '%s' "$value"
+    seen+="$key "
+  done < "$STATE"
+  for key in "${STATE_KEYS[@]}"; do
+    [[ "$seen" == *" $key "* ]] || die "$STATE: no $key"
+  done
+}
 alive() {  # running, and not a zombie waiting to be reaped
   [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]
 }
@@ -80,14 +131,15 @@ recorded_alive() {  # recorded PIDs whose start time still matches: a PID reused
   local pid start
   [[ -f "$STATE_DIR/pids" ]] || return 0
   while IFS=$'\t' read -r pid start; do
+    [[ "$pid" =~ ^[0-9]{1,9}$ ]] || continue   # not a PID line: nothing of ours
     if alive "$pid" && [[ "$(started "$pid")" == "$start" ]]; then echo "$pid"; fi
   done < "$STATE_DIR/pids"
 }
 
-curl_ray() {  # GET a dashboard path, with the bearer token when auth is on
-  local hdr=()
-  [[ "$AUTH" == token ]] && hdr=(-H "Authorization: Bearer $(cat "$TOKEN_FILE")")
-  curl -fsS --max-time 5 "${hdr[@]}" "http://$HOST:$DASHBOARD_PORT$1"
+curl_ray() {  # GET a dashboard path with the bearer token; curl reads the header from stdin
+  # (printf is a builtin and tr gets no arguments: the token is on no command line)
+  { printf 'header = "Authorization: Bearer '; tr -d '\n"\\' < "$TOKEN_FILE"; printf '"\n'; } |
+    curl -fsS --max-time 5 --config - "http://$HOST:$DASHBOARD_PORT$1"
 }
 
 wait_for() {  # wait_for NAME PID CHECK-COMMAND...
@@ -105,12 +157,8 @@ write_env() {
   {
     echo "# source $STATE_DIR/env.sh   -- written by cluster/local.sh up"
     echo "export RAY_ADDRESS=http://$HOST:$DASHBOARD_PORT"
-    if [[ "$AUTH" == token ]]; then
-      echo "export RAY_AUTH_MODE=token"
-      echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
-    else
-      echo "export RAY_AUTH_MODE=disabled"
-    fi
+    echo "export RAY_AUTH_MODE=token"
+    echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
     echo "export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT"
   } > "$STATE_DIR/env.sh"
 }
@@ -138,21 +186,19 @@ stop_pids() {  # SIGTERM all at once, wait, SIGKILL what is left, wait for it to
 
 cmd_up() {
   if [[ -f "$STATE" ]]; then
-    # shellcheck disable=SC1090
-    source "$STATE"
+    load_state
     if [[ -n "$(recorded_alive)" ]]; then
       die "already up (state in $STATE); run 'cluster/local.sh down' first"
     fi
     rm -f "$STATE" "$STATE_DIR/pids"  # left by a head that died on its own
   fi
-  [[ "$AUTH" == token || "$AUTH" == disabled ]] || die "POSTER_RAY_AUTH must be token or disabled"
   for p in "$RAY_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$MLFLOW_PORT"; do
     port_busy "$p" && die "port $p on $HOST is in use; pick others with POSTER_*_PORT"
   done
   command -v "$RAY" >/dev/null || die "ray not found (make venv, or put ray on PATH)"
   command -v "$MLFLOW" >/dev/null || die "mlflow not found (make venv, or put mlflow on PATH)"
 
-  if [[ "$AUTH" == token && ! -s "$TOKEN_FILE" ]]; then
+  if [[ ! -s "$TOKEN_FILE" ]]; then
     # A project-scoped token; ~/.ray/auth_token (Ray's default) is left alone.
     (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$TOKEN_FILE")
   fi
@@ -163,11 +209,7 @@ cmd_up() {
   # On SIGTERM `ray start --block` first drains the node (for Serve upgrades on Kubernetes), up to
   # 30 s, and after a Train job it waits all of them out. A dev head has nothing to hand over.
   export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
-  if [[ "$AUTH" == token ]]; then
-    export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
-  else
-    export RAY_AUTH_MODE=disabled
-  fi
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
 
   local ray_args=(start --head --block --node-ip-address "$HOST" --port "$RAY_PORT"
     --num-cpus "$NUM_CPUS" --include-dashboard true --dashboard-host "$HOST"
@@ -177,7 +219,7 @@ cmd_up() {
   [[ -n "$OBJECT_STORE_MB" ]] && ray_args+=(--object-store-memory "$((OBJECT_STORE_MB * 1024 * 1024))")
 
   local t0=$SECONDS
-  echo "Starting Ray head (GCS $HOST:$RAY_PORT, dashboard $HOST:$DASHBOARD_PORT, auth $AUTH, $NUM_CPUS CPUs) ..."
+  echo "Starting Ray head (GCS $HOST:$RAY_PORT, dashboard $HOST:$DASHBOARD_PORT, token auth, $NUM_CPUS CPUs) ..."
   # setsid: the head gets a session of its own, so `down` can find everything it spawned by id.
   setsid "$RAY" "${ray_args[@]}" > "$STATE_DIR/ray.log" 2>&1 < /dev/null &
   local ray_pid=$!
@@ -199,7 +241,6 @@ RAY_PORT=$RAY_PORT
 DASHBOARD_PORT=$DASHBOARD_PORT
 CLIENT_PORT=$CLIENT_PORT
 MLFLOW_PORT=$MLFLOW_PORT
-AUTH=$AUTH
 RAY_TMP=$RAY_TMP
 EOF
 
@@ -220,7 +261,7 @@ cmd_info() {
   cat <<EOF
 
   Ray GCS         $HOST:$RAY_PORT        (ray.init / ray start --address on this machine)
-  Ray dashboard   http://$HOST:$DASHBOARD_PORT   (job submission; token auth: $AUTH)
+  Ray dashboard   http://$HOST:$DASHBOARD_PORT   (job submission; token auth)
   Ray Client      ray://$HOST:$CLIENT_PORT
   MLflow          http://$HOST:$MLFLOW_PORT   (DB $STATE_DIR/mlflow.db, artifacts $STATE_DIR/mlartifacts)
 
@@ -235,8 +276,7 @@ EOF
 
 cmd_down() {
   [[ -f "$STATE" ]] || { echo "not up (no $STATE)"; return 0; }
-  # shellcheck disable=SC1090
-  source "$STATE"
+  load_state
   # Ours = the recorded processes still alive, plus whatever our live leaders have spawned since
   # `up` (Ray workers, job drivers).
   local ours=() p
@@ -267,8 +307,7 @@ cmd_down() {
 
 cmd_status() {
   [[ -f "$STATE" ]] || { echo "not up (no $STATE)"; return 3; }
-  # shellcheck disable=SC1090
-  source "$STATE"
+  load_state
   local rc=0
   if alive "$RAY_PID" && curl_ray /api/version >/dev/null 2>&1; then
     echo "ray     up    pid $RAY_PID  http://$HOST:$DASHBOARD_PORT  ($(tree_pids "$RAY_PID" | wc -l) processes)"
@@ -284,6 +323,7 @@ cmd_status() {
   return $rc
 }
 
+check_settings
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;

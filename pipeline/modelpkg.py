@@ -16,6 +16,11 @@ Output: a DataFrame with ``label``, ``label_index`` and one ``prob_<class>`` col
 
 The raw torch weights (``weights.pt``, weights_only-loadable) travel as an artifact, so
 ``load_torch_model`` rebuilds the plain ``nn.Module`` too.
+
+The model is logged as MLflow "models from code": ``python_model`` is the file
+``pipeline/pyfunc_model.py`` and ``code_paths`` ship ``pipeline`` + ``poster_model``, so loading
+and serving import the project's code instead of unpickling an object (no ``python_model.pkl``).
+The preprocessing of a request is ``PosterPyfunc.predict`` below, the one place to change it.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"  # models-from-code entry file
 WEIGHTS = "weights.pt"
 MODEL_NAME = "model"  # the logged model's name inside its run
 CODE_PACKAGES = ("poster_model", "pipeline")
@@ -136,7 +142,8 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
     # ``pd.DataFrame`` is the one hint MLflow 3 neither turns into a signature nor warns about;
     # the explicit signature logged with the model is the contract.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
-
+        # The request's preprocessing, all of it: decode/resize the cells, make the crop, then
+        # the evaluator's normalisation (predict_logits).
         from pipeline.evaluation import predict_logits
         from pipeline.transforms import CROP_SIZE, IMAGE_SIZE
 
@@ -235,7 +242,7 @@ def log_poster_model(tracking_uri: str, run_id: str, state: dict[str, torch.Tens
         code = _copy_code(Path(d) / "code")
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=PosterPyfunc(), artifacts={"weights": str(wpath)},
+                name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={"weights": str(wpath)},
                 code_paths=code, signature=signature, input_example=example_df,
                 pip_requirements=_requirements(),
             )

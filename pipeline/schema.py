@@ -77,6 +77,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "label_tie",               # FERPlus: no single majority emotion
     "label_unknown",           # FERPlus: majority "unknown"
     "label_not_face",          # FERPlus: majority "not a face" (NF) or no image name
+    "outside_input",           # a listed path escapes the input root (.., absolute, other scheme/bucket)
     "unknown_split",           # split name that maps to none of train/val/test
     "bad_landmarks",           # given landmarks malformed or degenerate
     "no_face",                 # the detector found no face

@@ -1,17 +1,15 @@
 """Session-wide fixtures: one Ray runtime for the whole test session, the shared sample data.
 
-Ray settings follow docs/design.md: quiet logs, no usage stats, token auth off for the
-throwaway local cluster, a small object store.
+Ray is started the way every CLI starts it (``pipeline.runtime.ensure_ray``: quiet logs, no
+usage stats, token auth on, dashboard on 127.0.0.1), with 2 CPUs and a small object store.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 # Must be set before Ray is imported anywhere in the session.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -27,14 +25,9 @@ def ray_session():
     """Start Ray once per test session (2 logical CPUs, like the CI machine)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            object_store_memory=768 * 1024**2,
-        )
+    from pipeline.runtime import ensure_ray
+
+    ensure_ray(num_cpus=2, object_store_memory=768 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

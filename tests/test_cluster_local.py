@@ -50,8 +50,8 @@ def run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProces
 
 
 def base_env(tmp_path: Path) -> dict:
-    # The session's conftest sets RAY_AUTH_MODE=disabled for its own Ray; the cluster under test
-    # must not inherit that or any other client setting.
+    # The session's Ray (ensure_ray) leaves RAY_AUTH_MODE=token in this process's environment; the
+    # cluster under test must not inherit that or any other client setting.
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
     gcs, dashboard, client, mlflow = free_ports(4)
     env.update(POSTER_RAY_PORT=str(gcs), POSTER_DASHBOARD_PORT=str(dashboard),
@@ -160,3 +160,99 @@ def test_local_cluster_end_to_end(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert left == [], f"processes of ours still running after down: {left}"
     assert not (state / "state.env").exists()
+
+
+# --------------------------------------------------------------------------- hardening, no cluster
+
+
+MALICIOUS = "a[$(touch {marker})]"  # bash arithmetic would run the command in the subscript
+
+
+@pytest.mark.parametrize("var", ["POSTER_RAY_PORT", "POSTER_DASHBOARD_PORT", "POSTER_NUM_CPUS",
+                                 "POSTER_NUM_GPUS", "POSTER_OBJECT_STORE_MB", "POSTER_START_TIMEOUT",
+                                 "POSTER_STOP_TIMEOUT"])
+def test_non_integer_settings_are_rejected_unevaluated(tmp_path, var):
+    marker = tmp_path / "pwned"
+    env = base_env(tmp_path)
+    env[var] = MALICIOUS.format(marker=marker)
+    try:
+        for cmd in ("up", "status", "down"):
+            out = run([str(LOCAL_SH), cmd], env, 30)
+            assert out.returncode == 1, (cmd, out.stdout, out.stderr)
+            assert f"{var} must be a whole number" in out.stderr, out.stderr
+            assert not marker.exists(), f"{cmd} evaluated {var}"
+    finally:  # should `up` ever get past the check, leave nothing running
+        run([str(LOCAL_SH), "down"], base_env(tmp_path), 120)
+    env[var] = "70000" if "PORT" in var else "-1"
+    assert "must be" in run([str(LOCAL_SH), "status"], env, 30).stderr
+
+
+def _state(env: dict, **values) -> Path:
+    state = Path(env["POSTER_CLUSTER_DIR"]) / "state.env"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    fields = dict(RAY_PID=os.getpid(), MLFLOW_PID=os.getpid(), RAY_PORT=env["POSTER_RAY_PORT"],
+                  DASHBOARD_PORT=env["POSTER_DASHBOARD_PORT"], CLIENT_PORT=env["POSTER_RAY_CLIENT_PORT"],
+                  MLFLOW_PORT=env["POSTER_MLFLOW_PORT"], RAY_TMP=env["POSTER_RAY_TEMP_DIR"])
+    fields.update(values)
+    state.write_text("".join(f"{k}={v}\n" for k, v in fields.items() if v is not None))
+    return state
+
+
+@pytest.mark.parametrize("bad", [
+    {"RAY_PID": "$(touch {marker})"},
+    {"MLFLOW_PID": "1; touch {marker}"},
+    {"RAY_TMP": "/tmp/x`touch {marker}`"},
+    {"PATH": "/nonexistent"},                 # a key the script does not know
+    {"RAY_PID": None},                        # a key missing
+])
+def test_state_file_is_parsed_not_sourced(tmp_path, bad):
+    marker = tmp_path / "pwned"
+    env = base_env(tmp_path)
+    state = _state(env, **{k: v.format(marker=marker) if v else v for k, v in bad.items()})
+    for cmd in ("status", "down", "up"):
+        out = run([str(LOCAL_SH), cmd], env, 30)
+        assert out.returncode == 1 and str(state) in out.stderr, (cmd, out.stdout, out.stderr)
+        assert not marker.exists(), f"{cmd} executed the state file"
+    assert state.exists()  # left for the user to look at, not removed
+
+
+def test_token_reaches_curl_on_stdin_not_argv(tmp_path):
+    """`status` against a stand-in dashboard: the bearer token arrives in the request, and the
+    command line curl ran with (what `ps` shows) does not contain it."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = base_env(tmp_path)
+        env["POSTER_DASHBOARD_PORT"] = str(server.server_address[1])
+        _state(env)
+        token = "f00d" * 16
+        (Path(env["POSTER_CLUSTER_DIR"]) / "auth_token").write_text(token + "\n")
+        real = shutil.which("curl")
+        assert real, "curl is needed by cluster/local.sh"
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{tmp_path}/argv"\nexec {real} "$@"\n')
+        (shim / "curl").chmod(0o755)
+        env["PATH"] = f"{shim}:{env['PATH']}"
+        out = run([str(LOCAL_SH), "status"], env, 30)
+        assert f"Bearer {token}" in seen, (seen, out.stdout, out.stderr)
+        argv = (tmp_path / "argv").read_text()
+        assert "--config" in argv and token not in argv, argv
+        assert "ray     up" in out.stdout, out.stdout + out.stderr
+    finally:
+        server.shutdown()

@@ -527,3 +527,151 @@ def test_every_cluster_file_starts_with_its_command():
         assert lines[0].startswith("# ") and any(c in lines[0] for c in commands), (
             f"{path.relative_to(REPO)} should begin with a comment giving the command that uses it")
     assert os.access(CLUSTER / "local.sh", os.X_OK)
+
+
+# --------------------------------------------------------------------------- pod security, network policy
+
+
+def every_pod_spec() -> list[tuple[str, dict]]:
+    """Each pod template: Ray head/workers, RayJob submitters, Deployments."""
+    out = []
+    for name, spec in cluster_specs():
+        out += [(f"{name} {i}", pod) for i, pod in enumerate(pod_specs(spec))]
+    for name, doc in ray_objects("RayJob"):
+        out.append((f"{name} submitter", doc["spec"].get("submitterPodTemplate", {}).get("spec")))
+    for name, doc in kuberay_docs():
+        if doc.get("kind") == "Deployment":
+            out.append((name, doc["spec"]["template"]["spec"]))
+    return out
+
+
+def pod_security_findings(pod: dict | None) -> list[str]:
+    """What keeps a pod from running as a non-root user without privileges or a writable root."""
+    if not pod:
+        return ["no pod template (KubeRay's default has no securityContext)"]
+    found = []
+    psc = pod.get("securityContext") or {}
+    if psc.get("runAsNonRoot") is not True:
+        found.append("pod securityContext.runAsNonRoot is not true")
+    if psc.get("runAsUser") == 0:
+        found.append("pod runs as uid 0")
+    mounts_ok = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        csc = c.get("securityContext") or {}
+        where = f"container {c.get('name')}"
+        if csc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: allowPrivilegeEscalation is not false")
+        if csc.get("privileged"):
+            found.append(f"{where}: privileged")
+        if "ALL" not in (csc.get("capabilities") or {}).get("drop", []) or (csc.get("capabilities") or {}).get("add"):
+            found.append(f"{where}: capabilities do not drop ALL (or add some)")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}: root file system is writable")
+        elif not any(m["mountPath"] == "/tmp" and m["name"] in mounts_ok for m in c.get("volumeMounts", [])):
+            found.append(f"{where}: read-only root without an emptyDir on /tmp (Ray and MLflow write there)")
+        if csc.get("runAsUser") == 0 or csc.get("runAsNonRoot") is False:
+            found.append(f"{where}: runs as root")
+    return found
+
+
+def test_every_pod_runs_unprivileged_non_root_read_only():
+    pods = every_pod_spec()
+    assert len(pods) >= 9  # 3 clusters x (head + worker group), 2 submitters, MLflow
+    for name, pod in pods:
+        assert pod_security_findings(pod) == [], name
+    for name, spec in cluster_specs():  # the autoscaler sidecar runs in the head pod
+        sc = spec.get("autoscalerOptions", {}).get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities") == {"drop": ["ALL"]}, name
+        assert sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True, name
+
+
+@pytest.mark.parametrize("break_it", ["drop pod securityContext", "drop container securityContext",
+                                      "writable root", "no /tmp volume", "root user", "escalation"])
+def test_pod_security_check_catches_each_gap(break_it):
+    (_, spec), *_ = cluster_specs()
+    pod = copy.deepcopy(spec["headGroupSpec"]["template"]["spec"])
+    assert pod_security_findings(pod) == []
+    c = pod["containers"][0]
+    if break_it == "drop pod securityContext":
+        del pod["securityContext"]
+    elif break_it == "drop container securityContext":
+        del c["securityContext"]
+    elif break_it == "writable root":
+        c["securityContext"]["readOnlyRootFilesystem"] = False
+    elif break_it == "no /tmp volume":
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"]
+    elif break_it == "root user":
+        pod["securityContext"]["runAsUser"] = 0
+    else:
+        c["securityContext"]["allowPrivilegeEscalation"] = True
+    assert pod_security_findings(pod), break_it
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels are read here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admitted_ports(policies: list[dict], target: dict, source: dict) -> set | None:
+    """Ports `source` may open on `target` under these policies (None = any port; set() = none;
+    'unselected' when no policy selects the target, i.e. everything is allowed)."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return "unselected"
+    ports: set = set()
+    for p in selecting:
+        for rule in p["spec"].get("ingress", []):
+            peers = rule.get("from")
+            assert peers, f"{p['metadata']['name']}: a rule without 'from' admits everyone"
+            for peer in peers:
+                assert set(peer) == {"podSelector"}, f"{p['metadata']['name']}: only pod peers: {peer}"
+            if any(_selects(peer["podSelector"], source) for peer in peers):
+                if "ports" not in rule:
+                    return None
+                ports |= {pt["port"] for pt in rule["ports"]}
+    return ports
+
+
+def test_network_policy_admits_only_ray_pods_and_the_submitter_to_the_head():
+    policies = [d for _, d in kuberay_docs() if d.get("kind") == "NetworkPolicy"]
+    ray = {"ray.io/is-ray-node": "yes"}
+    for name, spec in cluster_specs():
+        head = {**spec["headGroupSpec"]["template"]["metadata"]["labels"], **ray, "ray.io/node-type": "head"}
+        workers = [{**g["template"]["metadata"]["labels"], **ray, "ray.io/node-type": "worker"}
+                   for g in spec.get("workerGroupSpecs", [])]
+        for worker in workers:
+            assert admitted_ports(policies, head, worker) is None, name          # Ray pods: all ports
+            assert admitted_ports(policies, worker, head) is None, name
+        for stranger in ({}, {"app": "web"}, {"app.kubernetes.io/part-of": "poster-ray"}):
+            assert admitted_ports(policies, head, stranger) == set(), (name, stranger)
+            for worker in workers:
+                assert admitted_ports(policies, worker, stranger) == set(), (name, stranger)
+    for name, job in ray_objects("RayJob"):
+        submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+        head = {**job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"],
+                **ray, "ray.io/node-type": "head"}
+        assert admitted_ports(policies, head, submitter) == {8265}, name          # the job API only
+
+
+def test_ray_pods_use_the_trainer_mlflow_identity_never_the_reviewer():
+    for name, spec in cluster_specs():
+        for pod in pod_specs(spec):
+            for c in pod["containers"]:
+                refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                        if e["name"].startswith("MLFLOW_TRACKING_") and "valueFrom" in e}
+                assert refs == {"mlflow-trainer"}, (name, refs)
+    text = "\n".join(p.read_text() for p in KUBERAY.glob("ray*.yaml"))
+    assert "mlflow-reviewer" not in text
+
+
+def test_aws_mlflow_runs_behind_basic_auth_with_secrets_from_the_secret_store():
+    doc = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    head = " ".join(doc["head_start_ray_commands"])
+    assert "mlflow server --app-name basic-auth" in head and "MLFLOW_AUTH_CONFIG_PATH=" in head
+    setup = " ".join(doc["setup_commands"] + doc["head_setup_commands"])
+    assert "poster-ray/mlflow-trainer" in " ".join(doc["setup_commands"])          # every node: trainer
+    assert "poster-ray/mlflow-basic-auth" in " ".join(doc["head_setup_commands"])  # head only: admin
+    assert "poster-ray/mlflow-basic-auth" not in " ".join(doc["setup_commands"])
+    assert "reviewer" not in setup
+    assert secret_findings(doc) == []

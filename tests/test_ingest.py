@@ -165,3 +165,31 @@ def test_cli_connects_to_ray_address_and_writes_a_uri(ray_session, tmp_path):
     again = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert ray_session.is_initialized()  # the CLI did not shut down a Ray it did not start
+
+
+def test_rows_outside_the_input_are_rejected_and_counted(ray_session, tmp_path):
+    """A CSV list naming files beside the dataset: refused as outside_input, counted, and the
+    rejects never carry the file's bytes; --allow-outside-input reads them (and they fail to
+    decode, again without quoting them)."""
+    secret = b"TOPSECRET payroll, not an image\n"
+    (tmp_path / "secret.jpg").write_bytes(secret)
+    root = tmp_path / "data"
+    for i, label in enumerate(["happy", "sad", "neutral"]):
+        _put(root, f"imgs/{i}.jpg", _jpeg(generate(label, i, seed=5).image))
+    (root / "list.csv").write_text("path,label,split\nimgs/0.jpg,happy,train\nimgs/1.jpg,sad,train\n"
+                                   "imgs/2.jpg,neutral,test\n../secret.jpg,happy,train\n"
+                                   f"{tmp_path / 'secret.jpg'},sad,test\n")
+    out = tmp_path / "shards"
+    report = ingest("csv", str(out), str(root / "list.csv"), skip_detection=True,
+                    max_reject_fraction=1.0, progress=False)
+    assert (report.read, report.written, report.rejected) == (5, 3, 2) and report.reconciled
+    assert report.rejects_by_reason == {"outside_input": 2}
+    rejects = pq.read_table(out / S.REJECTS).to_pylist()
+    assert {r["source_ref"] for r in rejects} == {"../secret.jpg", str(tmp_path / "secret.jpg")}
+    assert all(b"TOPSECRET" not in json.dumps(r, default=str).encode() for r in rejects)
+
+    allowed = ingest("csv", str(tmp_path / "allowed"), str(root / "list.csv"), skip_detection=True,
+                     max_reject_fraction=1.0, progress=False, allow_outside_input=True)
+    assert allowed.rejects_by_reason == {"not_an_image": 2} and allowed.reconciled
+    rejects = pq.read_table(tmp_path / "allowed" / S.REJECTS).to_pylist()
+    assert all("TOPSECRET" not in (r["detail"] or "") for r in rejects)

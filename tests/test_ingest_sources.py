@@ -300,3 +300,94 @@ def _one_csv(tmp_path, name: str) -> str:
     p = tmp_path / f"{name}.csv"
     p.write_text(f"{name},happy,train\n")
     return str(p)
+
+
+# --- rows that name a path outside the input root -----------------------------------------------
+
+SECRET = b"TOPSECRET not an image\n"
+
+
+def _outside(tmp_path) -> tuple[str, str]:
+    """A file beside the dataset (what `..` reaches) and its absolute path."""
+    write(tmp_path / "secret.txt", SECRET)
+    return "secret.txt", str(tmp_path / "secret.txt")
+
+
+def _outside_reasons(plan) -> dict[str, str]:
+    out = {r["source_ref"]: r["reason"] for r in plan.records}
+    for r in plan.records:
+        if r["reason"] == "outside_input":
+            assert "--allow-outside-input" in r["detail"] and r["path"] == "" and r["data"] == b""
+            assert "TOPSECRET" not in r["detail"]
+    return out
+
+
+def test_csv_rows_outside_the_root_are_rejected(tmp_path):
+    name, absolute = _outside(tmp_path)
+    root = tmp_path / "data"
+    write(root / "imgs/a.jpg", face_jpeg())
+    write(root / "list.csv", f"path,label\nimgs/a.jpg,happy\n../{name},happy\nimgs/../../{name},happy\n"
+          f"{absolute},happy\ns3://other-bucket/x.jpg,happy\nfile://{absolute},happy\n"
+          f"{root}/imgs/a.jpg,happy\nimgs/./sub/../a.jpg,happy\n")
+    plan = plan_records("csv", str(root / "list.csv"))
+    got = _outside_reasons(plan)
+    assert got == {"imgs/a.jpg": "", f"../{name}": "outside_input", f"imgs/../../{name}": "outside_input",
+                   absolute: "outside_input", "s3://other-bucket/x.jpg": "outside_input",
+                   f"file://{absolute}": "outside_input", f"{root}/imgs/a.jpg": "",
+                   "imgs/./sub/../a.jpg": ""}
+    assert by_ref(plan.records)["imgs/./sub/../a.jpg"]["path"] == str(root / "imgs/a.jpg")
+    # the flag restores the old reading of such rows
+    allowed = plan_records("csv", str(root / "list.csv"), allow_outside_input=True)
+    r = by_ref(allowed.records)
+    assert all(not x["reason"] for x in allowed.records)
+    assert r[f"../{name}"]["path"] == absolute and r["s3://other-bucket/x.jpg"]["path"] == "s3://other-bucket/x.jpg"
+
+
+def test_rafdb_names_outside_the_root_are_rejected(tmp_path):
+    _outside(tmp_path)
+    root = tmp_path / "raf-basic"
+    write(root / "EmoLabel/list_patition_label.txt",
+          "train_00001.jpg 4\ntrain_/../../../../secret.txt 4\ntest_/../../../../../etc/passwd 1\n")
+    write(root / "Image/aligned/train_00001_aligned.jpg", face_jpeg(size=100))
+    got = _outside_reasons(plan_records("rafdb", str(root)))
+    assert sorted(got.values()) == ["", "outside_input", "outside_input"]
+
+
+def test_affectnet_rows_outside_the_root_are_rejected(tmp_path):
+    name, absolute = _outside(tmp_path)
+    v1 = tmp_path / "v1"
+    write(v1 / "train_set/train_annotations_7class.txt", f"1.jpg 1\n../../../{name} 1\n../../../../etc/passwd 2\n")
+    got = _outside_reasons(plan_records("affectnet", str(v1)))
+    assert sorted(got.values()) == ["", "outside_input", "outside_input"]
+    old = tmp_path / "csvlayout"
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression\n"
+    write(old / "training.csv", header + f"5/a.jpg,0,0,9,9,,1\n../../{name},0,0,9,9,,1\n"
+          f"{absolute},0,0,9,9,,1\ngs://bucket/x.jpg,0,0,9,9,,1\n")
+    write(old / "Manually_Annotated_Images/5/a.jpg", face_jpeg())
+    got = _outside_reasons(plan_records("affectnet", str(old)))
+    assert sorted(got.values()) == ["", "outside_input", "outside_input", "outside_input"]
+
+
+def test_ferplus_names_outside_the_root_are_rejected(tmp_path):
+    _outside(tmp_path)
+    root = tmp_path / "ferplus"
+    write(root / "fer2013new.csv", FERPLUS_HEADER + "Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n"
+          "Training,../../secret.txt,0,10,0,0,0,0,0,0,0,0\n")
+    write(root / "FER2013Train/fer0000000.png", face_jpeg(size=48))
+    got = _outside_reasons(plan_records("ferplus", str(root)))
+    assert sorted(got.values()) == ["", "outside_input"]
+
+
+def test_hf_paths_outside_the_root_are_rejected(tmp_path):
+    name, absolute = _outside(tmp_path)
+    root = tmp_path / "hf"
+    write(root / "imgs/a.jpg", face_jpeg())
+    table = pa.table({"image": [{"bytes": None, "path": "imgs/a.jpg"}, {"bytes": None, "path": f"../{name}"},
+                                {"bytes": None, "path": absolute}, {"bytes": None, "path": "s3://b/x.jpg"}],
+                      "label": ["happy"] * 4})
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, str(root / "train-00000.parquet"))
+    got = _outside_reasons(plan_records("hf", str(root)))
+    assert got == {"train[0]": "", "train[1]": "outside_input", "train[2]": "outside_input",
+                   "train[3]": "outside_input"}

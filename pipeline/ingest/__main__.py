@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", "-o", required=True, help="output folder (local path or URI)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output (only on success)")
     g.add_argument("--limit", type=int, help="ingest only the first N inputs (quick checks)")
+    g.add_argument("--allow-outside-input", action="store_true",
+                   help="read files a list names outside --input (.., absolute paths, other "
+                        "schemes or buckets); by default such rows are rejected as outside_input")
 
     g = ap.add_argument_group("labels")
     g.add_argument("--classes", type=int, choices=(7, 8),
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             max_reject_fraction=args.max_reject_fraction, dedupe=args.dedupe,
             overwrite=args.overwrite, test_fraction=args.test_fraction, per_class=args.per_class,
             seed=args.seed, limit=args.limit, image_column=args.image_column,
-            label_column=args.label_column, group_regex=args.group_regex)
+            label_column=args.label_column, group_regex=args.group_regex,
+            allow_outside_input=args.allow_outside_input)
     except (OutputExistsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -98,7 +98,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
                  class_names: list[str] | None = None, class_order: str = "official",
                  label_map: str | None = None, test_fraction: float | None = None,
                  per_class: int = 40, seed: int = 0, limit: int | None = None,
-                 image_column: str | None = None, label_column: str | None = None) -> Plan:
+                 image_column: str | None = None, label_column: str | None = None,
+                 allow_outside_input: bool = False) -> Plan:
     """Resolve the class list and enumerate the source's records (driver side, no Ray).
 
     Records whose (valid) label is outside the class list are marked `class_excluded` here.
@@ -112,7 +113,8 @@ def plan_records(source: str, input: str | None = None, *, classes: int | None =
         test_fraction = 0.2 if source == "synthetic" else 0.0
     opts = SourceOptions(n_classes=n_classes, classes=tuple(class_list),
                          label_map=parse_label_map(label_map), per_class=per_class, seed=seed,
-                         test_fraction=test_fraction, image_column=image_column, label_column=label_column)
+                         test_fraction=test_fraction, image_column=image_column, label_column=label_column,
+                         allow_outside_input=allow_outside_input)
     recs = list(mod.records(Root(input) if input else None, opts))
     if limit:
         recs = recs[:limit]
@@ -131,7 +133,8 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
            max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
            test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
            limit: int | None = None, image_column: str | None = None, label_column: str | None = None,
-           group_regex: str | None = None, progress: bool | None = None) -> IngestReport:
+           group_regex: str | None = None, progress: bool | None = None,
+           allow_outside_input: bool = False) -> IngestReport:
     """Ingest one source into `out` (a local path or URI). See docs/ingest.md for every option.
 
     Raises:
@@ -159,7 +162,7 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
     plan = plan_records(source, input, classes=classes, class_names=class_names,
                         class_order=class_order, label_map=label_map, test_fraction=test_fraction,
                         per_class=per_class, seed=seed, limit=limit, image_column=image_column,
-                        label_column=label_column)
+                        label_column=label_column, allow_outside_input=allow_outside_input)
     class_list, recs, test_fraction = plan.classes, plan.records, plan.test_fraction
     if not recs:
         raise IngestError(f"no inputs found in {input or source}")
@@ -181,7 +184,9 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
                       jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector,
                       group_regex=group_regex or "", framing=framing.to_dict())
 
-    started_ray = _ensure_ray()
+    from pipeline.runtime import ensure_ray
+
+    started_ray = ensure_ray(log_to_driver=False)
     staging, published = None, False
     try:
         staging = output.make_staging(out)
@@ -230,7 +235,8 @@ def _options(loc: dict) -> dict:
     keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
             "keep_framing", "border", "margin", "rows_per_shard", "jpeg_quality",
             "max_reject_fraction", "dedupe",
-            "test_fraction", "per_class", "seed", "limit", "group_regex")
+            "test_fraction", "per_class", "seed", "limit", "group_regex",
+            "allow_outside_input")
     return {k: loc[k] for k in keys}
 
 
@@ -270,24 +276,6 @@ def _want_progress(progress: bool | None) -> bool:
     if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         return False
     return sys.stderr.isatty()
-
-
-def _ensure_ray() -> bool:
-    """Connect to RAY_ADDRESS if set, else start a quiet local Ray; True when we started it."""
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kw = dict(log_to_driver=False, logging_level=logging.WARNING)
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # throwaway local cluster
-        ray.init(include_dashboard=False, **kw)
-    return True
 
 
 def _run_pool(recs, cfg, staging, workers, actor_cpus, batch_size, rows_per_shard, progress) -> pa.Table:

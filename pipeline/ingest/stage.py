@@ -72,7 +72,8 @@ def decode_image(data: bytes, raw_shape=None) -> np.ndarray:
     if bgr is None:
         if known:
             raise RejectError("corrupt_image", f"{len(data)} bytes that do not decode")
-        raise RejectError("not_an_image", f"starts with {data[:8]!r}")
+        # Size only: a reject's detail never quotes the file (it may not be ours to show).
+        raise RejectError("not_an_image", f"{len(data)} bytes of no known image format")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -7,6 +7,7 @@ A module exposes `NAME`, `ORDER` (its official label order in canonical names), 
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Iterator
@@ -26,6 +27,7 @@ class SourceOptions:
     test_fraction: float = 0.2        # synthetic
     image_column: str | None = None   # hf
     label_column: str | None = None   # hf
+    allow_outside_input: bool = False  # list-driven sources: read listed paths outside the root
 
 
 class Root:
@@ -80,6 +82,46 @@ class Root:
             relp = info.path[len(self.base):].lstrip("/")
             if info.type == pafs.FileType.File and not any(p.startswith(".") for p in relp.split("/")):
                 yield relp
+
+
+def row_path(root: Root, named: str, allow_outside: bool = False) -> str | None:
+    """What a record's `path` gets for a path a list row names (relative to `root`, absolute, or
+    a URI), or None when it escapes `root` and `allow_outside` is false.
+
+    The test is on the normalised text (no file is opened): `..` that climbs out of the root, an
+    absolute path elsewhere, another scheme, or another bucket is outside. A listed file can
+    still be a symlink that points elsewhere; the folder source follows those too.
+    """
+    named = named.strip()
+    if "://" in named:
+        scheme, rest = named.split("://", 1)
+        if allow_outside:
+            return named
+        if scheme == "file" and root.local:
+            full = posixpath.normpath("/" + rest.lstrip("/"))
+        elif root.local or scheme != root._scheme:
+            return None
+        else:
+            full = posixpath.normpath("/" + rest)[1:]
+    elif named.startswith("/"):
+        if allow_outside:
+            return named
+        if not root.local:
+            return None
+        full = posixpath.normpath(named)
+    else:
+        full = posixpath.normpath(S.join(root.base, named))
+    base = root.base.rstrip("/")
+    if not allow_outside and not full.startswith(base + "/"):
+        return None
+    return full if root.local else f"{root._scheme}://{full}"
+
+
+def outside_detail(where: str, named: str, root: Root) -> str:
+    """Reject detail for `outside_input`: the row and the path as listed (never file contents)."""
+    shown = named if len(named) <= 200 else named[:200] + "..."
+    return (f"{where}: {shown!r} is outside the input root {root.uri}; "
+            "pass --allow-outside-input to read it")
 
 
 def _load(name: str) -> ModuleType:

@@ -19,6 +19,7 @@ import io
 from typing import Iterator
 
 from pipeline.ingest.records import AFFECTNET_ORDER, LABEL_MAPS, labelled, map_label, record, reject
+from pipeline.ingest.sources import outside_detail, row_path
 
 NAME = "affectnet"
 ORDER = AFFECTNET_ORDER
@@ -59,7 +60,11 @@ def _v1(root, opts) -> Iterator[dict]:
             if len(parts) < 2:
                 yield reject(ref, split, "unknown_label", f"{ann}:{n}: no label")
                 continue
-            yield labelled(ref, split, parts[1], lmap, path=root.ref(folder, "images", parts[0]))
+            path = row_path(root, f"{folder}/images/{parts[0]}", opts.allow_outside_input)
+            if path is None:
+                yield reject(ref, split, "outside_input", outside_detail(f"{ann}:{n}", parts[0], root))
+                continue
+            yield labelled(ref, split, parts[1], lmap, path=path)
 
 
 def _floats(text: str, n: int) -> list[float]:
@@ -86,7 +91,12 @@ def _csv(root, opts) -> Iterator[dict]:
             if not rel:
                 yield reject(ref, split, "unreadable", f"{fname}:{n}: empty subDirectory_filePath")
                 continue
+            listed = rel if rel.startswith("/") or "://" in rel else "/".join([*img_dir, rel])
+            path = row_path(root, listed, opts.allow_outside_input)
+            if path is None:
+                yield reject(ref, split, "outside_input", outside_detail(f"{fname}:{n}", rel, root))
+                continue
             box = _floats(";".join(row.get(k, "") for k in ("face_x", "face_y", "face_width",
                                                              "face_height")), 4)
-            yield record(ref, split, label, path=root.ref(*img_dir, rel),
+            yield record(ref, split, label, path=path,
                          landmarks=_floats(row.get("facial_landmarks", ""), 136), box=box)

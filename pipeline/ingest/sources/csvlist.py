@@ -1,5 +1,8 @@
 """A CSV list `path,label[,split]` (header optional); paths are relative to the CSV's folder.
 
+A path that leaves that folder (`..`, an absolute path elsewhere, another scheme or bucket) is
+rejected as `outside_input` unless `--allow-outside-input`.
+
 Labels are names (canonical or aliases) or raw ids with `--label-map`. Rows without a split are
 assigned by content (`--test-fraction`, default all train).
 """
@@ -10,7 +13,7 @@ import io
 from typing import Iterator
 
 from pipeline.ingest.records import GENERIC_ORDER, labelled, map_split, reject
-from pipeline.ingest.sources import Root
+from pipeline.ingest.sources import Root, outside_detail, row_path
 
 NAME = "csv"
 ORDER = GENERIC_ORDER
@@ -37,5 +40,8 @@ def records(root, opts) -> Iterator[dict]:
         if len(row) < 2:
             yield reject(ref, split, "unknown_label", f"{name}:{n}: no label column")
             continue
-        yield labelled(ref, split, row[1], opts.label_map,
-                       path=rel if "://" in rel or rel.startswith("/") else base.ref(rel))
+        path = row_path(base, rel, opts.allow_outside_input) if rel else base.ref(rel)
+        if path is None:
+            yield reject(ref, split, "outside_input", outside_detail(f"{name}:{n}", rel, base))
+            continue
+        yield labelled(ref, split, row[1], opts.label_map, path=path)

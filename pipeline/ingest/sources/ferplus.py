@@ -17,7 +17,7 @@ import io
 from typing import Iterator
 
 from pipeline.ingest.records import FERPLUS_ORDER, record, reject
-from pipeline.ingest.sources import fer2013
+from pipeline.ingest.sources import fer2013, outside_detail, row_path
 
 NAME = "ferplus"
 ORDER = FERPLUS_ORDER
@@ -77,7 +77,11 @@ def records(root, opts) -> Iterator[dict]:
             yield reject(ref, split, reason, detail)
             continue
         if use_folders:
-            yield record(ref, split, label, path=root.ref(FOLDERS[split], image))
+            path = row_path(root, f"{FOLDERS[split]}/{image}", opts.allow_outside_input)
+            if path is None:
+                yield reject(ref, split, "outside_input", outside_detail(f"{LABEL_FILE}:{i}", image, root))
+                continue
+            yield record(ref, split, label, path=path)
             continue
         px = fer2013.parse_pixels(pixel_rows[i].get("pixels", "")) if i < len(pixel_rows) else None
         if px is None:

@@ -12,6 +12,7 @@ import json
 from typing import Iterator
 
 from pipeline.ingest.records import map_label, map_split, record, reject
+from pipeline.ingest.sources import outside_detail, row_path
 
 NAME = "hf"
 ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -98,9 +99,12 @@ def records(root, opts) -> Iterator[dict]:
             if not data and not path:
                 yield reject(ref, split, "empty_file", "no image bytes or path")
                 continue
-            yield record(ref, split, label, data=data or b"",
-                         path="" if data else (path if path.startswith("/") or "://" in path
-                                               else root.ref(path)))
+            if not data:  # a path instead of bytes: relative to the dataset folder, and inside it
+                named, path = path, row_path(root, path, opts.allow_outside_input)
+                if path is None:
+                    yield reject(ref, split, "outside_input", outside_detail(ref, named, root))
+                    continue
+            yield record(ref, split, label, data=data or b"", path="" if data else path)
 
 
 def _image_bytes(img) -> tuple[bytes | None, str]:

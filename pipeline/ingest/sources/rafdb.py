@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from pipeline.ingest.records import LABEL_MAPS, RAFDB_ORDER, labelled, reject
+from pipeline.ingest.sources import outside_detail, row_path
 
 NAME = "rafdb"
 ORDER = RAFDB_ORDER
@@ -41,4 +42,8 @@ def records(root, opts) -> Iterator[dict]:
         if len(parts) < 2:
             yield reject(ref, split, "unknown_label", f"{LABEL_FILE}:{n}: no label")
             continue
-        yield labelled(ref, split, parts[1], opts.label_map or LABEL_MAPS["rafdb"], path=root.ref(*base, *rel))
+        path = row_path(root, "/".join([*base, *rel]), opts.allow_outside_input)
+        if path is None:  # a listed name such as train_/../../x.jpg
+            yield reject(ref, split, "outside_input", outside_detail(f"{LABEL_FILE}:{n}", name, root))
+            continue
+        yield labelled(ref, split, parts[1], opts.label_map or LABEL_MAPS["rafdb"], path=path)
