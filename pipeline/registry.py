@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import non_negative_float, positive_int
 # The review lives in pipeline.review; its API is importable from here too (docs/registry.md).
 from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME,
                                       MAX_DESCRIPTION, TAG_KEYS, RegistryError, ReviewRefused,
@@ -270,13 +271,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     v.add_argument("--shards", required=True, help="ingest output root the models are compared on")
     v.add_argument("--split", default="test")
     v.add_argument("--metric", default="accuracy", help="accuracy | mean_class_accuracy | macro_f1 | recall_<class>")
-    v.add_argument("--margin", type=float, default=0.0, help="challenger must beat champion by more than this")
+    v.add_argument("--margin", type=non_negative_float, default=0.0, help="challenger must beat champion by more than this")
     v.add_argument("--promote", action="store_true", help="move @champion when the challenger wins")
     v.add_argument("--force", action="store_true", help="promote even if it does not win (needs --reason)")
     v.add_argument("--reason", default="", help="why (required with --force; recorded on the versions)")
     v.add_argument("--allow-other-shards", action="store_true",
                    help="compare on shards whose manifest differs from the training one")
-    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--batch-size", type=positive_int, default=64)
     v.add_argument("--out", help="also write report.txt, review.json and confusion PNGs here")
 
     sub.add_parser("list", parents=[common], help="versions, aliases and key metrics")
@@ -368,4 +369,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))
