@@ -34,6 +34,7 @@ from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPER
                                       MAX_DESCRIPTION, TAG_KEYS, RegistryError, ReviewRefused,
                                       _classes_of, _fmt, _global_uri, client_for, resolve_uri)
 from pipeline.review import ReviewResult, review  # noqa: F401  (ReviewResult: re-exported)
+from pipeline.review_history import ReviewConflict
 
 
 def find_logged_model(client: Any, run: Any, model_name: str = "model") -> Any:
@@ -175,7 +176,10 @@ def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAU
             "POSTER facial-expression recognition (poster-ray). Aliases: @champion = serving model, "
             "@challenger = newest candidate. Load: mlflow.pyfunc.load_model('models:/" + name + "@champion')."))
     if alias:
-        client.set_registered_model_alias(name, alias, version)
+        from pipeline.review_history import registry_lock
+
+        with registry_lock(client, name):  # never move an alias under a review's compare-and-set
+            client.set_registered_model_alias(name, alias, version)
     return version
 
 
@@ -359,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_mlflow()
     try:
         COMMANDS[args.cmd](args)
+    except ReviewConflict as e:
+        print(f"conflict: {e}", file=sys.stderr)
+        return 4
     except ReviewRefused as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3
