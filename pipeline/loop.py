@@ -258,6 +258,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     train_batches.close()
     if not ctx.get("stop_reason"):
         _final_test(model, ema, state, loop_config, ctx, tracker)
+    tracker.close()  # sends what an MLflow outage held back (waits for the server, bounded)
 
 
 def _stop_nonfinite(metrics: dict[str, float], ctx: dict[str, Any], tracker) -> None:

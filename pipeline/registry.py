@@ -355,11 +355,12 @@ COMMANDS = {"register": _cmd_register, "review": _cmd_review, "list": _cmd_list,
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # bad flags are refused before MLflow/torch are imported
+
     from mlflow.exceptions import MlflowException
 
     from pipeline.evaluate import quiet_mlflow
 
-    args = parse_args(argv)
     quiet_mlflow()
     try:
         COMMANDS[args.cmd](args)

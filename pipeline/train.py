@@ -19,7 +19,7 @@ from pipeline.data import build_datasets, check_shards, class_weights
 from pipeline.run_identity import ResumeRefused, check_or_record, pop_stop
 from pipeline.runtime import ensure_ray, git_commit, ray_log_level
 from pipeline.schema import SchemaError, read_manifest
-from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, MlflowTracker
+from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
 
 
 class TrainingStopped(RuntimeError):
@@ -125,7 +125,8 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
     ck = load_from_checkpoint(result.checkpoint)
     state = ck["best_model"] or ck["model"]
     extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant}
-    return log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)), classes, extra)
+    return with_retry(lambda: log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)),
+                                               classes, extra), f"log model to run {run_id}")
 
 
 def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
@@ -158,7 +159,11 @@ def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     metrics = dict(result.metrics or {})
-    metrics.update(MlflowClient(uri).get_run(run_id).data.metrics)
+    try:
+        metrics.update(with_retry(lambda: MlflowClient(uri).get_run(run_id).data.metrics,
+                                  f"read metrics of run {run_id}"))
+    except Exception as e:  # the training is done; the numbers are in MLflow once it is back
+        print(f"[poster] note: final metrics not read back from MLflow: {e}", file=sys.stderr)
     return metrics
 
 
