@@ -140,10 +140,11 @@ def iter_split_batches(shards: str, split: str, batch_size: int = 64,
     """Numpy batches of one split's rows, read with pyarrow (no Ray): the columns evaluation needs."""
     import pyarrow.dataset as pads
 
-    from pipeline.schema import filesystem, join
+    from pipeline.schema import filesystem, read_manifest, shard_files
 
     fs, root = filesystem(str(shards))
-    ds = pads.dataset(join(root, split), filesystem=fs, format="parquet")
+    files = shard_files(root, read_manifest(str(shards)), split)  # never a directory listing
+    ds = pads.dataset(files, filesystem=fs, format="parquet")
     for rb in ds.to_batches(columns=columns or EVAL_COLUMNS, batch_size=batch_size):
         if rb.num_rows == 0:
             continue
