@@ -57,7 +57,7 @@ def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, A
             total, terms = loss_fn(logits.float(), feats.float(), target)
         if not _finite_on_all_ranks(total, ctx):
             raise NonFiniteStep(f"non-finite loss {total.item()} at epoch {ctx['epoch']} step {ctx['step']} "
-                                f"(terms {({k: float(v) for k, v in terms.items()})})")
+                                f"(terms {({k: float(v.detach()) for k, v in terms.items()})})")
         (total / cfg.optim.grad_accum).backward()
         return total, terms
 
