@@ -29,14 +29,17 @@ from pipeline.config import RUNS_DIR
 
 MAX_PARAM_LEN = 6000  # MLflow 3 limit for a param value is 6000 characters
 FLUSH_TIMEOUT_S = float(os.environ.get("POSTER_TRACKING_FLUSH_TIMEOUT_S", "900"))
-_CLIENT_ERRORS = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                  "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
+_TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                    "DEADLINE_EXCEEDED", "ABORTED")
 
 
 def is_transient(e: BaseException) -> bool:
-    """Worth retrying: the server was unreachable or failed, not a rejected request."""
+    """Worth retrying: the server was unreachable or failed (connection refused, timeout, 5xx,
+    a locked sqlite file), not a rejected request or a bug in the caller."""
+    if isinstance(e, (ConnectionError, TimeoutError, OSError)):
+        return True
     code = str(getattr(e, "error_code", ""))
-    return not any(c in code for c in _CLIENT_ERRORS)
+    return any(c in code for c in _TRANSIENT_CODES)
 
 
 @contextlib.contextmanager
@@ -271,7 +274,13 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if tracking_uri.startswith("sqlite:///"):  # artifacts beside their database, not one shared folder
         db = Path(tracking_uri[len("sqlite:///"):]).resolve()
         location = (db.parent / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent caller (two reviews, two trials)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def start_or_resume_run(

@@ -54,7 +54,7 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
 
     from pipeline.schema import read_manifest
-    from pipeline.train import start_tracking, run_training
+    from pipeline.train import TrainingStopped, start_tracking, run_training
 
     trial_id = tune.get_context().get_trial_id()
     name = f"{ctx['sweep']}-{trial_id}"
@@ -77,6 +77,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     tracker.set_tags(tags)
     try:
         run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[report_callback()], run_name=name)
+    except TrainingStopped as e:  # e.g. non-finite losses: deterministic, so no Tune retry either
+        tracker.set_tags({"poster.trial_status": "stopped", "poster.trial_error": str(e)[:300]})
+        return
     except BaseException as e:
         tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
         raise

@@ -50,12 +50,13 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server on {self.uri} not healthy after {timeout_s} s")
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (or SIGKILL with ``crash``, an outage without warning) to the server's group."""
         if self.proc is None:
             return
         with_pgid = self.proc.pid  # start_new_session: the group id is the PID we started
         try:
-            os.killpg(with_pgid, signal.SIGTERM)
+            os.killpg(with_pgid, signal.SIGKILL if crash else signal.SIGTERM)
             self.proc.wait(timeout=30)
         except ProcessLookupError:
             pass

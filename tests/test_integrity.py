@@ -215,6 +215,7 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
                  "checkpoint.num_to_keep=3"]
     cfg = load_config(REPO / "configs" / "smoke.yaml", overrides)
     events: dict = {}
+    times: dict = {}
 
     def checkpoints() -> int:
         d = storage / "outage"
@@ -223,11 +224,13 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
     def outage():
         while checkpoints() < 1:
             time.sleep(0.2)
-        server.stop()
+        server.stop(crash=True)
+        times["down"] = time.time() * 1000
         events["stopped_at_checkpoints"] = checkpoints()
         while checkpoints() < 2:
             time.sleep(0.2)
         events["restarting_at_checkpoints"] = checkpoints()
+        times["restart"] = time.time() * 1000
         server.start()
 
     t = threading.Thread(target=outage)
@@ -238,8 +241,11 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
     client = MlflowClient(server.uri)
     run = client.get_run(out.run_id)
     assert run.info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(out.run_id, "train_loss"))
-    assert steps == [0, 1, 2]
+    history = client.get_metric_history(out.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    # epoch 1 was measured while the server was down: buffered on rank 0, sent after the restart
+    (epoch1,) = [m for m in history if m.step == 1]
+    assert times["down"] <= epoch1.timestamp <= times["restart"]
     assert sorted(m.step for m in client.get_metric_history(out.run_id, "val_accuracy")) == [0, 1, 2]
     assert "test_accuracy" in run.data.metrics
     assert {a.path for a in client.list_artifacts(out.run_id, "confusion")} >= {"confusion/test_confusion.json"}
