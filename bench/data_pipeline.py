@@ -103,9 +103,12 @@ def repeated_shards(root: str, repeat: int, tmp: Path) -> str:
     dst = tmp / "shards"
     (dst / "train").mkdir(parents=True)
     manifest = read_manifest(root)
+    listed = []
     for f in sorted(glob.glob(f"{root}/train/*.parquet")):
         for r in range(repeat):
             os.link(f, dst / "train" / f"r{r}-{Path(f).name}")
+            listed.append({"path": f"train/r{r}-{Path(f).name}", "split": "train"})
+    manifest["shards"] = listed
     manifest["counts"] = {"train": {c: n * repeat for c, n in manifest["counts"]["train"].items()}}
     (dst / "_manifest.json").write_text(json.dumps(manifest))
     return str(dst)

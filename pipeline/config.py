@@ -92,6 +92,8 @@ class OptimCfg:
     grad_clip: float = 0.0  # max grad norm; 0 = off
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 = off; evaluation then uses the EMA weights
+    # a NaN/Inf loss skips its step (counted, logged); this many in a row stop the run cleanly
+    max_nonfinite_steps: int = 5
 
 
 @dataclass
@@ -134,6 +136,9 @@ class RunCfg:
     storage_path: str = str(RUNS_DIR / "ray")  # shared storage on a cluster (s3://, NFS)
     seed: int = 123
     fail_at_epoch: int = -1  # fault-injection for tests: kill rank 0 once at this epoch
+    # resuming ``name`` with other shards/classes/model config is refused; true starts a new run
+    # (``<name>-<config hash>``) instead
+    new_run_on_change: bool = False
 
 
 @dataclass
@@ -271,6 +276,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model.variant in ("tiny", "small", "base", "large"),
          "model.variant must be tiny, small, base or large"),
         (cfg.data.parquet_reader in ("v1", "v2"), "data.parquet_reader must be v1 or v2"),
+        (cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1, "data.batch_size and data.eval_batch_size must be >= 1"),
+        (cfg.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps must be >= 1"),
         (cfg.data.read_rows_per_block >= 0, "data.read_rows_per_block must be >= 0 (0: Ray's default)"),
         (cfg.data.shuffle in ("auto", "blocks", "full", "files"),
          "data.shuffle must be auto, blocks, full or files"),

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipeline.config import TrainConfig
-from pipeline.schema import validate_schema
+from pipeline.schema import shard_files, validate_schema
 from pipeline.transforms import augment_batch, decode_batch
 
 EVAL_COLUMNS = ["sample_id", "image", "landmark_crop", "label"]
@@ -35,10 +35,12 @@ def has_split(manifest: dict[str, Any], split: str) -> bool:
     return sum(manifest.get("counts", {}).get(split, {}).values()) > 0
 
 
-def check_split_schema(root: str, split: str) -> None:
+def check_split_schema(root: str, split: str, manifest: dict[str, Any]) -> None:
     """Fail before any Ray work starts if a shard set lacks columns or has wrong types."""
     path = split_path(root, split)
-    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    files = shard_files(root, manifest, split)
+    fs = pafs.FileSystem.from_uri(path)[0] if "://" in path else pafs.LocalFileSystem()
+    inner = [pafs.FileSystem.from_uri(p)[1] for p in files] if "://" in path else files
     schema = pads.dataset(inner, filesystem=fs, format="parquet").schema
     validate_schema(schema, where=path)
 
@@ -47,7 +49,7 @@ def check_shards(root: str, manifest: dict[str, Any]) -> None:
     """Schema of every split the manifest lists, checked before any run is created."""
     for split in ("train", "val", "test"):
         if has_split(manifest, split):
-            check_split_schema(root, split)
+            check_split_schema(root, split, manifest)
 
 
 def hash_fraction(sample_ids: np.ndarray) -> np.ndarray:
@@ -155,7 +157,7 @@ def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle:
     ctx.use_datasource_v2 = d.parquet_reader == "v2"
     try:  # the flag is read here, on the driver; the Dataset keeps its own copy of the context
         return ray.data.read_parquet(
-            split_path(root, split), columns=columns or EVAL_COLUMNS, num_cpus=d.decode_cpus, shuffle=shuffle,
+            shard_files(root, manifest, split), columns=columns or EVAL_COLUMNS, num_cpus=d.decode_cpus, shuffle=shuffle,
             override_num_blocks=read_blocks(manifest, split, d.read_rows_per_block))
     finally:
         ctx.use_datasource_v2 = previous

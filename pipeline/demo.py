@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.cli import positive_int
 from pipeline.config import REPO_ROOT, RUNS_DIR
 
 
@@ -45,9 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
-    p.add_argument("--per-class", type=int, default=100, help="generated images per class")
-    p.add_argument("--trials", type=int, default=3, help="Tune trials")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the main training run")
+    p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class")
+    p.add_argument("--trials", type=positive_int, default=3, help="Tune trials")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the main training run")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI uses this to keep it from rotting)")
     return p.parse_args(argv)
 
@@ -104,4 +105,6 @@ next:        real data → README "Next, on real data"; a cluster → cluster/RE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

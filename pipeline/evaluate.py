@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from pipeline.cli import positive_int
 from pipeline.evaluation import EvalResult, evaluate_batches
 
 EVAL_COLUMNS = ["sample_id", "image", "landmark_crop", "label"]
@@ -148,10 +149,11 @@ def iter_split_batches(shards: str, split: str, batch_size: int = 64,
     """Numpy batches of one split's rows, read with pyarrow (no Ray): the columns evaluation needs."""
     import pyarrow.dataset as pads
 
-    from pipeline.schema import filesystem, join
+    from pipeline.schema import filesystem, read_manifest, shard_files
 
     fs, root = filesystem(str(shards))
-    ds = pads.dataset(join(root, split), filesystem=fs, format="parquet")
+    files = shard_files(root, read_manifest(str(shards)), split)  # never a directory listing
+    ds = pads.dataset(files, filesystem=fs, format="parquet")
     for rb in ds.to_batches(columns=columns or EVAL_COLUMNS, batch_size=batch_size):
         if rb.num_rows == 0:
             continue
@@ -228,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="folder for metrics.json, confusion.json, confusion.png")
     p.add_argument("--tracking-uri", help="MLflow URI for models:/ (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--variant", default="large", help="official checkpoints only: POSTER variant")
     p.add_argument("--dataset", default="rafdb", help="official checkpoints only: label order / BGR of this dataset")
     return p.parse_args(argv)
@@ -274,4 +276,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -55,18 +55,24 @@ def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, A
         with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["autocast"]):
             logits, feats = model(image, crop if use_crop else None)
             total, terms = loss_fn(logits.float(), feats.float(), target)
-        if not torch.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite loss {total.item()} at epoch {ctx['epoch']} step {ctx['step']} "
-                f"(terms {({k: float(v) for k, v in terms.items()})}); lower optim.lr or enable "
-                "optim.grad_clip")
+        if not _finite_on_all_ranks(total, ctx):
+            raise NonFiniteStep(f"non-finite loss {total.item()} at epoch {ctx['epoch']} step {ctx['step']} "
+                                f"(terms {({k: float(v.detach()) for k, v in terms.items()})})")
         (total / cfg.optim.grad_accum).backward()
         return total, terms
 
-    total, terms = forward_backward()
+    try:
+        total, terms = forward_backward()
+    except NonFiniteStep:  # skip the step on every rank (the flag is all-reduced): no backward
+        optimizer.zero_grad(set_to_none=True)
+        return None
     if cfg.optim.sam:
         optimizer.first_step(zero_grad=True)
-        forward_backward()
+        try:
+            forward_backward()
+        except NonFiniteStep:
+            _undo_sam_perturbation(optimizer)
+            return None
         _clip(model, cfg)
         optimizer.second_step(zero_grad=True)
     elif (ctx["step"] + 1) % cfg.optim.grad_accum == 0:
@@ -76,6 +82,44 @@ def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, A
     out = {"loss": float(total.detach())}
     out.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
     return out
+
+
+class NonFiniteStep(FloatingPointError):
+    """A NaN/Inf loss on some rank: every rank skips this step."""
+
+
+def _finite_on_all_ranks(total: torch.Tensor, ctx: dict[str, Any]) -> bool:
+    """One rank skipping backward while others run it would hang DDP's all-reduce, so the ranks
+    agree first (one scalar all-reduce per step)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(total)) else 1.0], device=ctx.get("dist_device", "cpu"))
+    if ctx.get("world", 1) > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(bad)
+    return float(bad.item()) == 0.0
+
+
+def _undo_sam_perturbation(optimizer) -> None:
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                e_w = optimizer.state[p].pop("e_w", None)
+                if e_w is not None:
+                    p.sub_(e_w)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _skip_nonfinite(ctx: dict[str, Any]) -> bool:
+    """Count a skipped step; True when ``optim.max_nonfinite_steps`` came in a row (stop the run)."""
+    ctx["nonfinite_steps"] = ctx.get("nonfinite_steps", 0) + 1
+    ctx["nonfinite_in_row"] = ctx.get("nonfinite_in_row", 0) + 1
+    limit = ctx["cfg"].optim.max_nonfinite_steps
+    if ctx["rank"] == 0:
+        print(f"[poster] non-finite loss at epoch {ctx['epoch']} step {ctx['step']}: step skipped "
+              f"({ctx['nonfinite_in_row']} in a row, stop at {limit})", flush=True)
+    if ctx["nonfinite_in_row"] >= limit:
+        ctx["stop_reason"] = (f"{limit} non-finite losses in a row at epoch {ctx['epoch']}; lower optim.lr "
+                              "or enable optim.grad_clip")
+        return True
+    return False
 
 
 def _clip(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -105,6 +149,11 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         if steps == 2:  # mid-epoch, after real optimiser steps
             _maybe_inject_failure(cfg, ctx["epoch"], ctx["rank"], ctx["marker_dir"])
         out = _train_step(model, loss_fn, optimizer, image, crop, target, ctx)
+        if out is None:
+            if _skip_nonfinite(ctx):
+                break
+            continue
+        ctx["nonfinite_in_row"] = 0
         if ema is not None:
             ema.update_parameters(unwrap(model))
         for k, v in out.items():
@@ -112,7 +161,7 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         rows += len(target)
         steps += 1
     elapsed = time.perf_counter() - t_start
-    if ctx["epoch"] + 1 < cfg.schedule.epochs:
+    if ctx["epoch"] + 1 < cfg.schedule.epochs and not ctx.get("stop_reason"):
         batches.start_next()  # next epoch's pipeline start-up overlaps eval and checkpointing
     metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
     metrics.update({
@@ -121,6 +170,7 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         "data_wait_fraction": wait / max(elapsed, 1e-9),
         "data_wait_first_batch_s": batches.first_wait_s,
         "epoch_seconds": elapsed,
+        "nonfinite_steps": float(ctx.get("nonfinite_steps", 0)),
     })
     metrics.update(mix.metrics())
     return metrics
@@ -165,7 +215,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         "cfg": cfg, "classes": classes, "rank": rank, "world": world, "device": device,
         "dist_device": device if use_gpu else "cpu", "autocast": use_gpu and cfg.scaling.bf16,
         "use_crop": loop_config.get("use_crop", True), "step": 0,
-        "marker_dir": loop_config["marker_dir"],
+        "marker_dir": loop_config["marker_dir"], "run_dir": loop_config.get("run_dir"),
     }
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.scaling.compile:
@@ -190,6 +240,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(state.start_epoch, cfg.schedule.epochs):
         ctx["epoch"] = epoch
         metrics = _train_epoch(model, loss_fn, optimizer, ema, train_batches, ctx)
+        if ctx.get("stop_reason"):  # a clean stop: no exception, so Ray does not retry it
+            _stop_nonfinite(metrics, ctx, tracker)
+            break
         metrics["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
         eval_model = ema.module if ema is not None else unwrap(model)
@@ -208,7 +261,23 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                   f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
                   f"{metrics['img_per_s']:.1f} img/s wait {metrics['data_wait_fraction']:.1%}", flush=True)
     train_batches.close()
-    _final_test(model, ema, state, loop_config, ctx, tracker)
+    if not ctx.get("stop_reason"):
+        _final_test(model, ema, state, loop_config, ctx, tracker)
+    tracker.close()  # sends what an MLflow outage held back (waits for the server, bounded)
+
+
+def _stop_nonfinite(metrics: dict[str, float], ctx: dict[str, Any], tracker) -> None:
+    import ray.train
+
+    metrics.update({"epoch": ctx["epoch"], "stopped_nonfinite": 1.0})
+    tracker.log_metrics(metrics, step=ctx["epoch"])
+    tracker.set_tags({"poster.stop_reason": ctx["stop_reason"]})
+    if ctx["rank"] == 0:
+        print(f"[poster] stopping: {ctx['stop_reason']}", flush=True)
+        if ctx.get("run_dir"):  # Ray's Result only carries checkpointed reports: tell the driver here
+            from pipeline.run_identity import write_stop
+            write_stop(ctx["run_dir"], ctx["stop_reason"])
+    ray.train.report(metrics, checkpoint=None)
 
 
 def _report(metrics: dict[str, float], rank: int, save_fn) -> None:

@@ -28,11 +28,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import non_negative_float, positive_int
 # The review lives in pipeline.review; its API is importable from here too (docs/registry.md).
 from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME,
                                       MAX_DESCRIPTION, TAG_KEYS, RegistryError, ReviewRefused,
                                       _classes_of, _fmt, _global_uri, client_for, resolve_uri)
 from pipeline.review import ReviewResult, review  # noqa: F401  (ReviewResult: re-exported)
+from pipeline.review_history import ReviewConflict
 
 
 def find_logged_model(client: Any, run: Any, model_name: str = "model") -> Any:
@@ -174,7 +176,10 @@ def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAU
             "POSTER facial-expression recognition (poster-ray). Aliases: @champion = serving model, "
             "@challenger = newest candidate. Load: mlflow.pyfunc.load_model('models:/" + name + "@champion')."))
     if alias:
-        client.set_registered_model_alias(name, alias, version)
+        from pipeline.review_history import registry_lock
+
+        with registry_lock(client, name):  # never move an alias under a review's compare-and-set
+            client.set_registered_model_alias(name, alias, version)
     return version
 
 
@@ -270,13 +275,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     v.add_argument("--shards", required=True, help="ingest output root the models are compared on")
     v.add_argument("--split", default="test")
     v.add_argument("--metric", default="accuracy", help="accuracy | mean_class_accuracy | macro_f1 | recall_<class>")
-    v.add_argument("--margin", type=float, default=0.0, help="challenger must beat champion by more than this")
+    v.add_argument("--margin", type=non_negative_float, default=0.0, help="challenger must beat champion by more than this")
     v.add_argument("--promote", action="store_true", help="move @champion when the challenger wins")
     v.add_argument("--force", action="store_true", help="promote even if it does not win (needs --reason)")
     v.add_argument("--reason", default="", help="why (required with --force; recorded on the versions)")
     v.add_argument("--allow-other-shards", action="store_true",
                    help="compare on shards whose manifest differs from the training one")
-    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--batch-size", type=positive_int, default=64)
     v.add_argument("--out", help="also write report.txt, review.json and confusion PNGs here")
 
     sub.add_parser("list", parents=[common], help="versions, aliases and key metrics")
@@ -350,14 +355,18 @@ COMMANDS = {"register": _cmd_register, "review": _cmd_review, "list": _cmd_list,
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # bad flags are refused before MLflow/torch are imported
+
     from mlflow.exceptions import MlflowException
 
     from pipeline.evaluate import quiet_mlflow
 
-    args = parse_args(argv)
     quiet_mlflow()
     try:
         COMMANDS[args.cmd](args)
+    except ReviewConflict as e:
+        print(f"conflict: {e}", file=sys.stderr)
+        return 4
     except ReviewRefused as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3
@@ -368,4 +377,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

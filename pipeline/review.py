@@ -5,6 +5,7 @@ as version tags and a review artifact. Reached through ``python -m pipeline.regi
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ import numpy as np
 from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
                                       ReviewRefused, _classes_of, _fmt, _now, client_for, current_user,
                                       resolve_uri)
+from pipeline.review_history import (ReviewConflict, current_aliases, mark_review, record_review,
+                                     registry_lock)
+
+TRAINING_SPLITS = ("train",)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ReviewResult:
     reason: str
     forced: bool = False
     report: str = ""
+    history_run_id: str = ""  # this review's run in the experiment <name>/reviews
 
     @property
     def promoted(self) -> bool:
@@ -123,7 +129,7 @@ def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user
         "margin": _fmt(float(result.margin)), "review_metric": m, "review_split": result.split,
         "review_shards": result.shards, "review_manifest_hash": manifest_hash,
         f"review_{m}": _fmt(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
-        "compared_to_version": champ.version if champ else "none",
+        "compared_to_version": champ.version if champ else "none", "review_run_id": result.history_run_id,
         f"champion_{m}": _fmt(champ.metrics.get(m, float("nan"))) if champ else "none",
     }
     for k in REVIEW_METRICS + ("latency_ms_per_image",):
@@ -183,6 +189,30 @@ def _log_review_artifacts(client: Any, run_id: str, result: ReviewResult, artifa
             print(f"[registry] note: review artifacts not logged to run {run_id}: {e}", file=sys.stderr)
 
 
+def _apply(client: Any, uri: str, result: ReviewResult, payload: dict[str, Any], manifest_hash: str,
+           user: str, when: str) -> None:
+    """Compare-and-set under the registry lock: re-read the aliases, abort if either moved since
+    the review read them, else write the decision (history run + version tags) and only then
+    move ``@champion``."""
+    name, ch, champ = result.name, result.challenger, result.champion
+    with registry_lock(client, name):
+        now = current_aliases(client, name)
+        expected = {CHALLENGER: ch.version, CHAMPION: champ.version if champ else None}
+        changed = [f"@{a} was {'v' + v if v else 'unset'} when the review started and is now "
+                   f"{'v' + now[a] if a in now else 'unset'}" for a, v in expected.items() if now.get(a) != v]
+        if changed:
+            why = "; ".join(changed) + "; nothing moved: review again"
+            record_review(client, uri, name, {**payload, "decision": "aborted", "reason": why}, result.report)
+            raise ReviewConflict(f"{name}: {why}")
+        result.history_run_id = record_review(
+            client, uri, name, {**payload, "applied": "pending" if result.promoted else "n/a"}, result.report)
+        _record_decision(client, result, manifest_hash, user, when)
+        if result.promoted:
+            client.set_registered_model_alias(name, CHAMPION, ch.version)
+            client.delete_registered_model_alias(name, CHALLENGER)  # still ch.version: registration locks too
+            mark_review(client, result.history_run_id, applied="true")
+
+
 def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metric: str = "accuracy",
            margin: float = 0.0, promote: bool = False, force: bool = False, reason: str = "",
            allow_other_shards: bool = False, tracking_uri: str | None = None, batch_size: int = 64,
@@ -201,6 +231,8 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
 
     if force and not reason.strip():
         raise RegistryError("--force needs --reason: forced promotions must say why")
+    if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise RegistryError(f"--margin must be a finite number >= 0, got {margin!r}")
     if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
         raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
     promote = promote or force
@@ -222,17 +254,24 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     user = user or current_user()
     when = _now()
     try:
+        if split in TRAINING_SPLITS:
+            raise ReviewRefused(f"--split {split}: the models were fitted on it, so it cannot rank them; "
+                                "review on test (or val)")
         for mv in (champion_mv, challenger_mv):
             if mv is not None:
                 _check_comparable(mv, manifest, shards, allow_other_shards)
         ch = _evaluate_version(name, challenger_mv, CHALLENGER, uri, shards, split, manifest, batch_size)
         champ = (_evaluate_version(name, champion_mv, CHAMPION, uri, shards, split, manifest, batch_size)
                  if champion_mv is not None else None)
-    except ReviewRefused as e:
-        if promote:
-            for k, v in {"decision": "refused", "decided_by": user, "decided_at": when,
-                         "reason": str(e)[:4900]}.items():
-                client.set_model_version_tag(name, challenger_mv.version, k, v)
+    except ReviewRefused as e:  # recorded with or without --promote
+        record_review(client, uri, name, {
+            "decision": "refused", "reason": str(e), "decided_by": user, "decided_at": when, "promote": promote,
+            "split": split, "shards": str(shards), "metric": metric, "margin": float(margin),
+            "challenger_version": challenger_mv.version,
+            "champion_version": champion_mv.version if champion_mv is not None else "none"})
+        for k, v in {"decision": "refused", "decided_by": user, "decided_at": when,
+                     "reason": str(e)[:4900]}.items():
+            client.set_model_version_tag(name, challenger_mv.version, k, v)
         raise
     if champ is None:
         delta, wins = None, True
@@ -256,11 +295,13 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
                           decision, why, forced)
     result.report = _report(result)
-    if promote:
-        if decision == "promoted":
-            client.set_registered_model_alias(name, CHAMPION, ch.version)
-            client.delete_registered_model_alias(name, CHALLENGER)
-        _record_decision(client, result, manifest.get("content_hash", ""), user, when)
+    payload = {**_review_payload(result), "decided_by": user, "decided_at": when, "promote": promote,
+               "challenger_version": ch.version, "champion_version": champ.version if champ else "none",
+               "manifest_hash": manifest.get("content_hash", "")}
+    if not promote:
+        result.history_run_id = record_review(client, uri, name, payload, result.report)
+    else:
+        _apply(client, uri, result, payload, manifest.get("content_hash", ""), user, when)
     if out_dir:
         write_review(out_dir, result)
     return result

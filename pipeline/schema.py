@@ -156,3 +156,19 @@ def read_manifest(root: str) -> dict[str, Any]:
         raise SchemaError(f"{root}/{MANIFEST}: schema_version {manifest['schema_version']}, "
                           f"this code reads {SCHEMA_VERSION}")
     return manifest
+
+
+def shard_files(root: str, manifest: dict[str, Any], split: str) -> list[str]:
+    """The Parquet files of ``split`` that the manifest lists (paths or URIs under ``root``).
+
+    Readers use this list, never a directory listing: a file the manifest does not count (a
+    re-executed write task's first attempt, a stray copy) must not reach training or evaluation.
+    """
+    listed = manifest.get("shards")
+    if not isinstance(listed, list):
+        raise SchemaError(f"{root}/{MANIFEST} lists no shard files (an ingest from before shard lists); "
+                          "re-run `python -m pipeline.ingest` to rewrite it")
+    files = [join(str(root), s["path"]) for s in listed if s.get("split") == split]
+    if not files and sum(manifest.get("counts", {}).get(split, {}).values()) > 0:
+        raise SchemaError(f"{root}/{MANIFEST} counts rows in split {split!r} but lists no shard files for it")
+    return files

@@ -17,9 +17,14 @@ from typing import Any
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
 from pipeline.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.data import build_datasets, check_shards, class_weights
+from pipeline.run_identity import ResumeRefused, check_or_record, pop_stop
 from pipeline.runtime import ensure_ray, git_commit, ray_log_level
-from pipeline.schema import read_manifest
-from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, MlflowTracker
+from pipeline.schema import SchemaError, read_manifest
+from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
+
+
+class TrainingStopped(RuntimeError):
+    """The loop stopped the run on purpose (e.g. non-finite losses); not retried."""
 
 
 @dataclass
@@ -82,6 +87,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
         "class_weights": class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
         "marker_dir": f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
         "framing": record_of_manifest(manifest),  # saved in every checkpoint
+        "run_dir": f"{storage.rstrip('/')}/{name}",
         **loop_extra,
     }
     use_gpu = cfg.scaling.gpus_per_worker > 0
@@ -122,7 +128,8 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
     ck = load_from_checkpoint(result.checkpoint)
     state = ck["best_model"] or ck["model"]
     extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant, "framing": framing}
-    return log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)), classes, extra)
+    return with_retry(lambda: log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)),
+                                               classes, extra), f"log model to run {run_id}")
 
 
 def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
@@ -131,11 +138,14 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
     check_shards(cfg.data.shards, manifest)
-    name = run_name or run_name_for(cfg)
+    name = check_or_record(cfg, manifest, run_name or run_name_for(cfg))
     uri, experiment, run_id = start_tracking(cfg, manifest, name, parent_run_id)
     trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
     try:
         result = trainer.fit()
+        stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{name}")
+        if stopped:  # the loop stopped on non-finite losses: a clean stop, not a crash to retry
+            raise TrainingStopped(f"run {name} stopped: {stopped}")
         model_uri = _log_final_model(cfg, result, uri, run_id, classes,
                                      record_of_manifest(manifest))
     except BaseException:
@@ -153,7 +163,11 @@ def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     metrics = dict(result.metrics or {})
-    metrics.update(MlflowClient(uri).get_run(run_id).data.metrics)
+    try:
+        metrics.update(with_retry(lambda: MlflowClient(uri).get_run(run_id).data.metrics,
+                                  f"read metrics of run {run_id}"))
+    except Exception as e:  # the training is done; the numbers are in MLflow once it is back
+        print(f"[poster] note: final metrics not read back from MLflow: {e}", file=sys.stderr)
     return metrics
 
 
@@ -176,9 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
+    try:  # before Ray starts: a missing or foreign shards folder is a one-line answer
+        check_shards(cfg.data.shards, read_manifest(cfg.data.shards))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: data.shards={cfg.data.shards}: {e}; run `python -m pipeline.ingest` first "
+              "or point data.shards=<ingest output>", file=sys.stderr)
+        return 2
     started = ensure_ray()
     try:
         out = run_training(cfg)
+    except ResumeRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 3
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         if started:
             import ray
@@ -193,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

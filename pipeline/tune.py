@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import non_negative_float, positive_int
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict, load_config
 from pipeline.runtime import ensure_ray, git_commit
 from pipeline.sweep_search import (SweepCfg, SweepError, make_searcher, report_callback,
@@ -53,7 +54,7 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
 
     from pipeline.schema import read_manifest
-    from pipeline.train import start_tracking, run_training
+    from pipeline.train import TrainingStopped, start_tracking, run_training
 
     trial_id = tune.get_context().get_trial_id()
     name = f"{ctx['sweep']}-{trial_id}"
@@ -76,6 +77,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     tracker.set_tags(tags)
     try:
         run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[report_callback()], run_name=name)
+    except TrainingStopped as e:  # e.g. non-finite losses: deterministic, so no Tune retry either
+        tracker.set_tags({"poster.trial_status": "stopped", "poster.trial_error": str(e)[:300]})
+        return
     except BaseException as e:
         tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
         raise
@@ -253,22 +257,29 @@ def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any],
 
 # --- CLI -----------------------------------------------------------------------------------
 
+def _halving(text: str) -> int:
+    v = positive_int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
+    return v
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = SweepCfg()
     p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="training YAML under configs/ (the base of every trial)")
     p.add_argument("--space", help="tune_spaces/<name>.py (or a module name); not needed with --resume")
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="trials (x grid size)")
-    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials at once")
+    p.add_argument("--num-samples", type=positive_int, default=d.num_samples, help="trials (x grid size)")
+    p.add_argument("--max-concurrent", type=positive_int, default=d.max_concurrent, help="trials at once")
     p.add_argument("--metric", default=d.metric, help="validation metric ASHA and ranking use")
     p.add_argument("--mode", choices=["max", "min"], default=d.mode)
     p.add_argument("--name", default="", help="sweep name (Tune folder, MLflow parent run)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
-    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a stop")
-    p.add_argument("--reduction-factor", type=int, default=d.reduction_factor, help="ASHA halving rate")
-    p.add_argument("--trial-cpus", type=float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
+    p.add_argument("--grace-period", type=positive_int, default=d.grace_period, help="ASHA: epochs before a stop")
+    p.add_argument("--reduction-factor", type=_halving, default=d.reduction_factor, help="ASHA halving rate")
+    p.add_argument("--trial-cpus", type=non_negative_float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
@@ -295,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    try:  # before Ray starts: a missing shards folder is a one-line answer
+        from pipeline.data import check_shards
+        from pipeline.schema import SchemaError, read_manifest
+
+        check_shards(base.data.shards, read_manifest(base.data.shards))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: data.shards={base.data.shards}: {e}; run `python -m pipeline.ingest` first "
+              "or point data.shards=<ingest output>", file=sys.stderr)
+        return 2
     started = ensure_ray()
     try:
         out = run_sweep(base, sweep, resume=args.resume)
@@ -316,4 +336,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

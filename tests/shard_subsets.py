@@ -23,6 +23,7 @@ def subset_test_rows(src: str | Path, dst: str | Path, per_class: int = 1, **man
     pq.write_table(table.take(keep), dst / "test" / "part-00000.parquet")
     manifest = json.loads((src / "_manifest.json").read_text())
     manifest["counts"] = {"test": {c: seen.get(i, 0) for i, c in enumerate(manifest["classes"])}}
+    manifest["shards"] = [{"path": "test/part-00000.parquet", "split": "test", "rows": len(keep)}]
     manifest.update(manifest_changes)
     (dst / "_manifest.json").write_text(json.dumps(manifest))
     return str(dst)

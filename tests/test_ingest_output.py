@@ -75,7 +75,10 @@ def test_output_rules(tmp_path):
     (tmp_path / "half" / "x").write_text("left over")
     with pytest.raises(OutputExistsError, match="not a completed ingest"):
         O.check_target(str(tmp_path / "half"), False, None)
-    O.check_target(str(tmp_path / "half"), True, None)      # --overwrite
+    with pytest.raises(OutputExistsError, match="not an earlier ingest output"):
+        O.check_target(str(tmp_path / "half"), True, None)  # --overwrite only replaces an ingest
+    (tmp_path / "half" / S.MANIFEST).write_text("{}")
+    O.check_target(str(tmp_path / "half"), True, None)      # --overwrite of an earlier ingest
     with pytest.raises(ValueError, match="contains the input"):
         O.check_target(str(tmp_path), True, str(tmp_path / "half"))
 

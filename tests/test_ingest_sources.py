@@ -197,12 +197,28 @@ def test_ferplus_majority_vote_with_png_folders(tmp_path):
 def test_ferplus_pixels_from_fer2013_csv(tmp_path):
     _ferplus_labels(tmp_path)
     write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
-          + "".join(f"3,{_pixels(i)},Training\n" for i in range(len(FERPLUS_ROWS))))
+          + "".join(f"3,{_pixels(i)},{u}\n" for i, (u, _, _) in enumerate(FERPLUS_ROWS)))
     plan = plan_records("ferplus", str(tmp_path))
     first = plan.records[0]
     assert first["label_name"] == "happy" and first["raw_shape"] == [48, 48] and first["path"] == ""
     (row,) = run_stage([first], plan.classes, mode="skip")
     assert row["reason"] == "" and row["label"] == 1
+
+
+def test_ferplus_refuses_pixels_that_do_not_line_up(tmp_path):
+    """Labels attach to fer2013.csv pixels by row: a missing row or a Usage that differs means
+    every later label would sit on the wrong face, so nothing is read."""
+    _ferplus_labels(tmp_path)
+    usages = [u for u, _, _ in FERPLUS_ROWS]
+    write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
+          + "".join(f"3,{_pixels(i)},{u}\n" for i, u in enumerate(usages[:-1])))
+    with pytest.raises(ValueError, match="has 6 rows but fer2013.csv has 5"):
+        plan_records("ferplus", str(tmp_path))
+    swapped = usages[:1] + [usages[2], usages[1]] + usages[3:]
+    write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
+          + "".join(f"3,{_pixels(i)},{u}\n" for i, u in enumerate(swapped)))
+    with pytest.raises(ValueError, match="disagree on Usage at 2 row.*first at data row 1"):
+        plan_records("ferplus", str(tmp_path))
 
 
 # --- generic layouts ----------------------------------------------------------------------------

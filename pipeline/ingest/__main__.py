@@ -15,7 +15,15 @@ import argparse
 import logging
 import sys
 
+from pipeline.cli import fraction, fraction_closed, non_negative_float, positive_float, positive_int
 from pipeline.ingest.sources import SOURCES
+
+
+def _jpeg_quality(text: str) -> int:
+    q = positive_int(text)
+    if q > 100:
+        raise argparse.ArgumentTypeError(f"must be 1..100, got {text}")
+    return q
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", "--root", "-i", dest="input", help="dataset folder or file (local path or URI such as s3://...)")
     g.add_argument("--out", "-o", required=True, help="output folder (local path or URI)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output (only on success)")
-    g.add_argument("--limit", type=int, help="ingest only the first N inputs (quick checks)")
+    g.add_argument("--limit", type=positive_int, help="ingest only the first N inputs (quick checks)")
     g.add_argument("--allow-outside-input", action="store_true",
                    help="read files a list names outside --input (.., absolute paths, other "
                         "schemes or buckets); by default such rows are rejected as outside_input")
@@ -58,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill of pixels the framing needs beyond the source image")
     g.add_argument("--detect", action="store_true",
                    help="run the detector even where landmarks are known (synthetic, AffectNet CSV)")
-    g.add_argument("--margin", type=float, default=0.8,
+    g.add_argument("--margin", type=positive_float, default=0.8,
                    help="alignment template scale: 1.0 = tight ArcFace framing, smaller = more context")
-    g.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of image and landmark_crop")
+    g.add_argument("--jpeg-quality", type=_jpeg_quality, default=95, help="JPEG quality of image and landmark_crop")
 
     g = ap.add_argument_group("splits and rejects")
-    g.add_argument("--test-fraction", type=float,
+    g.add_argument("--test-fraction", type=fraction,
                    help="for inputs without a split: share put in test, chosen by content hash "
                         "(default 0; synthetic 0.2)")
     g.add_argument("--group-regex",
@@ -74,22 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "names: '([^/]+)_[0-9]+[.][a-z]+$'")
     g.add_argument("--dedupe", action="store_true",
                    help="also drop duplicate images within a split (across splits they are always rejected)")
-    g.add_argument("--max-reject-fraction", type=float, default=0.2,
+    g.add_argument("--max-reject-fraction", type=fraction_closed, default=0.2,
                    help="fail (exit 1, nothing published) when more inputs than this are rejected; "
                         "label-protocol rejects (excluded classes, AffectNet 8-10, FERPlus ties) do not count")
 
     g = ap.add_argument_group("synthetic")
-    g.add_argument("--per-class", type=int, default=40, help="synthetic: images per class (all splits)")
+    g.add_argument("--per-class", type=positive_int, default=40, help="synthetic: images per class (all splits)")
     g.add_argument("--seed", type=int, default=0,
                    help="synthetic: seed; same seed, same images. All sources: seed of the shards' "
                         "row order (rows are written in a seeded random order, so shards are class-mixed)")
 
     g = ap.add_argument_group("scale")
-    g.add_argument("--workers", type=int, help="face actors (default: the cluster's CPU count)")
-    g.add_argument("--actor-cpus", type=float, default=0.5,
+    g.add_argument("--workers", type=positive_int, help="face actors (default: the cluster's CPU count)")
+    g.add_argument("--actor-cpus", type=non_negative_float, default=0.5,
                    help="CPUs reserved per actor; 0.5 leaves room for the writer on 2 cores")
-    g.add_argument("--batch-size", type=int, default=16, help="images per actor call")
-    g.add_argument("--rows-per-shard", type=int, default=1000, help="upper bound on rows per Parquet shard")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="images per actor call")
+    g.add_argument("--rows-per-shard", type=positive_int, default=1000, help="upper bound on rows per Parquet shard")
     return ap
 
 
@@ -127,4 +135,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import run_cli
+
+    sys.exit(run_cli(main))

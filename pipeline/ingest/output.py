@@ -3,6 +3,12 @@
 Everything is written into a hidden staging folder next to the output (`.<name>.ingest-<id>`),
 and only a complete, reconciled result is renamed onto `<out>`. `_manifest.json` is written last,
 so its presence marks a completed ingest even on object stores, where the final step is a copy.
+
+Overwrite never loses the previous complete output: locally the old folder is renamed aside and
+only deleted once the new one is in place; on object stores the new shards (unique names) are
+copied beside the old ones, the manifest, which readers take the shard list from, is replaced
+last, and only then are the old files deleted. A failed copy leaves the old manifest and shards.
+`--overwrite` only replaces an earlier ingest output (a folder with `_manifest.json`).
 """
 from __future__ import annotations
 
@@ -54,9 +60,12 @@ def check_target(out: str, overwrite: bool, input: str | None) -> None:
         raise OutputExistsError(f"{out} exists and is not a folder")
     if not fs.get_file_info(pafs.FileSelector(path)):
         return  # an empty folder is as good as none
-    if overwrite:
-        return
     done = fs.get_file_info(S.join(path, S.MANIFEST)).type == pafs.FileType.File
+    if overwrite and done:
+        return
+    if overwrite:
+        raise OutputExistsError(f"{out} holds files but no {S.MANIFEST}, so it is not an earlier ingest "
+                                "output; --overwrite only replaces those. Choose another --out or empty it")
     what = "a completed ingest" if done else "files (not a completed ingest)"
     raise OutputExistsError(f"{out} already holds {what}; pass --overwrite to replace it")
 
@@ -86,6 +95,7 @@ class Result:
     duplicates_within_split: int
     landmarks_from: dict[str, int]
     shards: list[dict] = field(default_factory=list)
+    strays_removed: list[str] = field(default_factory=list)
 
 
 def resolve_duplicates(rows: list[dict], dedupe: bool) -> tuple[dict[int, tuple[str, str]], int]:
@@ -127,6 +137,7 @@ def finalize(summary: pa.Table, staging: str, dedupe: bool) -> Result:
         r = accepted[i]
         by_file[r["file"]].add(r["row"])
         rejected.append({**r, "reason": reason, "detail": detail})
+    strays = check_staged_files(fs, base, {r["file"] for r in accepted})
     for rel, rm in by_file.items():
         _drop_rows(fs, S.join(base, rel), rm)
     kept = [r for i, r in enumerate(accepted) if i not in drop]
@@ -140,7 +151,28 @@ def finalize(summary: pa.Table, staging: str, dedupe: bool) -> Result:
         rejects_by_reason=dict(Counter(r["reason"] for r in rejected)),
         duplicates_within_split=within,
         landmarks_from=dict(Counter(r["landmarks_from"] for r in kept)),
-        shards=[{"path": f, "split": s, "rows": n} for (f, s), n in sorted(shards.items())])
+        shards=[{"path": f, "split": s, "rows": n} for (f, s), n in sorted(shards.items())],
+        strays_removed=strays)
+
+
+def check_staged_files(fs, base: str, summarised: set[str]) -> list[str]:
+    """Staging must hold exactly the shards the summary names: a file no summary row points at
+    (a re-executed write task's first attempt) is removed; a named file that is missing fails."""
+    from pipeline.ingest.core import IngestError
+
+    found = {i.path[len(base):].lstrip("/") for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+             if i.type == pafs.FileType.File}
+    missing = sorted(summarised - found)
+    if missing:
+        raise IngestError(f"staging {base} lacks {len(missing)} shard(s) the write tasks reported: {missing[:5]}")
+    strays = sorted(found - summarised)
+    for rel in strays:
+        fs.delete_file(S.join(base, rel))
+    if strays:
+        import logging
+
+        logging.getLogger(__name__).warning("removed %d stray file(s) from staging: %s", len(strays), strays[:5])
+    return strays
 
 
 def _drop_rows(fs, path: str, rows: set[int]) -> None:
@@ -186,6 +218,7 @@ def build_manifest(result: Result, *, classes: list[str], class_order: str, sour
         "duplicates_within_split": result.duplicates_within_split,
         "landmarks_from": result.landmarks_from,
         "shards": result.shards,
+        "strays_removed": len(result.strays_removed),
         "content_hash": content_hash(result.kept, list(classes)),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -199,10 +232,14 @@ def save_failed_rejects(result: Result, out: str) -> str:
     return _uri_like(out, target)
 
 
-def publish(staging: str, out: str, manifest: dict, result: Result) -> None:
-    """Write rejects and manifest into staging (manifest last), then move staging onto `out`."""
-    fs, spath = S.filesystem(staging)
-    _, opath = S.filesystem(out)
+def publish(staging: str, out: str, manifest: dict, result: Result, fs=None) -> None:
+    """Write rejects and manifest into staging (manifest last), then move staging onto `out`.
+    ``fs`` overrides the filesystem both paths are resolved in (tests inject a failing one)."""
+    if fs is None:
+        fs, spath = S.filesystem(staging)
+        _, opath = S.filesystem(out)
+    else:
+        spath, opath = staging, out
     pq.write_table(result.rejects, S.join(spath, S.REJECTS), filesystem=fs)
     with fs.open_output_stream(S.join(spath, S.MANIFEST)) as f:
         f.write(json.dumps(manifest, indent=2).encode())
@@ -211,7 +248,12 @@ def publish(staging: str, out: str, manifest: dict, result: Result) -> None:
         if os.path.exists(opath):
             old = f"{opath.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
             os.rename(opath, old)
-        os.rename(spath, opath)
+        try:
+            os.rename(spath, opath)
+        except BaseException:
+            if old:
+                os.rename(old, opath)  # put the previous complete output back
+            raise
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return
@@ -219,14 +261,49 @@ def publish(staging: str, out: str, manifest: dict, result: Result) -> None:
     fs.delete_dir(spath)
 
 
+def _files(fs, root: str) -> list[str]:
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    return [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if i.type == pafs.FileType.File]
+
+
 def copy_tree(fs, src: str, dst: str) -> None:
-    """Object stores have no directory rename: replace `dst` by copying, manifest last."""
-    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-        fs.delete_dir(dst)
-    files = [i.path for i in fs.get_file_info(pafs.FileSelector(src, recursive=True))
-             if i.type == pafs.FileType.File]
-    files.sort(key=lambda p: (p.endswith(S.MANIFEST), p))
-    for p in files:
-        target = S.join(dst, p[len(src):])
-        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        fs.copy_file(p, target)
+    """Object stores have no directory rename: copy the new files beside the old output, switch
+    by replacing the manifest (readers follow its shard list), then delete the old files. On a
+    failure the copied files are removed and the old output is left as it was."""
+    old = set(_files(fs, dst))
+    rejects = S.join(dst, S.REJECTS)
+    # the rejects list is the one fixed name besides the manifest: it waits under a new name
+    # until the switch, so a failed copy never replaces the old output's list
+    staged_rejects = S.join(dst, f"{S.REJECTS}.next-{uuid.uuid4().hex[:8]}")
+    files = sorted(p for p in _files(fs, src) if not p.endswith((S.MANIFEST, S.REJECTS)))
+    copied: list[str] = []
+    try:
+        for p in files:
+            target = S.join(dst, p[len(src):])
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            fs.copy_file(p, target)
+            copied.append(target)
+        if fs.get_file_info(S.join(src, S.REJECTS)).type == pafs.FileType.File:
+            fs.copy_file(S.join(src, S.REJECTS), staged_rejects)
+            copied.append(staged_rejects)
+        fs.copy_file(S.join(src, S.MANIFEST), S.join(dst, S.MANIFEST))  # the switch
+    except BaseException:
+        for t in copied:
+            if t not in old:
+                _quiet_delete(fs, t)
+        raise
+    if staged_rejects in copied:
+        fs.copy_file(staged_rejects, rejects)
+        _quiet_delete(fs, staged_rejects)
+    new = {S.join(dst, p[len(src):]) for p in files} | {S.join(dst, S.MANIFEST), rejects}
+    for p in sorted(old - new):
+        _quiet_delete(fs, p)
+
+
+def _quiet_delete(fs, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (FileNotFoundError, OSError):
+        pass

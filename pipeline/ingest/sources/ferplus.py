@@ -45,6 +45,21 @@ def majority(votes: dict[str, float]) -> tuple[str, str, str]:
     return VOTE_TO_NAME[winners[0]], "", ""
 
 
+def check_pairing(labels: list[dict], pixels: list[dict]) -> None:
+    """Labels attach to fer2013.csv pixels by row index, so both files must list the same images
+    in the same order: equal row counts and the same ``Usage`` on every row, else nothing is read."""
+    if len(labels) != len(pixels):
+        raise ValueError(f"{LABEL_FILE} has {len(labels)} rows but fer2013.csv has {len(pixels)}; labels are "
+                         "matched to pixels by row, so both must be the complete, unmodified files")
+    bad = [i for i, (lab, px) in enumerate(zip(labels, pixels))
+           if {(k or "").strip().lower(): (v or "").strip() for k, v in lab.items()}.get("usage", "").lower()
+           != px.get("usage", "").lower()]
+    if bad:
+        i = bad[0]
+        raise ValueError(f"{LABEL_FILE} and fer2013.csv disagree on Usage at {len(bad)} row(s), first at data row "
+                         f"{i} (line {i + 2}); labels are matched to pixels by row, so the files are not aligned")
+
+
 def records(root, opts) -> Iterator[dict]:
     if not root.isfile(LABEL_FILE):
         raise FileNotFoundError(f"{root.uri}: no {LABEL_FILE}")
@@ -55,7 +70,9 @@ def records(root, opts) -> Iterator[dict]:
             raise FileNotFoundError(f"{root.uri}: no FER2013Train/Valid/Test folders and no fer2013.csv "
                                     "to take the pixels from")
         pixel_rows = fer2013.rows(root)[1]
-    table = csv.DictReader(io.StringIO(root.read_text(LABEL_FILE)))
+    table = list(csv.DictReader(io.StringIO(root.read_text(LABEL_FILE))))
+    if pixel_rows is not None:
+        check_pairing(table, pixel_rows)
     for i, raw in enumerate(table):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         image = row.get("image name", "")

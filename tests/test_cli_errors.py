@@ -1,0 +1,61 @@
+"""Every CLI refuses bad flags and missing inputs with one clear stderr line and a non-zero exit,
+never a traceback (issue 14, item 6). Each case runs the real ``python -m pipeline.<verb>`` as a
+subprocess; none of them gets far enough to start Ray."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MISSING = "/nonexistent/poster-shards"
+
+CASES = [
+    # (argv, exit code, text the message must contain)
+    (["pipeline.ingest", "--source", "synthetic", "--out", "{tmp}/o", "--batch-size", "0"], 2, "--batch-size"),
+    (["pipeline.ingest", "--source", "synthetic", "--out", "{tmp}/o", "--limit", "-5"], 2, "--limit"),
+    (["pipeline.ingest", "--source", "synthetic", "--out", "{tmp}/o", "--test-fraction", "1.5"], 2, "--test-fraction"),
+    (["pipeline.ingest", "--source", "synthetic", "--out", "{tmp}/o", "--margin", "nan"], 2, "--margin"),
+    (["pipeline.ingest", "--source", "folder", "--input", MISSING, "--out", "{tmp}/o"], 2, MISSING),
+    (["pipeline.train", f"data.shards={MISSING}"], 2, "no _manifest.json"),
+    (["pipeline.train", "--bogus-flag"], 2, "unrecognized arguments"),
+    (["pipeline.train", "optim.max_nonfinite_steps=0"], 2, "max_nonfinite_steps"),
+    (["pipeline.tune", "--space", "tune_spaces/loss_mix.py", f"data.shards={MISSING}"], 2, "no _manifest.json"),
+    (["pipeline.tune", "--space", "tune_spaces/loss_mix.py", "--max-concurrent", "0"], 2, "--max-concurrent"),
+    (["pipeline.evaluate", "--model", "x.pt", "--shards", MISSING], 2, "no _manifest.json"),
+    (["pipeline.evaluate", "--model", "x.pt", "--shards", MISSING, "--batch-size", "-1"], 2, "--batch-size"),
+    (["pipeline.registry", "review", "--shards", MISSING, "--margin", "-0.5"], 2, "--margin"),
+    (["pipeline.registry", "review", "--shards", MISSING, "--margin", "nan"], 2, "--margin"),
+    (["pipeline.registry", "review", "--shards", MISSING, "--tracking-uri", "sqlite:///{tmp}/m.db"], 2, MISSING),
+    (["pipeline.predict", "{tmp}/none.jpg", "--model", "{tmp}/none.pt"], 2, "cannot load model"),
+    (["pipeline.demo", "--epochs", "0"], 2, "--epochs"),
+]
+
+
+@pytest.mark.parametrize("argv,code,needle", CASES, ids=[" ".join(c[0][:2] + c[0][-2:]) for c in CASES])
+def test_cli_refuses_bad_input_without_traceback(argv, code, needle, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    needle = needle.replace("{tmp}", str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "POSTER_RUNS_DIR": str(tmp_path / "runs")}
+    env.pop("POSTER_DEBUG", None)
+    p = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == code, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr
+    assert needle in p.stderr, p.stderr
+    last = [ln for ln in p.stderr.splitlines() if ln.strip()][-1]
+    assert "error" in last.lower(), last  # one closing line says what is wrong
+
+
+def test_unexpected_exception_becomes_one_line(capsys):
+    from pipeline.cli import run_cli
+
+    def boom() -> int:
+        raise RuntimeError("store unreachable\nsecond line")
+
+    assert run_cli(boom) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: RuntimeError: store unreachable (POSTER_DEBUG=1 shows the traceback)"

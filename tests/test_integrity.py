@@ -1,0 +1,269 @@
+"""Integrity under faults (issue 14) against a real MLflow server on 127.0.0.1 (sqlite backend),
+started by this module and stopped/restarted by its PID, with real Ray and real Parquet shards.
+
+- review compare-and-set: two concurrent reviews and a registration during a review; the
+  champion is always a version that won against the champion it replaced, every decision is in
+  the append-only history;
+- a training run whose MLflow server is stopped mid-run and restarted completes, with every
+  epoch's metrics in MLflow and status FINISHED;
+- resuming a run name with other shards or another model config is refused (or starts a new run
+  when asked).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow_server import MlflowServer
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "poster-fer-race"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield s
+    s.stop()
+
+
+def _review_rows(src: Path, dst: Path) -> str:
+    """3 test rows of class 1 and 1 of class 0, same manifest hash (so reviews are comparable)."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    table = pads.dataset(src / "test", format="parquet").to_table()
+    labels = table.column("label").to_pylist()
+    keep = [i for i, y in enumerate(labels) if y == 1][:3] + [i for i, y in enumerate(labels) if y == 0][:1]
+    (dst / "test").mkdir(parents=True)
+    pq.write_table(table.take(keep), dst / "test" / "part-00000.parquet")
+    manifest = json.loads((src / "_manifest.json").read_text())
+    manifest["counts"] = {"test": {c: {0: 1, 1: 3}.get(i, 0) for i, c in enumerate(manifest["classes"])}}
+    manifest["shards"] = [{"path": "test/part-00000.parquet", "split": "test", "rows": 4}]
+    (dst / "_manifest.json").write_text(json.dumps(manifest))
+    return str(dst)
+
+
+def _constant_model_run(uri: str, manifest: dict, favour: int) -> str:
+    """A POSTER-tiny whose head always answers class ``favour``, logged into a new run."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.modeling import build_model, poster_config
+    from pipeline.modelpkg import log_poster_model
+    from pipeline.tracking import ensure_experiment
+
+    classes = list(manifest["classes"])
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    model = build_model(cfg.model, len(classes), load_weights=False)
+    state = model.state_dict()
+    head = [k for k, v in state.items() if k.endswith("weight") and v.ndim == 2 and v.shape[0] == len(classes)][-1]
+    state[head] = torch.zeros_like(state[head])
+    bias = head[: -len("weight")] + "bias"
+    state[bias] = torch.full_like(state[bias], -10.0)
+    state[bias][favour] = 10.0
+    client = MlflowClient(uri)
+    exp = ensure_experiment(uri, "poster-fer/race")
+    run_id = client.create_run(exp, tags={"poster.classes": ",".join(classes), "poster.variant": "tiny",
+                                          "poster.dataset_hash": manifest["content_hash"]}).info.run_id
+    log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)), classes,
+                     {"bgr": False, "use_crop": True, "variant": "tiny"})
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _aliases(uri: str) -> dict[str, str]:
+    from pipeline.registry import client_for
+
+    return {k: str(v) for k, v in client_for(uri).get_registered_model(NAME).aliases.items()}
+
+
+def _in_threads(fns):
+    out: list = [None] * len(fns)
+
+    def run(i, fn):
+        try:
+            out[i] = fn()
+        except Exception as e:  # the outcome of each review is what the test checks
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    return out
+
+
+def test_concurrent_reviews_and_a_registration_keep_the_champion_honest(server, synthetic_shards, tmp_path,
+                                                                       monkeypatch):
+    import pipeline.review as review_mod
+    from pipeline.registry import RegistryError, register_run, review
+    from pipeline.review_history import ReviewConflict, review_history
+    from pipeline.registry import client_for
+    from pipeline.schema import read_manifest
+
+    uri = server.uri
+    shards = _review_rows(Path(synthetic_shards), tmp_path / "rows")
+    manifest = read_manifest(shards)
+    weak, strong = _constant_model_run(uri, manifest, 0), _constant_model_run(uri, manifest, 1)
+
+    v1 = register_run(weak, uri, NAME)
+    first = review(NAME, shards, promote=True, tracking_uri=uri, user="t")
+    assert first.promoted and _aliases(uri) == {"champion": v1}
+    v2 = register_run(strong, uri, NAME)
+
+    # Round 1: both reviews read @champion=v1/@challenger=v2 and evaluate; a registration moves
+    # @challenger to v3 before either finishes. Neither may promote v2 or strip v3's alias.
+    evaluated, registered = threading.Semaphore(0), threading.Event()
+    real_eval = review_mod._evaluate_version
+
+    def eval_then_wait(*a, **k):
+        res = real_eval(*a, **k)
+        if a[2] == "champion":  # the second (last) evaluation of each review
+            evaluated.release()
+            assert registered.wait(600)
+        return res
+
+    monkeypatch.setattr(review_mod, "_evaluate_version", eval_then_wait)
+    holder: dict = {}
+
+    def register_during():
+        for _ in range(2):
+            assert evaluated.acquire(timeout=600)
+        holder["v3"] = register_run(strong, uri, NAME)
+        registered.set()
+
+    reg = threading.Thread(target=register_during)
+    reg.start()
+    round1 = _in_threads([lambda: review(NAME, shards, promote=True, tracking_uri=uri, user="a"),
+                          lambda: review(NAME, shards, promote=True, tracking_uri=uri, user="b")])
+    reg.join(timeout=900)
+    monkeypatch.setattr(review_mod, "_evaluate_version", real_eval)
+    v3 = holder["v3"]
+    assert all(isinstance(r, ReviewConflict) for r in round1), round1
+    assert "@challenger was v" + v2 in str(round1[0]) and "now v" + v3 in str(round1[0])
+    assert _aliases(uri) == {"champion": v1, "challenger": v3}  # nothing moved, v3 keeps its alias
+
+    # Round 2: two concurrent reviews of v3 (always right on 3 of 4 rows) vs v1 (1 of 4).
+    round2 = _in_threads([lambda: review(NAME, shards, promote=True, tracking_uri=uri, user="c"),
+                          lambda: review(NAME, shards, promote=True, tracking_uri=uri, user="d")])
+    promoted = [r for r in round2 if not isinstance(r, Exception) and r.promoted]
+    assert len(promoted) == 1, round2
+    others = [r for r in round2 if r not in promoted]
+    assert all(isinstance(r, (ReviewConflict, RegistryError)) for r in others), others
+    assert _aliases(uri) == {"champion": v3}
+
+    # The history: every decision, in order; each applied promotion replaced the champion that
+    # the promoted version was compared with.
+    hist = review_history(client_for(uri), NAME)
+    decisions = [h["decision"] for h in hist]
+    assert decisions.count("aborted") >= 2 and decisions.count("promoted") == 2, decisions
+    champion = "none"
+    for h in hist:
+        if h["decision"] == "promoted":
+            assert h.get("applied") == "true", h
+            assert h["champion_version"] == champion, (h, champion)
+            champion = h["challenger_version"]
+    assert champion == v3
+    recorded = {(h["decided_by"], h["decision"]) for h in hist}
+    assert {("a", "aborted"), ("b", "aborted")} <= recorded
+    assert sum(1 for h in hist if h["decided_by"] in ("c", "d")) == sum(
+        1 for r in round2 if not isinstance(r, RegistryError) or isinstance(r, ReviewConflict))
+
+
+def test_review_refuses_training_split_and_bad_margin_and_records_it(server, synthetic_shards, tmp_path):
+    from pipeline.registry import RegistryError, ReviewRefused, client_for, register_run, review
+    from pipeline.review_history import review_history
+    from pipeline.schema import read_manifest
+
+    uri = server.uri
+    shards = _review_rows(Path(synthetic_shards), tmp_path / "rows")
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(RegistryError, match="margin"):
+            review(NAME, shards, margin=bad, tracking_uri=uri)
+    register_run(_constant_model_run(uri, read_manifest(shards), 2), uri, NAME)  # a new @challenger
+    before = len(review_history(client_for(uri), NAME))
+    with pytest.raises(ReviewRefused, match="--split train"):
+        review(NAME, shards, split="train", tracking_uri=uri, user="e")  # no --promote: still recorded
+    hist = review_history(client_for(uri), NAME)
+    assert len(hist) == before + 1 and hist[-1]["decision"] == "refused" and hist[-1]["promote"] == "False"
+
+
+def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server, synthetic_shards, tmp_path):
+    """One tiny fit (3 epochs, 64 rows); the server is stopped after epoch 0's checkpoint and
+    restarted after epoch 1's, so epoch 1 (and maybe 2) is logged while it is down."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.run_identity import ResumeRefused, check_or_record
+    from pipeline.schema import read_manifest
+    from pipeline.train import run_training
+    from shard_subsets import subset_test_rows
+
+    storage = tmp_path / "ray"
+    overrides = [f"data.shards={synthetic_shards}", "run.name=outage", "schedule.epochs=3",
+                 "data.max_train_rows=64", f"run.storage_path={storage}", f"tracking.uri={server.uri}",
+                 "tracking.experiment=poster-fer/outage", "tracking.log_model=false",
+                 "checkpoint.num_to_keep=3"]
+    cfg = load_config(REPO / "configs" / "smoke.yaml", overrides)
+    events: dict = {}
+    times: dict = {}
+
+    def checkpoints() -> int:
+        d = storage / "outage"
+        return len([p for p in d.iterdir() if p.name.startswith("checkpoint_")]) if d.is_dir() else 0
+
+    def outage():
+        while checkpoints() < 1:
+            time.sleep(0.1)
+        events["seen_checkpoints"] = checkpoints()
+        server.stop(crash=True)
+        times["down"] = time.time() * 1000
+        events["stopped_at_checkpoints"] = down_at = checkpoints()
+        deadline = time.monotonic() + 180
+        while checkpoints() < down_at + 1 and time.monotonic() < deadline:  # an epoch ends while down
+            time.sleep(0.1)
+        events["restarting_at_checkpoints"] = checkpoints()
+        times["restart"] = time.time() * 1000
+        server.start()
+
+    t = threading.Thread(target=outage)
+    t.start()
+    out = run_training(cfg)
+    t.join(timeout=600)
+    print("outage events", events, {k: v - times["down"] for k, v in times.items()})
+    assert events["stopped_at_checkpoints"] < 3, events  # the server went down before the last epoch
+    assert events["restarting_at_checkpoints"] > events["stopped_at_checkpoints"], events
+    client = MlflowClient(server.uri)
+    run = client.get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(out.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    # an epoch was measured while the server was down: buffered on rank 0, sent after the restart
+    down_epochs = [m.step for m in history if times["down"] <= m.timestamp <= times["restart"]]
+    assert down_epochs, ([(m.step, m.timestamp) for m in history], times)
+    assert sorted(m.step for m in client.get_metric_history(out.run_id, "val_accuracy")) == [0, 1, 2]
+    assert "test_accuracy" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(out.run_id, "confusion")} >= {"confusion/test_confusion.json"}
+
+    # Resume with other shards (another content hash): refused before any Ray work, naming it.
+    other = subset_test_rows(synthetic_shards, tmp_path / "other", 2, content_hash="0" * 64)
+    with pytest.raises(ResumeRefused, match="dataset content_hash"):
+        run_training(load_config(REPO / "configs" / "smoke.yaml", overrides + [f"data.shards={other}"]))
+    changed = load_config(REPO / "configs" / "smoke.yaml", overrides + ["model.overrides={depth: 1}"])
+    with pytest.raises(ResumeRefused, match="model.overrides"):
+        check_or_record(changed, read_manifest(str(synthetic_shards)), "outage")
+    renamed = load_config(REPO / "configs" / "smoke.yaml",
+                          overrides + [f"data.shards={other}", "run.new_run_on_change=true"])
+    new_name = check_or_record(renamed, read_manifest(other), "outage")
+    assert new_name.startswith("outage-") and (storage / new_name / "poster_run.json").is_file()
+    same = check_or_record(cfg, read_manifest(str(synthetic_shards)), "outage")
+    assert same == "outage"  # unchanged config: resumes as before
