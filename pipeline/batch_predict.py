@@ -43,6 +43,14 @@ class BatchReport:
     out: str
     reasons: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)  # files without an image extension
+    first_rows_s: float = 0.0  # start -> first output rows (actor start-up, model and detector load)
+    first_rows: int = 0
+
+    @property
+    def steady_rate(self) -> float:
+        """Inputs/s after the first output rows: the rate a long job settles at."""
+        span = self.seconds - self.first_rows_s
+        return (self.written - self.first_rows) / span if span > 0 and self.written > self.first_rows else 0.0
 
     @property
     def reconciled(self) -> bool:
@@ -191,8 +199,9 @@ def build_dataset(payload_ref: Any, *, input_dir: str | None = None, shards: str
 
 
 def write_predictions(ds: Any, out: str | Path, classes: list[str], shards: bool, total: int,
-                      progress_every: float = 5.0) -> tuple[int, Counter, int]:
-    """Stream the prediction rows into one Parquet file; print progress. (rows, reasons, predicted)."""
+                      progress_every: float = 5.0, t_start: float | None = None) -> tuple[int, Counter, int, tuple]:
+    """Stream the prediction rows into one Parquet file; print progress.
+    Returns (rows, reject reasons, predicted, (seconds to the first rows, their count))."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -201,10 +210,13 @@ def write_predictions(ds: Any, out: str | Path, classes: list[str], shards: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, predicted, reasons = 0, 0, Counter()
     t0 = last = time.perf_counter()
+    t_start = t0 if t_start is None else t_start
+    first: tuple = ()
     with pq.ParquetWriter(str(out), schema) as writer:
         for df in ds.iter_batches(batch_size=None, batch_format="pandas"):
             writer.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False))
             rows += len(df)
+            first = first or (time.perf_counter() - t_start, len(df))
             predicted += int(df["ok"].sum())
             reasons.update(str(r).split(":", 1)[0] for r in df["reject_reason"] if r is not None)
             now = time.perf_counter()
@@ -212,7 +224,7 @@ def write_predictions(ds: Any, out: str | Path, classes: list[str], shards: bool
                 last = now
                 print(f"  [batch-predict] {rows}/{total} inputs ({predicted} predicted, {rows - predicted} "
                       f"rejected), {rows / (now - t0):.1f} inputs/s", flush=True)
-    return rows, reasons, predicted
+    return rows, reasons, predicted, first or (0.0, 0)
 
 
 def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, shards: str | None = None,
@@ -232,9 +244,10 @@ def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, sha
                                            batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor)
         if ignored:
             print(f"  [batch-predict] ignored {len(ignored)} file(s) without an image extension, e.g. {ignored[0]}")
-        written, reasons, predicted = write_predictions(ds, out, loaded.classes, shards is not None, total)
+        written, reasons, predicted, first = write_predictions(ds, out, loaded.classes, shards is not None,
+                                                               total, t_start=t0)
         report = BatchReport(total, predicted, written - predicted, written, time.perf_counter() - t0, str(out),
-                             dict(reasons), ignored)
+                             dict(reasons), ignored, *first)
     finally:
         if started:
             ray.shutdown()
