@@ -9,8 +9,8 @@ file does not say (docs/poster_spec.md §3–4):
 - the label order of the dataset it was trained on — RAF-DB's official index order is
   surprise, fear, disgust, happy, sad, anger, neutral — and re-orders the classifier rows into the
   project's class order, so an imported model's ``label_index`` means the same as a trained one's;
-- the colour order: the official RAF-DB model was trained and tested on BGR pixels (``bgr=True``
-  in the model's ``extra``), the AffectNet ones on RGB;
+- the colour order: the official V1 RAF-DB model was trained and tested on BGR pixels (``bgr=True``
+  in the model's ``extra``), the AffectNet ones and every V2 model on RGB;
 - the landmark crop: the official forward derives it from the image by a nearest resize
   (``use_crop=False``), not from the ingest's area-resized crop.
 """
@@ -90,7 +90,8 @@ def load_official(path: str | Path, variant: str = "large", dataset: str = "rafd
     reorder_head(model, source, target)
     key = dataset.lower().replace("-", "").replace("_", "")
     extra = {
-        "bgr": TRAINED_ON_BGR.get(key, False),
+        # only V1's RAF-DB script skipped BGR->RGB; V2 reads every dataset with PIL (RGB)
+        "bgr": TRAINED_ON_BGR.get(key, False) and variant != "v2",
         "use_crop": False,  # official forward: nearest resize of the image gives the landmark input
         "variant": variant,
         "source": "official",

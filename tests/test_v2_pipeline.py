@@ -56,7 +56,7 @@ def test_import_official_v2_registers_a_model_with_the_same_logits(tmp_path):
                "--experiment", "official-v2", "--model", "poster-v2", "--tracking-uri", uri])
     assert rc in (0, None)
     loaded = load_model("models:/poster-v2@challenger", uri)
-    assert loaded.model.cfg.arch == "v2" and loaded.bgr  # RAF-DB official models see BGR pixels
+    assert loaded.model.cfg.arch == "v2" and not loaded.bgr  # V2 reads RAF-DB as RGB (V1 as BGR)
     direct = load_official_checkpoint(ckpt, variant="v2", num_classes=7)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
