@@ -76,8 +76,11 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Never unpickle arbitrary objects from a checkpoint."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Never unpickle arbitrary objects from a checkpoint (official V2 files' pickled recorders are
+    replaced by inert placeholders, see ``poster_model.weights.load_weights_only``)."""
+    from poster_model.weights import load_weights_only
+
+    return load_weights_only(path)
 
 
 def load_from_checkpoint(checkpoint: Any) -> dict[str, Any]:

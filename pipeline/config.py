@@ -62,11 +62,11 @@ class DataCfg:
 
 @dataclass
 class ModelCfg:
-    variant: str = "tiny"  # tiny | small | base | large; fields below override the variant
+    variant: str = "tiny"  # tiny | small | base | large (POSTER V1) | v2 | v2_tiny (POSTER V2)
     overrides: dict = field(default_factory=dict)  # any PosterConfig field, e.g. {depth: 4}
     ir50_weights: str = ""  # local path to the official ir50.pth (never downloaded)
     mobilefacenet_weights: str = ""  # local path to mobilefacenet_model_best.pth.tar
-    official_checkpoint: str = ""  # start from an official V1 checkpoint (rafdb_best.pth style)
+    official_checkpoint: str = ""  # start from an official checkpoint (V1 rafdb_best.pth; V2 with variant v2)
     # local torchvision state dict for overrides.image_backbone resnet18/resnet50/efficientnet_b0
     image_backbone_weights: str = ""
 
@@ -273,8 +273,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (not (cfg.optim.sam and cfg.optim.grad_accum > 1),
          "optim.sam with optim.grad_accum > 1 is not supported (SAM needs whole-batch gradients)"),
-        (cfg.model.variant in ("tiny", "small", "base", "large"),
-         "model.variant must be tiny, small, base or large"),
+        (cfg.model.variant in ("tiny", "small", "base", "large", "v2", "v2_tiny"),
+         "model.variant must be tiny, small, base, large (POSTER V1), v2 or v2_tiny (POSTER V2)"),
         (cfg.data.parquet_reader in ("v1", "v2"), "data.parquet_reader must be v1 or v2"),
         (cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1, "data.batch_size and data.eval_batch_size must be >= 1"),
         (cfg.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps must be >= 1"),

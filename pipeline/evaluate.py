@@ -129,9 +129,11 @@ def load_model(spec: str, tracking_uri: str | None = None, variant: str = "large
     if "poster_config" in blob:
         model, cls, extra = load_weights_file(path)
         return LoadedModel(model, cls, extra, str(path), "weights")
-    if "model_state_dict" in blob:
-        from pipeline.official import load_official
+    from pipeline.official import is_official_checkpoint, load_official, official_family
 
+    if is_official_checkpoint(blob):
+        if official_family(blob) == "v2":
+            variant = "v2"  # the file says which family it is; --variant only picks V1's size
         model, cls, extra = load_official(path, variant, dataset, classes)
         return LoadedModel(model, cls, extra, str(path), "official")
     if "model" in blob and "classes" in blob:

@@ -74,8 +74,8 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
         out.append("Trained on **synthetic** procedurally drawn faces: a pipeline check, "
                    "not a facial-expression model for real photos.")
     variant = tags.get("poster.variant", params.get("model.variant", ""))
-    if variant == "tiny":
-        out.append("`tiny` is the CPU smoke variant (thin IR-50, narrow fusion), far below the paper's capacity.")
+    if variant in ("tiny", "v2_tiny"):
+        out.append(f"`{variant}` is a CPU smoke variant (thin IR-50, narrow fusion), far below the paper's capacity.")
     if not params.get("model.ir50_weights") and tags.get("poster.source") != "official":
         out.append("No pretrained IR-50 / MobileFaceNet weights were configured: backbones "
                    "started from random initialisation.")

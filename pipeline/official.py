@@ -1,14 +1,16 @@
-"""Official POSTER V1 checkpoints (``rafdb_best.pth`` style) as project models.
+"""Official POSTER V1 and V2 checkpoints as project models.
 
-The official file is ``{'iter', 'model_state_dict' (``module.``-prefixed), 'optimizer_state_dict'}``;
-``poster_model.load_official_checkpoint`` turns it into a ``Poster``. This module adds what the
+The official V1 file (``rafdb_best.pth``) is ``{'iter', 'model_state_dict' (``module.``-prefixed),
+'optimizer_state_dict'}``; the V2 one (``main.py``) is ``{'epoch', 'state_dict' (``module.``-prefixed),
+'best_acc', 'optimizer', 'recorder1', 'recorder'}``. ``poster_model.load_official_checkpoint`` turns
+either into a model (``Poster`` / ``PosterV2``). This module adds what the
 file does not say (docs/poster_spec.md §3–4):
 
 - the label order of the dataset it was trained on — RAF-DB's official index order is
   surprise, fear, disgust, happy, sad, anger, neutral — and re-orders the classifier rows into the
   project's class order, so an imported model's ``label_index`` means the same as a trained one's;
-- the colour order: the official RAF-DB model was trained and tested on BGR pixels (``bgr=True``
-  in the model's ``extra``), the AffectNet ones on RGB;
+- the colour order: the official V1 RAF-DB model was trained and tested on BGR pixels (``bgr=True``
+  in the model's ``extra``), the AffectNet ones and every V2 model on RGB;
 - the landmark crop: the official forward derives it from the image by a nearest resize
   (``use_crop=False``), not from the ingest's area-resized crop.
 """
@@ -53,7 +55,15 @@ def official_order(dataset: str) -> tuple[str, ...]:
 
 
 def is_official_checkpoint(blob: Any) -> bool:
-    return isinstance(blob, dict) and "model_state_dict" in blob
+    return isinstance(blob, dict) and ("model_state_dict" in blob or official_family(blob) == "v2")
+
+
+def official_family(blob: Any) -> str:
+    """'v2' for a POSTER V2 ``main.py`` container (``state_dict`` with ``module.VIT.*`` keys), else 'v1'."""
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if isinstance(state, dict) and any(str(k).startswith(("module.VIT.", "VIT.")) for k in state):
+        return "v2"
+    return "v1"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -82,11 +92,13 @@ def load_official(path: str | Path, variant: str = "large", dataset: str = "rafd
 
     source = official_order(dataset)
     target = list(classes) if classes else default_class_order(dataset)
+    # V2's head is always 7-wide in the 7-class files (VisionTransformer ignores num_classes)
     model = poster_model.load_official_checkpoint(str(path), variant=variant, num_classes=len(source))
     reorder_head(model, source, target)
     key = dataset.lower().replace("-", "").replace("_", "")
     extra = {
-        "bgr": TRAINED_ON_BGR.get(key, False),
+        # only V1's RAF-DB script skipped BGR->RGB; V2 reads every dataset with PIL (RGB)
+        "bgr": TRAINED_ON_BGR.get(key, False) and variant != "v2",
         "use_crop": False,  # official forward: nearest resize of the image gives the landmark input
         "variant": variant,
         "source": "official",
@@ -116,6 +128,8 @@ def _dead_entry(key: str) -> torch.Tensor:
 
 def make_synthetic_official(path: str | Path, variant: str = "small", num_classes: int = 7,
                             seed: int = 0) -> Path:
+    if variant == "v2":
+        return make_synthetic_official_v2(path, num_classes, seed)
     """A ``rafdb_best.pth``-format file from a freshly built model (for tests and demos).
 
     The layout is the official one: ``module.``-prefixed keys under ``model_state_dict`` (every
@@ -133,4 +147,19 @@ def make_synthetic_official(path: str | Path, variant: str = "small", num_classe
     path = Path(path)
     torch.save({"iter": 216, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}},
                path)
+    return path
+
+
+def make_synthetic_official_v2(path: str | Path, num_classes: int = 7, seed: int = 0) -> Path:
+    """A POSTER V2 ``main.py``-format file from a freshly built faithful model (all 747 official
+    entries, dead modules included): ``{'epoch', 'state_dict' (module.), 'best_acc', 'optimizer'}``.
+    The official file also pickles two recorder objects; they are left out here."""
+    import poster_model
+
+    torch.manual_seed(seed)
+    model = poster_model.poster_v2(num_classes, official_dead_modules=True)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    path = Path(path)
+    torch.save({"epoch": 199, "state_dict": state, "best_acc": torch.tensor([92.21]),
+                "optimizer": {"state": {}, "param_groups": []}}, path)
     return path

@@ -2,6 +2,8 @@
 
     python -m pipeline.predict IMAGE [IMAGE ...] [--model models:/poster-fer@champion]
         [--tracking-uri URI] [--json] [--save-aligned DIR]
+    python -m pipeline.predict --input-dir DIR | --shards DIR [--split S] --out preds.parquet
+        [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]      (Ray Data, pipeline.batch_predict)
 
 Each image goes through ``pipeline.framing.prepare_face``: the detector ingest uses, then the cut of
 the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
@@ -58,38 +60,38 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ValueError(f"not a readable image ({e})") from None
 
 
-def prepare(paths: list[str], processor: Any, framing: Any = None) -> tuple[list[Prediction], list[Any]]:
-    """Face-process every path in `framing` (default: the project's): a Prediction stub per path,
-    and the FaceResult (or None) per path."""
+def preprocess_image(path: str, processor: Any, framing: Any = None) -> tuple[Prediction, Any]:
+    """One photo → (Prediction stub, FaceResult or None): read, detect, cut `framing` (default: the
+    project's).
+
+    The per-image preprocessing of every predict mode (few files here, ``pipeline.batch_predict``
+    in Ray Data actors); a failure becomes the stub's ``error`` (unreadable / not_an_image /
+    no_face / processing_error), never an exception.
+    """
     from pipeline.face import NoFaceError
     from pipeline.framing import get, prepare_face
 
     framing = get(framing)
-    preds, faces = [], []
-    for p in paths:
-        try:
-            rgb = read_rgb(p)
-        except OSError as e:
-            preds.append(Prediction(p, False, error=f"unreadable: {e.strerror or e}"))
-            faces.append(None)
-            continue
-        except ValueError as e:
-            preds.append(Prediction(p, False, error=f"not_an_image: {e}"))
-            faces.append(None)
-            continue
-        try:
-            face = prepare_face(rgb, framing, processor)
-        except NoFaceError as e:
-            preds.append(Prediction(p, False, error=f"no_face: {e}"))
-            faces.append(None)
-            continue
-        except Exception as e:  # a detector failure on one image must not sink the others
-            preds.append(Prediction(p, False, error=f"processing_error: {type(e).__name__}: {e}"))
-            faces.append(None)
-            continue
-        preds.append(Prediction(p, True, landmarks_from=face.landmarks_from, framing=framing.name))
-        faces.append(face)
-    return preds, faces
+    try:
+        rgb = read_rgb(path)
+    except OSError as e:
+        return Prediction(path, False, error=f"unreadable: {e.strerror or e}"), None
+    except ValueError as e:
+        return Prediction(path, False, error=f"not_an_image: {e}"), None
+    try:
+        face = prepare_face(rgb, framing, processor)
+    except NoFaceError as e:
+        return Prediction(path, False, error=f"no_face: {e}"), None
+    except Exception as e:  # a detector failure on one image must not sink the others
+        return Prediction(path, False, error=f"processing_error: {type(e).__name__}: {e}"), None
+    return Prediction(path, True, landmarks_from=face.landmarks_from, framing=framing.name), face
+
+
+def prepare(paths: list[str], processor: Any, framing: Any = None) -> tuple[list[Prediction], list[Any]]:
+    """Face-process every path in `framing`: a Prediction stub per path, and the FaceResult (or
+    None) per path."""
+    pairs = [preprocess_image(p, processor, framing) for p in paths]
+    return [p for p, _ in pairs], [f for _, f in pairs]
 
 
 def classify(loaded: Any, preds: list[Prediction], faces: list[Any], batch_size: int = 32) -> list[Prediction]:
@@ -144,7 +146,16 @@ def format_line(p: Prediction) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("images", nargs="+", help="image files (JPEG, PNG, …)")
+    ap.add_argument("images", nargs="*", help="image files (JPEG, PNG, …)")
+    batch = ap.add_argument_group("batch prediction with Ray Data (pipeline.batch_predict)")
+    src = batch.add_mutually_exclusive_group()
+    src.add_argument("--input-dir", help="every image file under DIR (recursively)")
+    src.add_argument("--shards", help="shard root (pipeline.ingest output); rows are aligned faces")
+    batch.add_argument("--split", default="test", help="shard split (default test)")
+    batch.add_argument("--out", help="output Parquet file, one row per input")
+    batch.add_argument("--batch-size", type=int, default=16, help="images per actor call")
+    batch.add_argument("--actors", type=int, default=2, help="model actors in the pool")
+    batch.add_argument("--cpus-per-actor", type=float, default=0.5, help="CPUs reserved per actor (fractional ok)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model to use (default {DEFAULT_MODEL})")
     ap.add_argument("--tracking-uri", help="MLflow URI for models:/ (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
@@ -153,7 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                       "(project, rafdb-aligned, affectnet-crop)")
     ap.add_argument("--variant", default="large", help="official checkpoints only")
     ap.add_argument("--dataset", default="rafdb", help="official checkpoints only")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    batch_mode = bool(args.input_dir or args.shards)
+    if batch_mode and (args.images or not args.out):
+        ap.error("--input-dir/--shards take no IMAGE arguments and need --out FILE.parquet")
+    if not batch_mode and not args.images:
+        ap.error("give IMAGE files, or --input-dir/--shards with --out")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if args.input_dir or args.shards:
+        from pipeline.batch_predict import run_batch
+
+        report = run_batch(loaded, args.out, input_dir=args.input_dir, shards=args.shards, split=args.split,
+                           batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                           framing=framing)
+        return 0 if report.predicted and report.reconciled else 1
     processor = FaceProcessor()
     try:
         preds, faces = prepare(args.images, processor, framing)

@@ -290,7 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     o = sub.add_parser("import-official", parents=[common], help="register an official POSTER checkpoint")
     o.add_argument("--checkpoint", required=True, help="rafdb_best.pth-style file")
-    o.add_argument("--variant", default="large", choices=("tiny", "small", "base", "large"))
+    o.add_argument("--variant", default="large", choices=("small", "base", "large", "v2"),
+                   help="official family/size: small/base/large (POSTER V1) or v2 (POSTER V2)")
     o.add_argument("--dataset", default="rafdb", help="rafdb | affectnet7 | affectnet8 (label order, BGR)")
     o.add_argument("--classes", help="comma-separated target class order (default: canonical order)")
     o.add_argument("--shards", help="take the target class order from this manifest instead")

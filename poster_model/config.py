@@ -5,16 +5,24 @@ from dataclasses import dataclass
 
 IMAGE_BACKBONES = ("ir50", "resnet18", "resnet50", "efficientnet_b0")
 TOKENIZERS = ("raw", "patch")
+ARCHS = ("v1", "v2")
 LEVEL_DIVISOR = {"l": 1, "m": 2, "s": 4}  # embedding width of each pyramid level = embed_dim // divisor
 
 
 @dataclass
 class PosterConfig:
-    """POSTER V1 hyper-parameters. The defaults are the official `large` model.
+    """POSTER hyper-parameters. The defaults are the official V1 `large` model.
 
     Fields are plain str/int/float/bool/tuple so a YAML config tree can set each of them.
+    `arch="v2"` selects POSTER V2 (POSTER++); there `depth`/`embed_dim`/`num_heads`/`mlp_ratio` are
+    those of its ViT (official 2 / 768 / 8 / 4), `ir_channels` are the widths of the three window
+    cross-attention scales, `window_heads` their head counts, and `drop_path` is the end of
+    `linspace(0, drop_path, 5)` whose first three values are the per-scale FFN drop-path rates
+    (official 0.5 -> 0 / 0.125 / 0.25). V1-only fields (pyramid_levels, tokenizer, image_backbone)
+    are ignored by V2.
     """
 
+    arch: str = "v1"  # "v1" = POSTER, "v2" = POSTER V2 / POSTER++
     num_classes: int = 7
     depth: int = 8  # pyramid blocks: small 4, base 6, large 8
     embed_dim: int = 512
@@ -32,10 +40,14 @@ class PosterConfig:
     landmark_bn_train_mode: bool = False
     proj_dim: int = 0  # >0: projection head whose output becomes `features` (for metric losses)
     qkv_bias: bool = True
+    window_heads: tuple = (2, 4, 8)  # V2: heads per cross-attention scale (head dim 32 officially)
+    # V2: also build the official modules that never run (IR-50 output_layer, ViT patch_embed, CON1,
+    # IRLinear1/2, eca_block, blocks.*.conv; 14,466,637 parameters) for parameter-count parity
+    official_dead_modules: bool = False
 
     def __post_init__(self) -> None:
         # YAML gives lists; normalise to tuples so the config stays hashable and comparable.
-        for name in ("pyramid_levels", "ir_units", "ir_channels"):
+        for name in ("pyramid_levels", "ir_units", "ir_channels", "window_heads"):
             setattr(self, name, tuple(getattr(self, name)))
         self._check_ints()
         self._check_choices()
@@ -58,6 +70,8 @@ class PosterConfig:
             raise ValueError(f"PosterConfig.ir_channels needs 3 positive ints, got {self.ir_channels}")
 
     def _check_choices(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"PosterConfig.arch must be one of {ARCHS}, got {self.arch!r}")
         if self.image_backbone not in IMAGE_BACKBONES:
             raise ValueError(f"PosterConfig.image_backbone must be one of {IMAGE_BACKBONES}, "
                              f"got {self.image_backbone!r}")
@@ -69,12 +83,24 @@ class PosterConfig:
                              f"and contain 'l', got {levels}")
 
     def _check_widths(self) -> None:
+        if self.arch == "v2":
+            self._check_v2_widths()
+            return
         for level in self.pyramid_levels:
             width, rem = divmod(self.embed_dim, LEVEL_DIVISOR[level])
             if rem or width % self.num_heads:
                 raise ValueError(f"pyramid level {level!r} has width embed_dim/{LEVEL_DIVISOR[level]}="
                                  f"{self.embed_dim / LEVEL_DIVISOR[level]}, which must be an int "
                                  f"divisible by num_heads={self.num_heads}")
+
+    def _check_v2_widths(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"PosterConfig.embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        if len(self.window_heads) != 3 or any(int(c) % int(h) for c, h in zip(self.ir_channels, self.window_heads)):
+            raise ValueError(f"PosterConfig.window_heads needs 3 head counts dividing ir_channels={self.ir_channels}, "
+                             f"got {self.window_heads}")
+        if self.official_dead_modules and self.ir_channels != (64, 128, 256):
+            raise ValueError("PosterConfig.official_dead_modules needs the official widths ir_channels=(64,128,256)")
 
     @property
     def levels(self) -> tuple:

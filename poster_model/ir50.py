@@ -54,6 +54,26 @@ class BottleneckIR(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def ir_stages(units: tuple, channels: tuple) -> list[list[BottleneckIR]]:
+    """The units of each stage; the first unit of every stage downsamples (stride 2)."""
+    stages, in_ch = [], channels[0]
+    for n_units, out_ch in zip(units, channels):
+        stages.append([BottleneckIR(in_ch, out_ch, 2)] + [BottleneckIR(out_ch, out_ch, 1) for _ in range(n_units - 1)])
+        in_ch = out_ch
+    return stages
+
+
+def ir50_stem(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels), nn.PReLU(channels))
+
+
+def ir50_output_layer() -> nn.Sequential:
+    """The official, never-called `output_layer` (BN2d, Dropout, Flatten, Linear 25088->512, BN1d):
+    built only for parameter-count parity with the official modules."""
+    return nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.0), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
+                         nn.BatchNorm1d(512))
+
+
 class IR50(nn.Module):
     """Stages 1-3 of IR-50: [B,3,H,W] -> (resize to 112) -> [B,C3,14,14] (C3=256 for the real model).
 
@@ -63,17 +83,9 @@ class IR50(nn.Module):
 
     def __init__(self, units: tuple = (3, 4, 14), channels: tuple = (64, 128, 256)) -> None:
         super().__init__()
-        stem = channels[0]
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
-        blocks, in_ch = [], stem
-        for n_units, out_ch in zip(units, channels):
-            # first unit of every stage downsamples (stride 2), the rest keep the shape
-            blocks.append(BottleneckIR(in_ch, out_ch, 2))
-            blocks += [BottleneckIR(out_ch, out_ch, 1) for _ in range(n_units - 1)]
-            in_ch = out_ch
-        self.body = nn.Sequential(*blocks)
-        self.out_channels = in_ch
+        self.input_layer = ir50_stem(channels[0])
+        self.body = nn.Sequential(*[u for stage in ir_stages(units, channels) for u in stage])
+        self.out_channels = channels[-1]
         # NHWC weights too, or every convolution call re-lays-out its weight (load_state_dict and
         # optimiser state keep this layout; state-dict values and names are unchanged)
         self.to(memory_format=torch.channels_last)
@@ -83,3 +95,22 @@ class IR50(nn.Module):
         # the values are the same, and the raw tokenizer makes the output contiguous NCHW again
         x = resize_112(x).contiguous(memory_format=torch.channels_last)
         return self.body(self.input_layer(x))
+
+
+class IR50Split(nn.Module):
+    """POSTER V2's IR-50: the same units as `IR50`, with stages named `body1/body2/body3` (the V2
+    checkpoint's names), returning all three stage maps: [B,64,56,56], [B,128,28,28], [B,256,14,14]
+    at the official widths (any input size: it resizes to 112 first)."""
+
+    def __init__(self, units: tuple = (3, 4, 14), channels: tuple = (64, 128, 256)) -> None:
+        super().__init__()
+        self.input_layer = ir50_stem(channels[0])
+        body1, body2, body3 = ir_stages(units, channels)
+        self.body1, self.body2, self.body3 = nn.Sequential(*body1), nn.Sequential(*body2), nn.Sequential(*body3)
+        self.to(memory_format=torch.channels_last)  # see IR50
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.input_layer(resize_112(x).contiguous(memory_format=torch.channels_last))
+        x1 = self.body1(x)
+        x2 = self.body2(x1)
+        return x1, x2, self.body3(x2)

@@ -80,7 +80,10 @@ class MobileFaceNet(nn.Module):
         self.output_layer.requires_grad_(False)  # never executed, so never trained
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_23(self.conv2_dw(self.conv1(x)))
-        x = self.conv_4(self.conv_34(self.conv_3(x)))
-        x = self.conv_5(self.conv_45(x))
-        return self.conv_6_sep(x)
+        return self.features(x)[-1]
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The maps POSTER V2 uses: conv_3 [B,64,28,28], conv_4 [B,128,14,14], conv_6_sep [B,512,7,7]."""
+        c3 = self.conv_3(self.conv_23(self.conv2_dw(self.conv1(x))))
+        c4 = self.conv_4(self.conv_34(c3))
+        return c3, c4, self.conv_6_sep(self.conv_5(self.conv_45(c4)))

@@ -1,4 +1,5 @@
-"""The POSTER V1 model, its named builders and `count_parameters`.
+"""The POSTER V1 model, the named builders of both families (V2 lives in `model_v2`) and
+`count_parameters`.
 
 Top-level module names are the official ones (`ir_back`, `face_landback`, `ir_layer`, `pyramid_fuse`,
 `se_block`, `head`), so an official checkpoint's `model_state_dict` (minus `module.` and the dead
@@ -106,7 +107,12 @@ class Poster(nn.Module):
         return logits, (feat if self.proj_head is None else self.proj_head(feat))
 
 
-def build_poster(cfg: PosterConfig) -> Poster:
+def build_poster(cfg: PosterConfig) -> nn.Module:
+    """The model of `cfg.arch`: `Poster` (V1) or `PosterV2`; both return (logits, features)."""
+    if cfg.arch == "v2":
+        from .model_v2 import PosterV2
+
+        return PosterV2(cfg)
     return Poster(cfg)
 
 
@@ -116,7 +122,15 @@ VARIANT_OVERRIDES = {
     "large": dict(depth=8),
     # CPU smoke variant: thin IR-50, narrow fusion; same code as the real variants
     "tiny": dict(depth=2, embed_dim=128, num_heads=4, ir_units=(1, 1, 1), ir_channels=(16, 32, 64)),
+    # POSTER V2 / POSTER++ (Talented-Q/POSTER_V2): ViT depth 2, width 768, 8 heads, MLP 4;
+    # cross-attention scales 64/128/256 with 2/4/8 heads; FFN drop path linspace(0, 0.5, 5)[:3]
+    "v2": dict(arch="v2", depth=2, embed_dim=768, num_heads=8, mlp_ratio=4.0, drop_path=0.5),
+    # CPU smoke variant of V2: thin IR-50, narrow scales and ViT; same code as "v2"
+    "v2_tiny": dict(arch="v2", depth=1, embed_dim=96, num_heads=2, mlp_ratio=4.0, drop_path=0.5,
+                    ir_units=(1, 1, 1), ir_channels=(16, 32, 64), window_heads=(1, 1, 2)),
 }
+V1_VARIANTS = ("tiny", "small", "base", "large")
+V2_VARIANTS = ("v2", "v2_tiny")
 
 
 def variant_config(variant: str, num_classes: int = 7, **overrides) -> PosterConfig:
@@ -140,6 +154,15 @@ def poster_base(num_classes: int = 7, **overrides) -> Poster:
 
 def poster_large(num_classes: int = 7, **overrides) -> Poster:
     return build_poster(variant_config("large", num_classes, **overrides))
+
+
+def poster_v2(num_classes: int = 7, **overrides) -> nn.Module:
+    """POSTER V2 (POSTER++). `official_dead_modules=True` also builds the never-run official modules."""
+    return build_poster(variant_config("v2", num_classes, **overrides))
+
+
+def poster_v2_tiny(num_classes: int = 7, **overrides) -> nn.Module:
+    return build_poster(variant_config("v2_tiny", num_classes, **overrides))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,9 +1,15 @@
-"""Strict loading of the official POSTER files (`ir50.pth`, MobileFaceNet, V1 training checkpoints).
+"""Strict loading of the official POSTER files (`ir50.pth`, MobileFaceNet, V1 and V2 training checkpoints).
 
 The official loader silently skipped every key whose name or shape differed. Here every expected key
 must be present with the right shape; the only keys allowed to be left over are named below (dead
 modules the clean model does not build); anything else raises `WeightLoadError` listing the keys.
 All files are read with `torch.load(..., weights_only=True)`.
+
+Official V2 training checkpoints also pickle two `RecorderMeter` objects (classes of the official
+`main.py`, holding numpy loss/accuracy curves), which `weights_only=True` refuses. `read_state_dict`
+then retries with exactly those globals mapped onto an inert placeholder that discards whatever
+it is given: no upstream code is imported or run, nothing but the tensors is kept. Any other
+unsafe global still fails, with a message naming it.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .model import Poster, build_poster, variant_config
+from .model import V2_VARIANTS, Poster, build_poster, variant_config
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -45,6 +51,24 @@ V1_UNUSED_KEYS = frozenset(
     [f"face_landback.{k}" for k in MOBILEFACENET_OUTPUT_KEYS]
     + [f"ir_back.{k}" for k in IR50_OUTPUT_KEYS] + ["pyramid_fuse.cls_token"])
 
+# Official V2 checkpoint entries that cannot influence the logits (unused_keys.json, model-level
+# names). MobileFaceNet's output_layer is kept as a frozen module (as in V1); the rest are only
+# built with PosterConfig(official_dead_modules=True).
+V2_VIT_DEAD_KEYS = frozenset(
+    ["VIT.CON1.weight", "VIT.IRLinear1.weight", "VIT.IRLinear1.bias", "VIT.IRLinear2.weight", "VIT.IRLinear2.bias",
+     "VIT.eca_block.conv.weight", "VIT.patch_embed.proj.weight", "VIT.patch_embed.proj.bias"]
+    + [f"VIT.blocks.{i}.conv.{n}" for i in (0, 1) for n in ("weight", "bias")])
+V2_UNUSED_KEYS = frozenset(
+    [f"face_landback.{k}" for k in MOBILEFACENET_OUTPUT_KEYS]
+    + [f"ir_back.{k}" for k in IR50_OUTPUT_KEYS]) | V2_VIT_DEAD_KEYS
+
+# Globals the official V2 `main.py` pickles next to the weights ('recorder', 'recorder1'):
+# the RecorderMeter classes (module `__main__` when main.py runs as a script) and numpy's array
+# plumbing for their curves. Mapped onto `_Discarded`, so they are never imported nor kept.
+RECORDER_GLOBALS = tuple(f"{m}.{c}" for m in ("__main__", "main") for c in ("RecorderMeter", "RecorderMeter1")) + tuple(
+    f"{m}.{n}" for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")
+) + ("numpy.ndarray", "numpy.dtype") + tuple(f"numpy.dtypes.{t}DType" for t in ("Float64", "Float32", "Int64"))
+
 # torchvision classifier parts the stride-16 backbones do not build
 TV_UNUSED_PREFIXES = {
     "resnet18": ("layer4.", "fc."), "resnet50": ("layer4.", "fc."),
@@ -56,9 +80,37 @@ class WeightLoadError(RuntimeError):
     """A weights file does not match the model; the message lists the offending keys."""
 
 
+class _Discarded:
+    """Inert stand-in for a pickled non-tensor object we do not need: accepts and drops everything."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def load_weights_only(path: str | Path):
+    """`torch.load(weights_only=True)`, tolerating exactly the official V2 recorder objects."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as first:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        if not unsafe or not unsafe <= set(RECORDER_GLOBALS):
+            raise WeightLoadError(
+                f"{path}: refused by torch.load(weights_only=True): it pickles code objects "
+                f"{sorted(unsafe - set(RECORDER_GLOBALS)) or sorted(unsafe)}. Only the official V2 "
+                "'recorder'/'recorder1' objects are tolerated. Fix: in a trusted environment, re-save "
+                "just the tensors, e.g. torch.save({'state_dict': ck['state_dict']}, 'clean.pth').") from first
+    with torch.serialization.safe_globals([(_Discarded, name) for name in RECORDER_GLOBALS]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: unwraps {'model_state_dict'|'state_dict': ...}, strips `module.`."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_weights_only(path)
     for key in ("model_state_dict", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -94,7 +146,7 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], tolerated=fro
     return ignored
 
 
-def load_pretrained(model: Poster, ir50_path=None, mobilefacenet_path=None,
+def load_pretrained(model: nn.Module, ir50_path=None, mobilefacenet_path=None,
                     image_backbone_path=None) -> dict[str, list[str]]:
     """Load the official pretrained backbones (and/or a local torchvision backbone) into `model`.
 
@@ -104,14 +156,32 @@ def load_pretrained(model: Poster, ir50_path=None, mobilefacenet_path=None,
     if ir50_path is not None:
         if model.image_key != "ir_back":
             raise WeightLoadError(f"ir50 weights given but the image backbone is {model.cfg.image_backbone}")
-        report["ir50"] = strict_load(model.ir_back, read_state_dict(ir50_path),
-                                     IR50_OUTPUT_KEYS | IR50_STAGE4_KEYS, what=f"IR-50 from {ir50_path}")
+        state = read_state_dict(ir50_path)
+        if model.cfg.arch == "v2":
+            state = split_ir50_keys(state, model.cfg.ir_units)
+        report["ir50"] = strict_load(model.ir_back, state, IR50_OUTPUT_KEYS | IR50_STAGE4_KEYS,
+                                     what=f"IR-50 from {ir50_path}")
     if mobilefacenet_path is not None:
         report["mobilefacenet"] = strict_load(model.face_landback, read_state_dict(mobilefacenet_path),
                                               MOBILEFACENET_OUTPUT_KEYS, what=f"MobileFaceNet from {mobilefacenet_path}")
     if image_backbone_path is not None:
         report["image_backbone"] = load_image_backbone(model, image_backbone_path)
     return report
+
+
+def split_ir50_keys(state: dict[str, torch.Tensor], units: tuple = (3, 4, 14)) -> dict[str, torch.Tensor]:
+    """V1-style `body.N.*` -> V2's `body1/2/3.M.*` (N = 0-2 / 3-6 / 7-20 for the real net). Stage-4
+    units (`body.21+`) keep their name so the tolerated list still matches; re-keyed files pass."""
+    bounds = [sum(units[:i]) for i in range(4)]
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if parts[0] == "body" and int(parts[1]) < bounds[3]:
+            n = int(parts[1])
+            stage = next(i for i in (1, 2, 3) if n < bounds[i])
+            k = ".".join([f"body{stage}", str(n - bounds[stage - 1])] + parts[2:])
+        out[k] = v
+    return out
 
 
 def load_image_backbone(model: Poster, path) -> list[str]:
@@ -123,12 +193,23 @@ def load_image_backbone(model: Poster, path) -> list[str]:
                        what=f"{name} from {path}")
 
 
-def load_official_checkpoint(path, variant: str = "large", num_classes: int = 7) -> Poster:
-    """Build the faithful V1 model and load an official training checkpoint into it, strictly except
-    for exactly `V1_UNUSED_KEYS`. All buffers load, including the landmark net's (drifted) BN
-    statistics. Returns the model in eval mode."""
-    if variant not in ("small", "base", "large"):
-        raise ValueError(f"official POSTER V1 variants are small/base/large, got {variant!r}")
+def load_official_checkpoint(path, variant: str = "large", num_classes: int = 7,
+                             logits_only: bool = False) -> nn.Module:
+    """Build the faithful model and load an official training checkpoint into it, strictly except
+    for exactly the dead entries (`V1_UNUSED_KEYS` / `V2_UNUSED_KEYS`). V1 files hold
+    `model_state_dict`, V2 files `state_dict` (plus epoch, best_acc, optimizer and the recorders).
+    All buffers load, including the landmark net's (drifted) BN statistics and V2's
+    `relative_position_index`. Returns the model in eval mode; its forward returns
+    (logits, features), or only logits with `logits_only=True` (the official V2 contract)."""
+    if variant not in ("small", "base", "large", "v2"):
+        raise ValueError(f"official POSTER variants are small/base/large (V1) and v2, got {variant!r}")
     model = build_poster(variant_config(variant, num_classes))
-    strict_load(model, read_state_dict(path), V1_UNUSED_KEYS, what=f"POSTER-{variant} from {path}")
-    return model.eval()
+    unused = V2_UNUSED_KEYS if variant in V2_VARIANTS else V1_UNUSED_KEYS
+    name = "POSTER V2" if variant == "v2" else f"POSTER-{variant}"
+    strict_load(model, read_state_dict(path), unused, what=f"{name} from {path}")
+    model.eval()
+    if logits_only:
+        from .model_v2 import LogitsOnly
+
+        return LogitsOnly(model).eval()
+    return model

@@ -325,3 +325,18 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep) -> None:
     assert len(_children(result)) == 4  # no new child runs
     spec = json.loads((Path(result.experiment_path) / "poster_sweep.json").read_text())
     assert spec["sweep"]["name"] == result.name
+
+
+def test_family_space_searches_v1_sizes_and_v2_with_the_loss_mixture() -> None:
+    from pipeline.modeling import build_model
+
+    family, loss = load_space("family"), load_space("loss_mix")
+    assert family["model.variant"]["choice"] == ["small", "base", "large", "v2"]
+    assert set(family) == {"model.variant"} | set(loss)
+    smoke = load_space("family_smoke")
+    base = load_config(REPO_ROOT / "configs" / "tune_smoke.yaml")
+    archs = set()
+    for variant in smoke["model.variant"]["choice"]:  # both families build from a sampled point
+        cfg = config_for_trial(base, {"model.variant": variant, "loss.weights.supcon": 0.1})
+        archs.add(type(build_model(cfg.model, 7, load_weights=False)).__name__)
+    assert archs == {"Poster", "PosterV2"}
