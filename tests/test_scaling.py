@@ -71,20 +71,23 @@ def eager_fp32():
     return _run(["scaling.precision=fp32", "scaling.optimizer_impl=forloop"])
 
 
-@pytest.mark.parametrize("overrides, tol", [
-    (["scaling.precision=auto"], 1e-5),  # the default: on CPU exactly today's fp32 path
-    (["scaling.precision=tf32"], 1e-3),
-    (["scaling.channels_last=true"], 1e-4),
-    (["scaling.optimizer_impl=foreach"], 1e-4),
-    (["scaling.optimizer_impl=fused"], 1e-4),
-    (["scaling.precision=bf16", "scaling.channels_last=true", "scaling.optimizer_impl=fused"], 5e-2),
+# (loss tolerance, logits tolerance): the losses of the two steps; the logits after them. Adam
+# turns tiny rounding differences of near-zero gradients into full-size updates, so any path that
+# sums in another order (channels_last, foreach, fused) lands ~1e-3 off in the logits, never O(1).
+@pytest.mark.parametrize("overrides, loss_tol, logit_tol", [
+    (["scaling.precision=auto"], 1e-6, 1e-6),  # the default: on CPU exactly today's fp32 path
+    (["scaling.precision=tf32"], 1e-3, 1e-2),
+    (["scaling.channels_last=true"], 1e-4, 5e-3),
+    (["scaling.optimizer_impl=foreach"], 1e-4, 5e-3),
+    (["scaling.optimizer_impl=fused"], 1e-4, 5e-3),
+    (["scaling.precision=bf16", "scaling.channels_last=true", "scaling.optimizer_impl=fused"], 5e-2, 1e-1),
 ], ids=lambda v: ",".join(v) if isinstance(v, list) else str(v))
-def test_every_eager_path_agrees_with_fp32(eager_fp32, overrides, tol):
+def test_every_eager_path_agrees_with_fp32(eager_fp32, overrides, loss_tol, logit_tol):
     ref_losses, ref_logits = eager_fp32
     losses, logits = _run(overrides)
     assert torch.isfinite(losses).all() and torch.isfinite(logits).all()
-    assert _rel(losses, ref_losses) < tol, (losses, ref_losses)
-    assert _rel(logits, ref_logits) < tol
+    assert _rel(losses, ref_losses) < loss_tol, (losses, ref_losses)
+    assert _rel(logits, ref_logits) < logit_tol
     assert ref_losses[-1] < ref_losses[0]  # the reference itself learns the fixed batch
 
 
@@ -95,4 +98,4 @@ def test_compiled_step_agrees_with_eager(eager_fp32):
     losses, logits = _run(["scaling.precision=fp32", "scaling.compile=default",
                            "scaling.optimizer_impl=forloop"])
     assert _rel(losses, ref_losses) < 1e-4
-    assert _rel(logits, ref_logits) < 1e-4
+    assert _rel(logits, ref_logits) < 5e-3
