@@ -102,7 +102,7 @@ class ScalingCfg:
     cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
     gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
     torch_threads: int = 1
-    # Speed knobs (pipeline.modeling.apply_scaling; bench/model_step.py measures each):
+    # Speed knobs (pipeline.modeling.apply_precision / speed_up; bench/model_step.py times each):
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | tf32 | bf16 (autocast)
     # off | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
     # YAML reads a bare `off` as false and `on`/`true` as true: both are accepted.
