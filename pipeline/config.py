@@ -22,6 +22,9 @@ RUNS_DIR = Path(os.environ.get("POSTER_RUNS_DIR", REPO_ROOT / "runs")).resolve()
 
 
 LOSS_TERMS = ("ce", "lsce", "soft_ce", "supcon", "circle")  # poster_model.LossMixture terms
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZER_IMPLS = ("auto", "forloop", "foreach", "fused")
 
 
 class ConfigError(ValueError):
@@ -111,8 +114,17 @@ class ScalingCfg:
     cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
     gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
     torch_threads: int = 1
-    bf16: bool = True  # autocast on GPU only
-    compile: bool = False
+    # Speed knobs (pipeline.modeling.apply_precision / speed_up; bench/model_step.py times each):
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | tf32 | bf16 (autocast)
+    # off | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
+    # YAML reads a bare `off` as false and `on`/`true` as true: both are accepted.
+    compile: str | bool = "off"
+    channels_last: bool = False  # whole model + input NHWC (IR-50 is NHWC inside either way)
+    optimizer_impl: str = "auto"  # auto (PyTorch's pick) | forloop | foreach | fused
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):
+            self.compile = "default" if self.compile else "off"
 
 
 @dataclass
@@ -283,6 +295,10 @@ def validate(cfg: TrainConfig) -> None:
          "data.shuffle must be auto, blocks, full or files"),
         (cfg.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: off)"),
         (cfg.data.sampler in ("none", "balanced"), "data.sampler must be none or balanced"),
+        (cfg.scaling.precision in PRECISIONS, f"scaling.precision must be one of {PRECISIONS}"),
+        (cfg.scaling.compile in COMPILE_MODES, f"scaling.compile must be one of {COMPILE_MODES}"),
+        (cfg.scaling.optimizer_impl in OPTIMIZER_IMPLS,
+         f"scaling.optimizer_impl must be one of {OPTIMIZER_IMPLS}"),
     ]
     for ok, msg in checks:
         if not ok:

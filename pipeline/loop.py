@@ -19,7 +19,8 @@ from pipeline.config import TrainConfig, from_dict
 from pipeline.epochs import EpochBatches
 from pipeline.evaluation import allreduce_confusion, evaluate_batches, iter_partition
 from pipeline.metrics import BatchMix, metrics_from_confusion
-from pipeline.modeling import build_loss, build_model, build_optimizer, build_scheduler, unwrap
+from pipeline.modeling import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
+                               build_scheduler, speed_up, unwrap)
 from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
 from pipeline.transforms import to_model_inputs
@@ -213,16 +214,15 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     use_gpu = device.type == "cuda"
     ctx: dict[str, Any] = {
         "cfg": cfg, "classes": classes, "rank": rank, "world": world, "device": device,
-        "dist_device": device if use_gpu else "cpu", "autocast": use_gpu and cfg.scaling.bf16,
+        "dist_device": device if use_gpu else "cpu", "autocast": autocast_enabled(cfg.scaling, device),
         "use_crop": loop_config.get("use_crop", True), "step": 0,
         "marker_dir": loop_config["marker_dir"], "run_dir": loop_config.get("run_dir"),
     }
-    model = build_model(cfg.model, len(classes)).to(device)
-    if cfg.scaling.compile:
-        model = torch.compile(model)
+    apply_precision(cfg.scaling)
+    model = speed_up(build_model(cfg.model, len(classes)).to(device), cfg.scaling, device)
     model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
     loss_fn = build_loss(cfg.loss, loop_config.get("class_weights")).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
     scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))
     ema = (torch.optim.swa_utils.AveragedModel(
         unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay))

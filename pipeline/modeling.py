@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 import poster_model
-from pipeline.config import LossCfg, ModelCfg, OptimCfg, ScheduleCfg
+from pipeline.config import LossCfg, ModelCfg, OptimCfg, ScalingCfg, ScheduleCfg
 
 
 def poster_config(mcfg: ModelCfg, num_classes: int) -> poster_model.PosterConfig:
@@ -45,10 +45,16 @@ def build_loss(lcfg: LossCfg, class_weights: list[float] | None = None) -> torch
     )
 
 
-def build_optimizer(ocfg: OptimCfg, params: Any) -> torch.optim.Optimizer:
-    """Adam/AdamW/SGD, wrapped in SAM when ``optim.sam`` (official V1: SAM(Adam), rho 0.05)."""
+def build_optimizer(ocfg: OptimCfg, params: Any, impl: str = "auto") -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD, wrapped in SAM when ``optim.sam`` (official V1: SAM(Adam), rho 0.05).
+
+    ``impl`` (``scaling.optimizer_impl``): "auto" leaves PyTorch's choice (foreach on CUDA, a
+    per-parameter loop on CPU), "forloop" / "foreach" / "fused" force one; the update is the same
+    function, up to float rounding."""
     classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     kwargs: dict[str, Any] = {"lr": ocfg.lr, "weight_decay": ocfg.weight_decay}
+    if impl != "auto":
+        kwargs.update(foreach=impl == "foreach", fused=impl == "fused" or None)
     if ocfg.name == "sgd":
         kwargs["momentum"] = ocfg.momentum
     params = [p for p in params if p.requires_grad]
@@ -74,6 +80,35 @@ def lr_factor(scfg: ScheduleCfg, epoch: int) -> float:
 
 def build_scheduler(scfg: ScheduleCfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(scfg, e))
+
+
+def autocast_enabled(scfg: ScalingCfg, device: torch.device) -> bool:
+    """Whether the step runs under bf16 autocast (``scaling.precision``; "auto": on GPUs only)."""
+    return scfg.precision == "bf16" or (scfg.precision == "auto" and device.type == "cuda")
+
+
+def apply_precision(scfg: ScalingCfg) -> None:
+    """Process-wide float32 matmul/conv precision. "tf32" and "bf16" allow TF32 tensor cores (under
+    bf16 autocast, for the ops it leaves in float32); "fp32" forbids them, cuDNN convolutions
+    included (PyTorch allows TF32 there by default); "auto" keeps PyTorch's defaults."""
+    if scfg.precision == "auto":
+        return
+    tf32 = scfg.precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def speed_up(model: torch.nn.Module, scfg: ScalingCfg, device: torch.device) -> torch.nn.Module:
+    """``scaling.channels_last`` and ``scaling.compile`` applied to a model already on ``device``;
+    returns the module to train (compiled: an OptimizedModule, whose ``_orig_mod`` unwrap() finds)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes (drop_last): pick the fastest kernels
+    if scfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if scfg.compile != "off":
+        model = torch.compile(model, mode=None if scfg.compile == "default" else scfg.compile)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -108,3 +108,57 @@ def test_param_groups_shared_with_scheduler_and_state_round_trip():
     assert opt2.param_groups is opt2.base_optimizer.param_groups
     assert opt2.param_groups[0]["lr"] == pytest.approx(5e-3)
     assert opt2.base_optimizer.state[next(model2.parameters())]["step"].item() == 1
+
+
+def _loop_sam_reference(model, loss_fn, rho, adaptive, lr):
+    """The per-parameter SAM step (the pre-foreach implementation) on a copy's weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    loss_fn().backward()
+    with torch.no_grad():
+        have = [p for p in params if p.grad is not None]
+        norm = torch.stack([((p.abs() if adaptive else 1.0) * p.grad).norm(p=2) for p in have]).norm(p=2)
+        scale = rho / (norm + 1e-12)
+        e_ws = [(p.pow(2) if adaptive else 1.0) * p.grad * scale for p in have]
+        for p, e in zip(have, e_ws):
+            p.add_(e)
+    model.zero_grad()
+    loss_fn().backward()
+    with torch.no_grad():
+        for p, e in zip(have, e_ws):
+            p.sub_(e)
+            p.sub_(lr * p.grad)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_foreach_step_matches_per_parameter_loop(adaptive):
+    """Two param groups (different rho), a frozen layer and an unused one (grad None)."""
+    torch.manual_seed(0)
+
+    def build():
+        torch.manual_seed(1)
+        net = torch.nn.ModuleDict({"a": torch.nn.Linear(6, 8), "b": torch.nn.Linear(8, 3),
+                                   "frozen": torch.nn.Linear(6, 6), "unused": torch.nn.Linear(2, 2)})
+        net["frozen"].requires_grad_(False)
+        return net
+
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+
+    def make_loss(net):
+        return lambda: torch.nn.functional.cross_entropy(net["b"](torch.relu(net["a"](net["frozen"](x)))), y)
+
+    ref_net, net = build(), build()
+    # the reference uses one rho for all groups, so give both groups the same rho here
+    expected = _loop_sam_reference(ref_net, make_loss(ref_net), 0.3, adaptive, 0.1)
+    groups = [{"params": list(net["a"].parameters())},
+              {"params": list(net["b"].parameters()) + list(net["unused"].parameters())}]
+    opt = SAM(groups, torch.optim.SGD, rho=0.3, adaptive=adaptive, lr=0.1)
+    loss = make_loss(net)
+    loss().backward()
+    opt.first_step(zero_grad=True)
+    loss().backward()
+    opt.second_step(zero_grad=True)
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-7)
+    assert all("e_w" not in s for s in opt.state.values())  # perturbations are not kept
