@@ -21,9 +21,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-# What the shared smoke fit (conftest: configs/smoke.yaml, 2 DDP workers, a crash at epoch 2, 7
-# synthetic classes) really reaches, minus a margin for run-to-run noise; see MEASURED_* below.
-# A model that does not learn sits at 1/7 = 0.14; one fed one-class batches also stays far below.
+# Floors for the shared smoke fit (conftest: configs/smoke.yaml, 2 DDP workers, a crash at epoch 2,
+# 7 synthetic classes). A model that does not learn sits at 1/7 = 0.14. The old 8-epoch profile on
+# class-sorted (one-class-batch) shards reached 0.57 val / 0.61 test; with rows shuffled and 12
+# epochs the fit should clear that. Raise these to (measured - noise margin) once the fixture has
+# been measured on a quiet machine (not yet: the dev box was at load ~45 when this was written).
 MIN_TEST_ACCURACY = 0.60
 MIN_VAL_ACCURACY = 0.55
 
