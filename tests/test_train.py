@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-# What the shared smoke fit (conftest: configs/smoke.yaml, 2 DDP workers, a crash at epoch 2, 7
-# synthetic classes) really reaches, minus a margin for run-to-run noise; see MEASURED_* below.
-# A model that does not learn sits at 1/7 = 0.14; one fed one-class batches also stays far below.
-MIN_TEST_ACCURACY = 0.60
-MIN_VAL_ACCURACY = 0.55
+# Floors for the shared smoke fit (conftest: configs/smoke.yaml, 2 DDP workers, a crash at epoch 2,
+# 7 synthetic classes). A model that does not learn sits at 1/7 = 0.14. The old 8-epoch profile on
+# class-sorted (one-class-batch) shards reached 0.57 val / 0.61 test; this profile with rows
+# shuffled measured best val 0.79, test 0.75 (112 test rows: sampling sd ~0.04), so the floors sit
+# ~2.5 sd below that. One measurement so far: revisit with more runs.
+MIN_TEST_ACCURACY = 0.65
+MIN_VAL_ACCURACY = 0.65
 
 
 def test_ddp_run_learns_well_above_chance(smoke_run):
