@@ -229,16 +229,9 @@ def _shuffled_list(crops: Path) -> Path:
 
 def _ray() -> None:
     """One small local Ray for the three ingests and fits (ingest leaves a running Ray alone)."""
-    import logging
-    import os
+    from pipeline.runtime import ensure_ray
 
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # throwaway local cluster
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, object_store_memory=512 * 1024**2)
+    ensure_ray(2, object_store_memory=512 * 1024**2, log_to_driver=False)  # token auth stays on
 
 
 def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench" / "framing_cross",

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -189,14 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--override", action="append", default=[], help="smoke.yaml key=value")
     ap.add_argument("--skip-baseline", action="store_true", help="profile tuning: POSTER only")
     args = ap.parse_args(argv)
-    import logging
-
     import ray
+
+    from pipeline.runtime import ensure_ray
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             object_store_memory=768 * 1024**2)
+    ensure_ray(2, object_store_memory=768 * 1024**2, log_to_driver=False)  # token auth stays on
     results = {}
     try:
         for name in args.sets.split(","):
