@@ -1,7 +1,7 @@
 """Does the CPU profile learn real faces? POSTER through the pipeline vs a plain 4-layer CNN.
 
     python bench/learning.py [--sets muxspace,muxspace48,synthetic] [--work runs/bench_learning]
-                             [--cnn-epochs 30] [--override key=value ...]
+                             [--cnn-epochs 30] [--override key=value ...] [--cross]
 
 For each set, in one run: build a split (ingest through the real detector, a person never in
 both train and test), train ``configs/smoke.yaml`` through ``pipeline.train`` (Ray Train, 2 DDP
@@ -35,6 +35,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
 
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnn-epochs", type=int, default=20)
     ap.add_argument("--override", action="append", default=[], help="smoke.yaml key=value")
     ap.add_argument("--skip-baseline", action="store_true", help="profile tuning: POSTER only")
+    ap.add_argument("--cross", action="store_true",
+                    help="also the cross-dataset figure per framing (bench/framing_cross.py): train on "
+                         "one real set's crops, predict another set's raw photos through pipeline.predict")
+    ap.add_argument("--cross-epochs", type=int, default=8)
     args = ap.parse_args(argv)
     import ray
 
@@ -204,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                     else train_baseline(shards, args.cnn_epochs))
             results[name] = {"baseline": base, "pipeline": train_pipeline(shards, work, args.override)}
             print(f"[{name}] {results[name]}", flush=True)
+        if args.cross:
+            import framing_cross  # bench/framing_cross.py, beside this file
+
+            cross = framing_cross.framing_cross(out=work / "framing_cross", epochs=args.cross_epochs)
     finally:
         ray.shutdown()
     report(results)
+    if args.cross:
+        print("\ncross-dataset, per framing (train on set A, predict set B's raw photos):")
+        print(framing_cross.format_table(cross))
     return 0
 
 
