@@ -177,8 +177,11 @@ def test_landmark_queries_and_position_bias_drive_the_output(loaded_v2):
         for i in (1, 2, 3):
             getattr(model, f"attn{i}").relative_position_bias_table.mul_(-1)
         flipped_bias = model(x)[0]
-    assert (base - other_face).abs().max() > 1e-3  # queries come from the landmark net
-    assert (base - flipped_bias).abs().max() > 1e-3
+    # Under poster-parity-rule-1 a mirrored landmark input moves the logits by ~7e-4 (measured).
+    # Forwards here are bit-identical run to run (see above), so any change above 1e-5 means the
+    # landmark queries and the bias table are really used.
+    assert (base - other_face).abs().max() > 1e-5  # queries come from the landmark net
+    assert (base - flipped_bias).abs().max() > 1e-5
 
 
 @needs_manifests

@@ -46,7 +46,7 @@ def _setup(max_nonfinite: int, poison: set[int]):
     batches = [{"image": torch.randint(0, 255, (2, 224, 224, 3), dtype=torch.uint8, generator=g),
                 "crop": torch.randint(0, 255, (2, 112, 112, 3), dtype=torch.uint8, generator=g),
                 "label": torch.tensor([0, 2])} for _ in range(4)]
-    ctx = {"cfg": cfg, "use_crop": True, "device": torch.device("cpu"), "autocast": False, "epoch": 0,
+    ctx = {"cfg": cfg, "classes": ["a", "b", "c"], "use_crop": True, "device": torch.device("cpu"), "autocast": False, "epoch": 0,
            "step": 0, "rank": 0, "world": 1, "marker_dir": "/nonexistent", "dist_device": "cpu"}
     return cfg, model, loss_fn, opt, _Batches(batches), ctx
 

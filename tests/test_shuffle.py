@@ -48,11 +48,13 @@ def sorted_shards(tmp_path_factory) -> Path:
         S.SOURCE: ["test"] * n, S.SOURCE_REF: [f"{CLASSES[k]}/p{i // 5}_{i}.png" for i, k in enumerate(labels)],
     }
     table = pa.table(rows).cast(S.SCHEMA)
+    shards = []
     for j, part in enumerate((table.slice(0, n // 2), table.slice(n // 2))):
         pq.write_table(part, root / "train" / f"part-{j}.parquet")
+        shards.append({"path": f"train/part-{j}.parquet", "split": "train", "rows": part.num_rows})
     manifest = {"schema_version": S.SCHEMA_VERSION, "classes": CLASSES, "source": {"name": "test"},
                 "counts": {"train": {c: PER_CLASS for c in CLASSES}}, "detector": {}, "read": n,
-                "written": n, "rejected": 0, "content_hash": "x"}
+                "written": n, "rejected": 0, "content_hash": "x", "shards": shards}
     (root / S.MANIFEST).write_text(json.dumps(manifest))
     return root
 
