@@ -23,50 +23,23 @@ def _number(kind: type, text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (batch sizes, counts, concurrency)."""
-    v = int(_number(int, text))
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return v
+def _ranged(kind: type, ok: Callable[[float], bool], what: str, doc: str) -> Callable[[str], float]:
+    """An argparse type: `kind` parsed by ``_number``, refused unless ``ok(value)``."""
+    def parse(text: str):
+        v = kind(_number(kind, text))
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    v = int(_number(int, text))
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (margins, CPU shares)."""
-    v = float(_number(float, text))
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = float(_number(float, text))
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
-
-
-def fraction(text: str) -> float:
-    """A share in [0, 1)."""
-    v = float(_number(float, text))
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
-    return v
-
-
-def fraction_closed(text: str) -> float:
-    """A share in [0, 1]."""
-    v = float(_number(float, text))
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return v
+positive_int = _ranged(int, lambda v: v >= 1, "an integer >= 1", "An integer >= 1 (batch sizes, counts, concurrency).")
+non_negative_int = _ranged(int, lambda v: v >= 0, "an integer >= 0", "An integer >= 0.")
+non_negative_float = _ranged(float, lambda v: v >= 0, "a finite number >= 0", "A finite number >= 0 (margins, CPU shares).")
+positive_float = _ranged(float, lambda v: v > 0, "a finite number > 0", "A finite number > 0.")
+fraction = _ranged(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)", "A share in [0, 1).")
+fraction_closed = _ranged(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]", "A share in [0, 1].")
 
 
 def run_cli(main: Callable[[], int]) -> int:
