@@ -142,6 +142,11 @@ curl_ray() {  # GET a dashboard path with the bearer token; curl reads the heade
     curl -fsS --max-time 5 --config - "http://$HOST:$DASHBOARD_PORT$1"
 }
 
+ray_ready() {  # the node registered (`ray start` printed its success line) and the jobs API answers;
+  # the dashboard alone can answer while the raylet is still starting, and then fail its start
+  grep -q "Ray runtime started" "$STATE_DIR/ray.log" 2>/dev/null && curl_ray /api/jobs/
+}
+
 wait_for() {  # wait_for NAME PID CHECK-COMMAND...
   local name="$1" pid="$2"; shift 2
   local t0=$SECONDS
@@ -245,7 +250,7 @@ RAY_TMP=$RAY_TMP
 EOF
 
   record_pids "$ray_pid" "$mlflow_pid"  # already now, so that a failed start can be cleaned up
-  if ! wait_for ray "$ray_pid" curl_ray /api/jobs/ || \
+  if ! wait_for ray "$ray_pid" ray_ready || \
      ! wait_for mlflow "$mlflow_pid" curl -fsS --max-time 5 "http://$HOST:$MLFLOW_PORT/health"; then
     echo "local.sh: start failed; stopping what was started" >&2
     cmd_down >&2 || true
