@@ -24,6 +24,7 @@ RUNS_DIR = Path(os.environ.get("POSTER_RUNS_DIR", REPO_ROOT / "runs")).resolve()
 LOSS_TERMS = ("ce", "lsce", "soft_ce", "supcon", "circle")  # poster_model.LossMixture terms
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 OPTIMIZER_IMPLS = ("auto", "forloop", "foreach", "fused")
 
 
@@ -41,6 +42,12 @@ class DataCfg:
     random_erasing: float = 0.5  # official: p=0.5, scale (0.02, 0.1), value 0 after normalising
     erasing_scale: list = field(default_factory=lambda: [0.02, 0.1])
     gaussian_noise: float = 0.0  # official V1 dataset-level aug: p of adding N(0, var 30) noise
+    # Not in the official recipes (which see large sets): a random square crop of this much of the
+    # face area or more, resized back (1.0: off), and a rotation within +-`rotation` degrees, the
+    # same box and angle on face and landmark crop. Small sets from scratch generalise across
+    # people with them (README, "Learning on real faces").
+    crop_area_min: float = 1.0
+    rotation: float = 0.0
     bgr: bool = False  # official RAF-DB model was trained on BGR input
     class_balanced_loss: bool = False  # weights 1/count from the manifest in the loss
     # "balanced": per-class resampling in the stream (docs/design.md, "Shuffling and sampling")
@@ -119,6 +126,9 @@ class ScalingCfg:
     # off | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
     # YAML reads a bare `off` as false and `on`/`true` as true: both are accepted.
     compile: str | bool = "off"
+    # inductor (generated kernels) | aot_eager (the same dynamo + AOTAutograd capture of forward and
+    # backward, run by eager kernels: tells a capture bug from a kernel bug, compiles in seconds)
+    compile_backend: str = "inductor"
     channels_last: bool = False  # whole model + input NHWC (IR-50 is NHWC inside either way)
     optimizer_impl: str = "auto"  # auto (PyTorch's pick) | forloop | foreach | fused
 
@@ -295,8 +305,14 @@ def validate(cfg: TrainConfig) -> None:
          "data.shuffle must be auto, blocks, full or files"),
         (cfg.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: off)"),
         (cfg.data.sampler in ("none", "balanced"), "data.sampler must be none or balanced"),
+        (0.1 <= cfg.data.crop_area_min <= 1.0, "data.crop_area_min must be in [0.1, 1] (1: no crop)"),
+        (0.0 <= cfg.data.rotation <= 45.0, "data.rotation must be in [0, 45] degrees"),
         (cfg.scaling.precision in PRECISIONS, f"scaling.precision must be one of {PRECISIONS}"),
         (cfg.scaling.compile in COMPILE_MODES, f"scaling.compile must be one of {COMPILE_MODES}"),
+        (cfg.scaling.compile_backend in COMPILE_BACKENDS,
+         f"scaling.compile_backend must be one of {COMPILE_BACKENDS}"),
+        (cfg.scaling.compile_backend == "inductor" or cfg.scaling.compile in ("off", "default"),
+         "scaling.compile modes other than default need scaling.compile_backend=inductor"),
         (cfg.scaling.optimizer_impl in OPTIMIZER_IMPLS,
          f"scaling.optimizer_impl must be one of {OPTIMIZER_IMPLS}"),
     ]

@@ -119,7 +119,8 @@ def train_transform(d: Any, carve: float, weights: list[float] | None = None
     """Parquet rows → decoded, augmented uint8 batch, minus the rows carved out for validation
     (and resampled per class when ``weights`` are given): what the train pipeline maps over its
     blocks (and bench/data_pipeline.py's bare loop calls)."""
-    aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise")}
+    aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise",
+                                      "crop_area_min", "rotation")}
     return functools.partial(_train_batch, carve=carve, cfg=aug, group_column=d.group_column,
                              weights=weights)
 
@@ -136,7 +137,7 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]
                 "label": np.zeros((0,), np.int64)}
     out = decode_batch(batch)
     return augment_batch(out, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
-                         cfg["gaussian_noise"])
+                         cfg["gaussian_noise"], cfg.get("crop_area_min", 1.0), cfg.get("rotation", 0.0))
 
 
 def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,

@@ -15,7 +15,8 @@ RECIPE_PARAMS = (
     "model.mobilefacenet_weights", "loss.weights", "loss.label_smoothing", "optim.name", "optim.lr",
     "optim.weight_decay", "optim.sam", "optim.sam_rho", "optim.ema_decay", "schedule.name",
     "schedule.epochs", "schedule.warmup_epochs", "data.batch_size", "data.hflip",
-    "data.random_erasing", "data.gaussian_noise", "data.bgr", "data.class_balanced_loss",
+    "data.random_erasing", "data.gaussian_noise", "data.crop_area_min", "data.rotation", "data.bgr",
+    "data.class_balanced_loss",
     "data.max_train_rows", "scaling.num_workers", "checkpoint.metric",
 )
 HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1", "loss")

@@ -107,7 +107,8 @@ def speed_up(model: torch.nn.Module, scfg: ScalingCfg, device: torch.device) -> 
     if scfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if scfg.compile != "off":
-        model = torch.compile(model, mode=None if scfg.compile == "default" else scfg.compile)
+        model = torch.compile(model, backend=scfg.compile_backend,
+                              mode=None if scfg.compile == "default" else scfg.compile)
     return model
 
 

@@ -7,6 +7,7 @@ sees identical pixels wherever it runs.
 """
 from __future__ import annotations
 
+import functools
 import io
 from typing import TYPE_CHECKING, Any
 
@@ -53,13 +54,51 @@ def _erase(img: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]
             return
 
 
+def _warp(img: np.ndarray, box: tuple[float, float, float], angle: float) -> np.ndarray:
+    """The square ``box`` (x0, y0, side as fractions of the image) scaled to full size and rotated
+    by ``angle`` degrees about its centre; nearest sampling (the model's own 224->112 resize is
+    nearest too) and replicated edges (the framing's default border), in numpy: ~1 ms at 224."""
+    h, w = img.shape[:2]
+    x0, y0, side = box
+    t = np.deg2rad(angle)
+    cos, sin = np.cos(t) * side, np.sin(t) * side
+    u, v = _centred_grid(h, w)
+    xs = (x0 + side / 2 + cos * u - sin * v) * w
+    ys = (y0 + side / 2 + sin * u + cos * v) * h
+    xi = np.clip(xs, 0, w - 1).astype(np.int32)
+    yi = np.clip(ys, 0, h - 1).astype(np.int32)
+    # np.take on the flat pixel index: ~4x faster than img[yi, xi]
+    return np.take(img.reshape(h * w, -1), yi * w + xi, axis=0).reshape(img.shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _centred_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres as fractions of the image about its centre: x then y, each [h, w]."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    return (u + 0.5) / w - 0.5, (v + 0.5) / h - 0.5
+
+
+def _geometry(images: np.ndarray, crops: np.ndarray, i: int, rng: np.random.Generator,
+              area_min: float, rotation: float) -> None:
+    """One random box and angle for row ``i``, applied to both its face and its landmark crop."""
+    side = float(np.sqrt(rng.uniform(area_min, 1.0)))
+    box = (rng.uniform(0, 1 - side), rng.uniform(0, 1 - side), side)
+    angle = float(rng.uniform(-rotation, rotation)) if rotation else 0.0
+    images[i] = _warp(images[i], box, angle)
+    crops[i] = _warp(crops[i], box, angle)
+
+
 def augment_batch(batch: dict[str, np.ndarray], hflip: float, erasing: float,
-                  erasing_scale: tuple[float, float], noise: float) -> dict[str, np.ndarray]:
+                  erasing_scale: tuple[float, float], noise: float, crop_area_min: float = 1.0,
+                  rotation: float = 0.0) -> dict[str, np.ndarray]:
     """The official train transforms on uint8: flip (same for face and crop), Gaussian noise
-    (V1's dataset-level aug, variance 30), RandomErasing on the face."""
+    (V1's dataset-level aug, variance 30), RandomErasing on the face; plus, when asked, a random
+    square crop (``crop_area_min`` < 1) and rotation (``rotation`` > 0), the same on both."""
     rng = np.random.default_rng()
     images, crops = batch["image"].copy(), batch["crop"].copy()
     for i in range(len(images)):
+        if crop_area_min < 1.0 or rotation > 0:
+            _geometry(images, crops, i, rng, crop_area_min, rotation)
         if rng.random() < hflip:
             images[i] = images[i, :, ::-1]
             crops[i] = crops[i, :, ::-1]

@@ -61,7 +61,8 @@ def synthetic_shards(ray_session, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
-    """POSTER-tiny, 2 DDP workers, rank 0 killed once at the start of epoch 2.
+    """POSTER-tiny (configs/smoke.yaml cut to 8 epochs: CI time), 2 DDP workers, rank 0 killed
+    once at the start of epoch 2.
 
     Returns (TrainOutcome, TrainConfig, info) with info = manifest facts the tests check against.
     """
@@ -72,6 +73,7 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke_run")
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={synthetic_shards}", "run.name=smoke-crash-once", "run.fail_at_epoch=2",
+        "schedule.epochs=8",
         f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ])
     out = run_training(cfg)

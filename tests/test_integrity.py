@@ -219,7 +219,9 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
 
     def checkpoints() -> int:
         d = storage / "outage"
-        return len([p for p in d.iterdir() if p.name.startswith("checkpoint_")]) if d.is_dir() else 0
+        # directories only: Ray Train also writes checkpoint_manager_snapshot.json beside them
+        return len([p for p in d.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]) \
+            if d.is_dir() else 0
 
     def outage():
         while checkpoints() < 1:
