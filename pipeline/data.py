@@ -137,7 +137,7 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]
                 "label": np.zeros((0,), np.int64)}
     out = decode_batch(batch)
     return augment_batch(out, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
-                         cfg["gaussian_noise"], cfg.get("crop_area_min", 1.0), cfg.get("rotation", 0.0))
+                         cfg["gaussian_noise"], cfg["crop_area_min"], cfg["rotation"])
 
 
 def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,
