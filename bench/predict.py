@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from pipeline.batch_predict import run_batch
-    from pipeline.face import FaceProcessor
+    from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files
     from pipeline.runtime import ensure_ray
 

@@ -6,7 +6,7 @@
 
 The driver loads the model once (any form ``pipeline.evaluate.load_model`` knows) and puts its
 weights in the object store; ``map_batches`` runs an actor pool, each actor holding the model and,
-for photos, its own detector (``pipeline.face.FaceProcessor``). A photo goes through
+for photos, its own detector (``pipeline.faces.align.FaceProcessor``). A photo goes through
 ``pipeline.predict.preprocess_image`` (the few-files mode's own per-image step: read, detect,
 align, crop), then the model. Shard rows are aligned faces already: decoded and classified.
 
@@ -118,8 +118,8 @@ class PhotoPredictor(_ModelActor):
 
     def __init__(self, payload_ref: list, threads: int = 1, framing: dict | None = None) -> None:
         super().__init__(payload_ref, threads)
-        from pipeline.face import FaceProcessor
-        from pipeline.framing import get
+        from pipeline.faces.align import FaceProcessor
+        from pipeline.faces.framing import get
 
         self.processor = FaceProcessor()
         self.framing = get(framing)  # the model's framing, resolved once by the driver
@@ -235,7 +235,7 @@ def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, sha
               split: str = "test", batch_size: int = 16, actors: int = 2, cpus_per_actor: float = 0.5,
               framing: Any = None) -> BatchReport:
     """Predict every input with Ray Data and write ``out``; returns the reconciled counts.
-    Photos are cut in `framing` (``pipeline.framing``; default: the model's)."""
+    Photos are cut in `framing` (``pipeline.faces.framing``; default: the model's)."""
     import ray
 
     from pipeline.runtime import ensure_ray
@@ -246,7 +246,7 @@ def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, sha
     try:
         t0 = time.perf_counter()
         ref = ray.put(model_payload(loaded))
-        from pipeline.framing import get
+        from pipeline.faces.framing import get
 
         framing = get(framing if framing is not None else loaded.framing).to_dict()
         ds, total = build_dataset(ref, input_dir=input_dir, shards=shards, split=split, batch_size=batch_size,

@@ -59,8 +59,8 @@ class LoadedModel:
 
     @property
     def framing(self) -> Any:
-        """The framing the model was trained on (``pipeline.framing``; older models: project)."""
-        from pipeline.framing import of_extra
+        """The framing the model was trained on (``pipeline.faces.framing``; older models: project)."""
+        from pipeline.faces.framing import of_extra
 
         return of_extra(self.extra)
 

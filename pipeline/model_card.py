@@ -102,7 +102,7 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
 
 
 def _framing_text(name: str, manifest: dict[str, Any] | None) -> str:
-    from pipeline import framing as FR
+    from pipeline.faces import framing as FR
 
     spec = FR.of_manifest(manifest) if manifest else FR.get(name) if name in FR.FRAMINGS else None
     if spec is None:

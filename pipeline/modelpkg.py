@@ -4,10 +4,10 @@ Input: a DataFrame with an ``image`` column and optionally a ``landmark_crop`` c
 encoded image bytes (JPEG/PNG, as in the shards), a base64 string of such bytes (what the
 ``mlflow models serve`` JSON carries), or an HWC uint8 array / nested list of aligned-face
 pixels (RGB). Without ``landmark_crop`` the crop is the aligned face resized to 112, which is
-what ingest stores. The images must be *aligned faces* (``pipeline.face.FaceProcessor`` output,
+what ingest stores. The images must be *aligned faces* (``pipeline.faces.align.FaceProcessor`` output,
 or the shards' ``image`` column); ``pipeline.predict`` does the detection and alignment for raw
 photos — or pass ``params={"detect": True}`` and raw photo bytes: the pyfunc then detects the face
-and cuts the model's framing itself (``pipeline.framing.prepare_face``, needs mediapipe; a row
+and cuts the model's framing itself (``pipeline.faces.framing.prepare_face``, needs mediapipe; a row
 without a face raises naming the row). The preprocessing is ``pipeline.transforms`` +
 ``pipeline.evaluation.predict_logits`` —
 the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
@@ -107,8 +107,8 @@ def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
 
 def faces_from_photos(cells: Any, extra: dict[str, Any], processor: Any) -> tuple[np.ndarray, np.ndarray]:
     """Raw photo cells → (aligned images, crops) in the model's framing (``params.detect``)."""
-    from pipeline.face import NoFaceError
-    from pipeline.framing import of_extra, prepare_face, resolve_for_predict
+    from pipeline.faces.align import NoFaceError
+    from pipeline.faces.framing import of_extra, prepare_face, resolve_for_predict
 
     framing = resolve_for_predict(of_extra(extra))
     faces = []
@@ -150,7 +150,7 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
         crops = None
         if (params or {}).get("detect"):  # raw photos: cut the model's framing here
             if getattr(self, "_processor", None) is None:
-                from pipeline.face import FaceProcessor
+                from pipeline.faces.align import FaceProcessor
 
                 self._processor = FaceProcessor()
             images, crops = faces_from_photos(model_input["image"], self.extra, self._processor)

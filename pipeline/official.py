@@ -36,7 +36,7 @@ TRAINED_ON_BGR = {"rafdb": True}
 
 def official_framing(dataset: str):
     """The framing of the images an official checkpoint was trained on (RAF-DB aligned, AffectNet crops)."""
-    from pipeline import framing as FR
+    from pipeline.faces import framing as FR
 
     return FR.AFFECTNET_CROP if dataset.startswith("affectnet") else FR.RAFDB_ALIGNED
 

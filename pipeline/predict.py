@@ -5,7 +5,7 @@
     python -m pipeline.predict --input-dir DIR | --shards DIR [--split S] --out preds.parquet
         [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]      (Ray Data, pipeline.batch_predict)
 
-Each image goes through ``pipeline.framing.prepare_face``: the detector ingest uses, then the cut of
+Each image goes through ``pipeline.faces.framing.prepare_face``: the detector ingest uses, then the cut of
 the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
 detector recipe falls back to the project framing with a ``FramingWarning``). The model runs
 on the aligned 224 face and its 112 landmark crop with the evaluation
@@ -68,8 +68,8 @@ def preprocess_image(path: str, processor: Any, framing: Any = None) -> tuple[Pr
     in Ray Data actors); a failure becomes the stub's ``error`` (unreadable / not_an_image /
     no_face / processing_error), never an exception.
     """
-    from pipeline.face import NoFaceError
-    from pipeline.framing import get, prepare_face
+    from pipeline.faces.align import NoFaceError
+    from pipeline.faces.framing import get, prepare_face
 
     framing = get(framing)
     try:
@@ -121,8 +121,8 @@ def predict_files(paths: list[str], model: str = DEFAULT_MODEL, tracking_uri: st
     Faces are cut in the model's framing (`framing` overrides it; see ``resolve_for_predict``).
     """
     from pipeline.evaluate import load_model
-    from pipeline.face import FaceProcessor
-    from pipeline.framing import resolve_for_predict
+    from pipeline.faces.align import FaceProcessor
+    from pipeline.faces.framing import resolve_for_predict
 
     loaded = loaded or load_model(model, tracking_uri, **load_kw)
     use = resolve_for_predict(loaded.framing, framing)
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     from pipeline.evaluate import load_model, quiet_mlflow
-    from pipeline.face import FaceProcessor
-    from pipeline.framing import FramingError, resolve_for_predict
+    from pipeline.faces.align import FaceProcessor
+    from pipeline.faces.framing import FramingError, resolve_for_predict
 
     args = parse_args(argv)
     quiet_mlflow()

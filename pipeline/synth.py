@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.face import MEAN_SHAPE_68
+from pipeline.faces.align import MEAN_SHAPE_68
 from pipeline.schema import CANONICAL_CLASSES
 
 SIZE = 224
@@ -45,7 +45,7 @@ PROTOTYPES: dict[str, dict[str, float]] = {
 
 
 def _symmetric_mean_shape() -> np.ndarray:
-    from pipeline.face import IBUG68_FLIP
+    from pipeline.faces.align import IBUG68_FLIP
 
     m = MEAN_SHAPE_68.astype(np.float64) * SIZE
     mirrored = m[IBUG68_FLIP].copy()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
-from pipeline.framing import of_manifest as framing_of_manifest, record_of_manifest
+from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.data import build_datasets, check_shards, class_weights
 from pipeline.run_identity import ResumeRefused, check_or_record, pop_stop
 from pipeline.runtime import ensure_ray, git_commit, ray_log_level

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PosterConfig
-from .fusion import DropPath, Mlp
+from .fusion import ClassificationHead, DropPath, Mlp, SEBlock
 from .ir50 import IR50Split, ir50_output_layer, resize_112
 from .mobilefacenet import MobileFaceNet
 
@@ -140,8 +140,6 @@ class FusionViT(nn.Module):
 
     def __init__(self, cfg: PosterConfig) -> None:
         super().__init__()
-        from .model import ClassificationHead, SEBlock  # model.py imports this module
-
         dim, tokens = cfg.embed_dim, 3 * N_SCALE_TOKENS + 1
         self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.empty(1, tokens, dim))

@@ -103,7 +103,7 @@ def test_predict_uses_ingest_alignment_and_eval_preprocessing(weights, photos):
 
     from pipeline.evaluate import load_model
     from pipeline.evaluation import predict_logits
-    from pipeline.face import FaceProcessor
+    from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files, read_rgb
 
     loaded = load_model(str(weights))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import synth
-from pipeline.face import five_from_68, similarity_transform, template_5pts, transform_points
+from pipeline.faces.align import five_from_68, similarity_transform, template_5pts, transform_points
 from pipeline.schema import CANONICAL_CLASSES
 
 

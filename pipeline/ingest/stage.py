@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.face import FaceProcessor, NoFaceError, aligned_only, align_with_landmarks
+from pipeline.faces.align import FaceProcessor, NoFaceError, aligned_only, align_with_landmarks
 from pipeline.ingest.records import OUT_SCHEMA
 
 MIN_SIDE = 16
@@ -38,7 +38,7 @@ class StageConfig:
     test_fraction: float = 0.0    # for records without a split: share sent to test (by sample_id)
     use_detector: bool = True     # False when every record has known landmarks (no mediapipe load)
     group_regex: str = ""         # --group-regex on source_ref -> the `group` column ("" = none)
-    framing: dict | None = None   # pipeline.framing spec the faces are cut in (None: project)
+    framing: dict | None = None   # pipeline.faces.framing spec the faces are cut in (None: project)
     detector_kwargs: dict = field(default_factory=dict)
 
 
@@ -135,7 +135,7 @@ class FaceStage:
         self.group_re = re.compile(cfg.group_regex) if cfg.group_regex else None
 
     def _cut_framing(self):
-        from pipeline import framing as FR
+        from pipeline.faces import framing as FR
 
         # skip mode keeps the dataset's crop; the detector there only measures landmarks
         if self.cfg.framing is None or self.cfg.mode == "skip":
