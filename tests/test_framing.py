@@ -194,7 +194,8 @@ def test_predict_reproduces_a_kept_named_framing(tmp_path, photo, processor):
 
 def test_predict_warns_for_a_framing_without_recipe(tmp_path, photo, processor, capsys):
     from pipeline.evaluate import load_model
-    from pipeline.predict import main, predict_files
+    from pipeline.predict import predict_files
+    from pipeline.predict.cli import main
 
     w = _weights(tmp_path, FR.DATASET_CROP.to_dict() | {"origin": "dataset"})
     with pytest.warns(FR.FramingWarning, match="--keep-framing"):
@@ -252,7 +253,7 @@ def test_training_checkpoint_carries_the_framing(tmp_path):
 def test_model_card_names_the_framing():
     from types import SimpleNamespace as N
 
-    from pipeline.model_card import build_model_card
+    from pipeline.registry.card import build_model_card
 
     def card(framing: str, manifest=None) -> str:
         run = N(data=N(tags={"poster.framing": framing}, params={}, metrics={}),

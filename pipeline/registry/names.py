@@ -1,4 +1,4 @@
-"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.review`)."""
+"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.registry.review`)."""
 from __future__ import annotations
 
 import contextlib

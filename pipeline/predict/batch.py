@@ -4,10 +4,10 @@
     python -m pipeline.predict --shards DIR [--split test] --out preds.parquet
         [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]
 
-The driver loads the model once (any form ``pipeline.evaluate.load_model`` knows) and puts its
+The driver loads the model once (any form ``pipeline.evaluate.report.load_model`` knows) and puts its
 weights in the object store; ``map_batches`` runs an actor pool, each actor holding the model and,
 for photos, its own detector (``pipeline.faces.align.FaceProcessor``). A photo goes through
-``pipeline.predict.preprocess_image`` (the few-files mode's own per-image step: read, detect,
+``pipeline.predict.files.preprocess_image`` (the few-files mode's own per-image step: read, detect,
 align, crop), then the model. Shard rows are aligned faces already: decoded and classified.
 
 One output row per input: ``index``, ``path``, ``ok``, ``label``, ``reject_reason`` (unreadable /
@@ -85,7 +85,7 @@ def model_payload(loaded: Any) -> dict[str, Any]:
 def rebuild(payload: dict[str, Any]) -> Any:
     """A ``LoadedModel`` (eval mode) from ``model_payload``'s output."""
     import poster_model
-    from pipeline.evaluate import LoadedModel
+    from pipeline.evaluate.report import LoadedModel
     from pipeline.modelpkg import poster_config_from_dict
 
     model = poster_model.build_poster(poster_config_from_dict(payload["poster_config"]))
@@ -125,7 +125,7 @@ class PhotoPredictor(_ModelActor):
         self.framing = get(framing)  # the model's framing, resolved once by the driver
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        from pipeline.predict import classify, preprocess_image
+        from pipeline.predict.files import classify, preprocess_image
 
         pairs = [preprocess_image(str(p), self.processor, self.framing) for p in batch["path"]]
         preds = classify(self.loaded, [p for p, _ in pairs], [f for _, f in pairs], batch_size=max(len(pairs), 1))

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sweep_space import domain_of, json_keys
+from pipeline.tune.space import domain_of, json_keys
 
 DRIVER_MEMORY = 256 * 1024**2  # logical bytes the trial bundle asks for when it takes no CPU
 

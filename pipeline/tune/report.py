@@ -8,7 +8,6 @@ actor is killed mid-fit, so its child run is still RUNNING here and is closed as
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import math
 from dataclasses import dataclass, field
@@ -163,19 +162,12 @@ def log_summary(tracker: MlflowTracker, rows: list[TrialRow], metric: str) -> st
 
 
 def register_best(best: TrialRow | None, tracking_uri: str, name: str, alias: str) -> str | None:
-    """Register the best trial's model through ``pipeline.registry.register_run`` when present."""
+    """Register the best trial's model through ``pipeline.registry.versions.register_run``."""
     if best is None or best.run_id is None:
         print("[tune] no completed trial, nothing to register")
         return None
-    try:
-        registry = importlib.import_module("pipeline.registry")
-    except ImportError as e:
-        print(f"[tune] pipeline.registry is not available ({e}); best run {best.run_id} not registered")
-        return None
-    register_run = getattr(registry, "register_run", None)
-    if register_run is None:
-        print(f"[tune] pipeline.registry has no register_run; best run {best.run_id} not registered")
-        return None
+    from pipeline.registry.versions import register_run  # tune -> registry, never the other way
+
     version = register_run(best.run_id, tracking_uri=tracking_uri, name=name, alias=alias)
     print(f"[tune] registered run {best.run_id} as {name} version {version} (@{alias})")
     return None if version is None else str(version)

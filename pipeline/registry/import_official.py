@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pipeline.modelpkg import log_poster_model
 from pipeline.official import file_sha256, load_official
-from pipeline.registry_common import CHALLENGER, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError, resolve_uri
+from pipeline.registry.names import CHALLENGER, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError, resolve_uri
+from pipeline.registry.versions import register_run
 from pipeline.runtime import git_commit
 from pipeline.tracking import MlflowTracker, end_run, start_or_resume_run
 
@@ -36,8 +37,6 @@ def import_official(checkpoint: str | Path, variant: str = "large", dataset: str
     The head is re-ordered from the dataset's official label order into ``classes`` (default:
     the canonical order of the dataset's classes); ``bgr`` is recorded for RAF-DB.
     """
-    from pipeline.registry import register_run  # lazily: pipeline.registry's CLI imports this module
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise RegistryError(f"--checkpoint {checkpoint}: no such file")

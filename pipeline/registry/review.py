@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
+from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
                                       ReviewRefused, _classes_of, _fmt, _now, client_for, current_user,
                                       resolve_uri)
-from pipeline.review_history import (ReviewConflict, current_aliases, mark_review, record_review,
+from pipeline.registry.history import (ReviewConflict, current_aliases, mark_review, record_review,
                                      registry_lock)
 
 TRAINING_SPLITS = ("train",)
@@ -89,7 +89,7 @@ def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_othe
 
 def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, split: str,
                       manifest: dict[str, Any], batch_size: int) -> VersionEval:
-    from pipeline.evaluate import ClassOrderError, LoadedModel, evaluate_model
+    from pipeline.evaluate.report import ClassOrderError, LoadedModel, evaluate_model
     from pipeline.modelpkg import load_torch_model
 
     model, classes, extra = load_torch_model(f"models:/{name}/{mv.version}", uri)
@@ -105,7 +105,7 @@ def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, spli
 
 
 def _report(result: ReviewResult) -> str:
-    from pipeline.evaluate import confusion_text, metric_keys
+    from pipeline.evaluate.report import confusion_text, metric_keys
     from pipeline.metrics import format_table
 
     evals = [e for e in (result.champion, result.challenger) if e is not None]

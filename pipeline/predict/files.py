@@ -3,7 +3,7 @@
     python -m pipeline.predict IMAGE [IMAGE ...] [--model models:/poster-fer@champion]
         [--tracking-uri URI] [--json] [--save-aligned DIR]
     python -m pipeline.predict --input-dir DIR | --shards DIR [--split S] --out preds.parquet
-        [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]      (Ray Data, pipeline.batch_predict)
+        [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]      (Ray Data, pipeline.predict.batch)
 
 Each image goes through ``pipeline.faces.framing.prepare_face``: the detector ingest uses, then the cut of
 the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
@@ -20,10 +20,7 @@ answered, 1 when none could be, 2 when the model could not be loaded.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +61,7 @@ def preprocess_image(path: str, processor: Any, framing: Any = None) -> tuple[Pr
     """One photo → (Prediction stub, FaceResult or None): read, detect, cut `framing` (default: the
     project's).
 
-    The per-image preprocessing of every predict mode (few files here, ``pipeline.batch_predict``
+    The per-image preprocessing of every predict mode (few files here, ``pipeline.predict.batch``
     in Ray Data actors); a failure becomes the stub's ``error`` (unreadable / not_an_image /
     no_face / processing_error), never an exception.
     """
@@ -120,7 +117,7 @@ def predict_files(paths: list[str], model: str = DEFAULT_MODEL, tracking_uri: st
 
     Faces are cut in the model's framing (`framing` overrides it; see ``resolve_for_predict``).
     """
-    from pipeline.evaluate import load_model
+    from pipeline.evaluate.report import load_model
     from pipeline.faces.align import FaceProcessor
     from pipeline.faces.framing import resolve_for_predict
 
@@ -134,101 +131,3 @@ def predict_files(paths: list[str], model: str = DEFAULT_MODEL, tracking_uri: st
         if own:
             processor.close()
     return classify(loaded, preds, faces)
-
-
-def format_line(p: Prediction) -> str:
-    if not p.ok:
-        return f"{p.path}: ERROR {p.error}"
-    probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
-    return f"{p.path}: {p.label} ({p.probabilities[p.label]:.3f})   [{probs}]"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("images", nargs="*", help="image files (JPEG, PNG, …)")
-    batch = ap.add_argument_group("batch prediction with Ray Data (pipeline.batch_predict)")
-    src = batch.add_mutually_exclusive_group()
-    src.add_argument("--input-dir", help="every image file under DIR (recursively)")
-    src.add_argument("--shards", help="shard root (pipeline.ingest output); rows are aligned faces")
-    batch.add_argument("--split", default="test", help="shard split (default test)")
-    batch.add_argument("--out", help="output Parquet file, one row per input")
-    batch.add_argument("--batch-size", type=int, default=16, help="images per actor call")
-    batch.add_argument("--actors", type=int, default=2, help="model actors in the pool")
-    batch.add_argument("--cpus-per-actor", type=float, default=0.5, help="CPUs reserved per actor (fractional ok)")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model to use (default {DEFAULT_MODEL})")
-    ap.add_argument("--tracking-uri", help="MLflow URI for models:/ (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
-    ap.add_argument("--save-aligned", metavar="DIR", help="also write each aligned face (for inspection)")
-    ap.add_argument("--framing", help="cut faces in this named framing instead of the model's "
-                                      "(project, rafdb-aligned, affectnet-crop)")
-    ap.add_argument("--variant", default="large", help="official checkpoints only")
-    ap.add_argument("--dataset", default="rafdb", help="official checkpoints only")
-    args = ap.parse_args(argv)
-    batch_mode = bool(args.input_dir or args.shards)
-    if batch_mode and (args.images or not args.out):
-        ap.error("--input-dir/--shards take no IMAGE arguments and need --out FILE.parquet")
-    if not batch_mode and not args.images:
-        ap.error("give IMAGE files, or --input-dir/--shards with --out")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    from pipeline.evaluate import load_model, quiet_mlflow
-    from pipeline.faces.align import FaceProcessor
-    from pipeline.faces.framing import FramingError, resolve_for_predict
-
-    args = parse_args(argv)
-    quiet_mlflow()
-    try:
-        loaded = load_model(args.model, args.tracking_uri, args.variant, args.dataset)
-    except Exception as e:  # registry unreachable, alias missing, file absent: nothing can be answered
-        print(f"error: cannot load model {args.model}: {e}", file=sys.stderr)
-        return 2
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            framing = resolve_for_predict(loaded.framing, args.framing)
-    except FramingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    if args.input_dir or args.shards:
-        from pipeline.batch_predict import run_batch
-
-        report = run_batch(loaded, args.out, input_dir=args.input_dir, shards=args.shards, split=args.split,
-                           batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                           framing=framing)
-        return 0 if report.predicted and report.reconciled else 1
-    processor = FaceProcessor()
-    try:
-        preds, faces = prepare(args.images, processor, framing)
-    finally:
-        processor.close()
-    classify(loaded, preds, faces)
-    if args.save_aligned:
-        from PIL import Image
-
-        out = Path(args.save_aligned)
-        out.mkdir(parents=True, exist_ok=True)
-        for p, f in zip(preds, faces):
-            if f is not None:
-                Image.fromarray(f.image).save(out / (Path(p.path).stem + "_aligned.png"))
-    if args.json:
-        print(json.dumps([asdict(p) for p in preds], indent=2))
-    else:
-        for p in preds:
-            print(format_line(p))
-    answered = sum(p.ok for p in preds)
-    if answered < len(preds):
-        print(f"{len(preds) - answered} of {len(preds)} image(s) could not be answered", file=sys.stderr)
-    return 0 if answered else 1
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_cli
-
-    sys.exit(run_cli(main))
