@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.data import hash_fraction
+from pipeline.schema import hash_fraction
 from pipeline.metrics import confusion_matrix, metrics_from_confusion
 from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image, to_model_inputs
 

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.config import REPO_ROOT
+
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"  # models-from-code entry file
 WEIGHTS = "weights.pt"
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -59,9 +60,7 @@ def poster_config_from_dict(d: dict[str, Any]) -> Any:
     """A ``PosterConfig`` from a saved dict (lists back to tuples, unknown keys dropped)."""
     import poster_model
 
-    fields = {f.name for f in dataclasses.fields(poster_model.PosterConfig)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
-    return poster_model.PosterConfig(**kw)
+    return poster_model.PosterConfig.from_dict(d)
 
 
 def load_weights_file(path: str | Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
@@ -193,7 +192,7 @@ def _copy_code(dst: Path) -> list[str]:
     paths = []
     for pkg in CODE_PACKAGES:
         target = dst / pkg
-        shutil.copytree(REPO / pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO_ROOT / pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         paths.append(str(target))
     return paths
 

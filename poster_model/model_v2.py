@@ -1,4 +1,4 @@
-"""POSTER V2 (POSTER++, Mao et al. 2023) in plain PyTorch, written from docs/poster_spec.md §1.2.
+"""POSTER V2 (POSTER++, Mao et al. 2023) in plain PyTorch, written from ../shared/docs/poster_spec.md §1.2.
 
 Frozen MobileFaceNet maps (conv_3, conv_4, conv_6_sep -> last_face_conv) are the *queries* of a
 window cross-attention over IR-50 stage maps (stride-2 aligned: 28², 14², 7²), one scale each;

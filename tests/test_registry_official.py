@@ -33,7 +33,7 @@ def mini_shards(synthetic_shards, tmp_path_factory) -> str:
 def imported(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.official import make_synthetic_official
+    from official_files import make_synthetic_official
     from pipeline.registry.cli import main
 
     d = tmp_path_factory.mktemp("official")

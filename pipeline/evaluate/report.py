@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from pipeline.evaluation import EvalResult, evaluate_batches
+from pipeline.metrics import HEADLINE
+from pipeline.schema import EVAL_COLUMNS
 
-EVAL_COLUMNS = ["sample_id", "image", "landmark_crop", "label"]
-HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1")
 
 
 class ClassOrderError(ValueError):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-ALIGNED_SIZE = 224
-CROP_SIZE = 112
+from pipeline.schema import CROP_SIZE, IMAGE_SIZE as ALIGNED_SIZE  # the shard contract
+
 
 # ArcFace 112x112 five-point template (image-left eye, image-right eye, nose, mouth corners),
 # made left-right symmetric about x=56 so that the eye line is exactly horizontal, then shrunk
@@ -58,19 +58,6 @@ class FaceResult:
     crop: np.ndarray
     landmarks: np.ndarray
     landmarks_from: str = "detector"
-
-    # The names the contract uses (design.md / predict).
-    @property
-    def image_224_rgb_uint8(self) -> np.ndarray:
-        return self.image
-
-    @property
-    def crop_112_rgb_uint8(self) -> np.ndarray:
-        return self.crop
-
-    @property
-    def landmarks68_norm(self) -> np.ndarray:
-        return self.landmarks
 
 
 def as_rgb(img: np.ndarray) -> np.ndarray:

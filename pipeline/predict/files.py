@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MODEL = "models:/poster-fer@champion"
+from pipeline.registry.names import CHAMPION, DEFAULT_NAME
+
+DEFAULT_MODEL = f"models:/{DEFAULT_NAME}@{CHAMPION}"
 
 
 @dataclass

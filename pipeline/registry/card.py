@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.metrics import HEADLINE, fmt
+
 RECIPE_PARAMS = (
     "model.variant", "model.overrides", "model.official_checkpoint", "model.ir50_weights",
     "model.mobilefacenet_weights", "loss.weights", "loss.label_smoothing", "optim.name", "optim.lr",
@@ -18,7 +20,7 @@ RECIPE_PARAMS = (
     "data.random_erasing", "data.gaussian_noise", "data.bgr", "data.class_balanced_loss",
     "data.max_train_rows", "scaling.num_workers", "checkpoint.metric",
 )
-HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1", "loss")
+CARD_METRICS = HEADLINE + ("loss",)
 
 GENERAL_LIMITS = (
     "Inputs must be faces cut in the model's framing (see Data): `pipeline.predict` and the "
@@ -32,13 +34,11 @@ GENERAL_LIMITS = (
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+    return fmt(v, ".4f")
 
 
 def _metric_table(metrics: dict[str, float], splits: tuple[str, ...]) -> list[str]:
-    keys = [k for k in HEADLINE if any(f"{s}_{k}" in metrics for s in splits)]
+    keys = [k for k in CARD_METRICS if any(f"{s}_{k}" in metrics for s in splits)]
     if not keys:
         return ["_No evaluation metrics were recorded for this run._"]
     lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]

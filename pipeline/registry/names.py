@@ -7,10 +7,12 @@ import getpass
 import os
 from typing import Any, Iterator
 
+from pipeline.metrics import HEADLINE, fmt
+
 DEFAULT_NAME = "poster-fer"
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_IMPORT_EXPERIMENT = "poster-fer/official"
-REVIEW_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+REVIEW_METRICS = HEADLINE  # what a review may compare on (and recall_<class>)
 TAG_KEYS = ("poster.dataset_hash", "poster.variant", "poster.config_hash", "poster.classes",
             "poster.shards", "poster.source", "poster.dataset", "poster.official_checkpoint",
             "poster.official_sha256", "poster.bgr", "poster.framing")
@@ -77,7 +79,7 @@ def _now() -> str:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
+    return fmt(v, ".6g")  # tag values: more digits than a table cell
 
 
 def _classes_of(tags: dict[str, str]) -> list[str] | None:

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from pipeline.faces.align import MEAN_SHAPE_68
-from pipeline.schema import CANONICAL_CLASSES
+from pipeline.schema import CANONICAL_CLASSES, IMAGE_SIZE
 
-SIZE = 224
+SIZE = IMAGE_SIZE
 _SS = 2  # supersampling factor for anti-aliased drawing
 
 # Action parameters, in units of the inter-ocular distance where they move points:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.data import build_datasets, check_shards, class_weights
 from pipeline.run_identity import check_or_record, pop_stop
-from pipeline.runtime import git_commit, ray_log_level
+from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
 
@@ -60,9 +60,6 @@ def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
         "poster.classes": ",".join(manifest["classes"]),
         "poster.framing": framing_of_manifest(manifest).name,
     }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, tags)
     tracker = MlflowTracker(uri, run_id)
     tracker.log_params(cfg.flat())
@@ -132,14 +129,20 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
 
 
 def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
-                 callbacks: list[Any] | None = None, run_name: str | None = None) -> TrainOutcome:
-    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit."""
+                 callbacks: list[Any] | None = None, run_name: str | None = None,
+                 step_hook: Callable[[int, int, int, str], None] | None = None) -> TrainOutcome:
+    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit.
+
+    `step_hook(epoch, step, rank, scratch_dir)` runs on every worker before each train step (it is
+    pickled to the workers); the tests use it to kill a worker mid-epoch (tests/fault_injection.py).
+    """
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
     check_shards(cfg.data.shards, manifest)
     name = check_or_record(cfg, manifest, run_name or run_name_for(cfg))
     uri, experiment, run_id = start_tracking(cfg, manifest, name, parent_run_id)
-    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
+    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id, "step_hook": step_hook},
+                            name, callbacks)
     try:
         result = trainer.fit()
         stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{name}")

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.metrics import fmt
 from pipeline.tracking import MlflowTracker
 
 RESULT_METRICS = ("test_accuracy", "test_macro_f1", "test_mean_class_accuracy")
@@ -112,22 +113,14 @@ def best_row(rows: list[TrialRow]) -> TrialRow | None:
     return next((r for r in rows if r.status == "completed" and r.score is not None), None)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "+".join(map(str, v))
-    return "" if v is None else str(v)
-
-
 def table(rows: list[TrialRow], metric: str, limit: int | None = None) -> tuple[list[str], list[list[str]]]:
     keys = list(dict.fromkeys(k for r in rows for k in r.params))
     head = ["rank", "trial", "status", metric, "epochs", *RESULT_METRICS, *keys, "run_id", "error"]
     body = []
     for i, r in enumerate(rows[:limit] if limit else rows, 1):
-        body.append([str(i), r.trial_id, r.status, _fmt(r.score), str(r.epochs),
-                     *[_fmt(r.metrics.get(k)) for k in RESULT_METRICS],
-                     *[_fmt(r.params.get(k)) for k in keys], r.run_id or "", r.error])
+        body.append([str(i), r.trial_id, r.status, fmt(r.score), str(r.epochs),
+                     *[fmt(r.metrics.get(k)) for k in RESULT_METRICS],
+                     *[fmt(r.params.get(k)) for k in keys], r.run_id or "", r.error])
     return head, body
 
 

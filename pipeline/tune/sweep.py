@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict
-from pipeline.runtime import git_commit
 from pipeline.tune.search import (SweepCfg, SweepError, make_searcher, report_callback,
                                    to_tune_space, trial_resources)
 from pipeline.tune.space import check_space, config_for_trial, decode_sample, load_space
@@ -169,9 +168,6 @@ def _load_spec(exp_dir: Path) -> tuple[TrainConfig, SweepCfg, dict[str, Any]]:
 def _open_parent(cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any], experiment: str) -> str:
     uri = cfg.tracking.uri
     tags = {"poster.kind": "sweep", "poster.space": sweep.space, "poster.search": sweep.search}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     parent = start_or_resume_run(uri, experiment, sweep.name, None, tags)
     tracker = MlflowTracker(uri, parent)
     tracker.log_params({f"sweep.{k}": v for k, v in dataclasses.asdict(sweep).items()})
