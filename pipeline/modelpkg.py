@@ -38,8 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.config import REPO_ROOT
-
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"  # models-from-code entry file
 WEIGHTS = "weights.pt"
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -189,6 +187,8 @@ def _requirements() -> list[str]:
 
 def _copy_code(dst: Path) -> list[str]:
     """The project packages, without caches, for ``code_paths``."""
+    from pipeline.config import REPO_ROOT  # logging side only: the served model never imports config
+
     paths = []
     for pkg in CODE_PACKAGES:
         target = dst / pkg

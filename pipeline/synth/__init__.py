@@ -1,3 +1,3 @@
-"""Synthetic faces with known landmarks: `faces` (the generator, deterministic per seed) and `cli`
+"""Synthetic faces with known landmarks: `generator` (deterministic per seed), `draw` (its canvas) and `cli`
 (`python -m pipeline.synth`, an image-folder tree)."""
-from pipeline.synth.faces import SynthFace, generate, plan, write_tree  # noqa: F401
+from pipeline.synth.generator import SynthFace, generate, plan, write_tree  # noqa: F401

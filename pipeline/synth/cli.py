@@ -1,14 +1,14 @@
-"""`python -m pipeline.synth`: the command line over `pipeline.synth.faces`."""
+"""`python -m pipeline.synth`: the command line over `pipeline.synth.generator`."""
 from __future__ import annotations
 
 import argparse
 
-from pipeline.synth import faces
-from pipeline.synth.faces import write_tree
+from pipeline.synth import generator
+from pipeline.synth.generator import write_tree
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.synth", description=faces.__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.synth", description=generator.__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (image-folder tree <split>/<label>/*.jpg)")
     ap.add_argument("--per-class", type=int, default=40, help="images per class, all splits together")
     ap.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images")
