@@ -213,6 +213,38 @@ def _apply(client: Any, uri: str, result: ReviewResult, payload: dict[str, Any],
             mark_review(client, result.history_run_id, applied="true")
 
 
+def _check_options(metric: str, margin: Any, force: bool, reason: str) -> None:
+    if force and not reason.strip():
+        raise RegistryError("--force needs --reason: forced promotions must say why")
+    if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise RegistryError(f"--margin must be a finite number >= 0, got {margin!r}")
+    if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
+        raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
+
+
+def decide(ch: VersionEval, champ: VersionEval | None, metric: str, margin: float, promote: bool,
+           force: bool, reason: str, user: str) -> tuple[float | None, bool, str, str, bool]:
+    """The review's rule, pure: (delta, challenger wins, decision, why, forced). The challenger wins
+    when there is no champion or it beats the champion on `metric` by more than `margin`."""
+    if champ is None:
+        delta, wins = None, True
+        auto = f"no {CHAMPION} yet: v{ch.version} ({metric} {ch.metrics.get(metric, 0):.4f}) is the first"
+    else:
+        a, b = ch.metrics.get(metric, 0.0), champ.metrics.get(metric, 0.0)
+        delta, wins = a - b, (a - b) > margin
+        auto = (f"{metric}: challenger v{ch.version} {a:.4f} vs champion v{champ.version} {b:.4f} "
+                f"(delta {a - b:+.4f} {'>' if wins else '<='} margin {margin:g})")
+    forced = bool(force and not wins)
+    note = f"; note: {reason.strip()}" if reason.strip() else ""
+    if not promote:
+        why = f"{auto}; would {'promote' if wins else 'not promote'} (dry run: pass --promote)"
+        return delta, wins, "none", why, forced
+    if wins or force:
+        why = f"forced by {user}: {reason.strip()} ({auto})" if forced else auto + note
+        return delta, wins, "promoted", why, forced
+    return delta, wins, "rejected", auto + note, forced
+
+
 def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metric: str = "accuracy",
            margin: float = 0.0, promote: bool = False, force: bool = False, reason: str = "",
            allow_other_shards: bool = False, tracking_uri: str | None = None, batch_size: int = 64,
@@ -229,12 +261,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     """
     from pipeline.schema import read_manifest
 
-    if force and not reason.strip():
-        raise RegistryError("--force needs --reason: forced promotions must say why")
-    if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise RegistryError(f"--margin must be a finite number >= 0, got {margin!r}")
-    if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
-        raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
+    _check_options(metric, margin, force, reason)
     promote = promote or force
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
@@ -273,25 +300,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
                      "reason": str(e)[:4900]}.items():
             client.set_model_version_tag(name, challenger_mv.version, k, v)
         raise
-    if champ is None:
-        delta, wins = None, True
-        auto = f"no {CHAMPION} yet: v{ch.version} ({metric} {ch.metrics.get(metric, 0):.4f}) is the first"
-    else:
-        a, b = ch.metrics.get(metric, 0.0), champ.metrics.get(metric, 0.0)
-        delta, wins = a - b, (a - b) > margin
-        auto = (f"{metric}: challenger v{ch.version} {a:.4f} vs champion v{champ.version} {b:.4f} "
-                f"(delta {a - b:+.4f} {'>' if wins else '<='} margin {margin:g})")
-    forced = bool(force and not wins)
-    if not promote:
-        decision = "none"
-        why = f"{auto}; would {'promote' if wins else 'not promote'} (dry run: pass --promote)"
-    elif wins or force:
-        decision = "promoted"
-        why = f"forced by {user}: {reason.strip()} ({auto})" if forced else (
-            f"{auto}" + (f"; note: {reason.strip()}" if reason.strip() else ""))
-    else:
-        decision = "rejected"
-        why = auto + (f"; note: {reason.strip()}" if reason.strip() else "")
+    delta, wins, decision, why, forced = decide(ch, champ, metric, margin, promote, force, reason, user)
     result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
                           decision, why, forced)
     result.report = _report(result)
