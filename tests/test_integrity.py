@@ -104,7 +104,7 @@ def _in_threads(fns):
 
 def test_concurrent_reviews_and_a_registration_keep_the_champion_honest(server, synthetic_shards, tmp_path,
                                                                        monkeypatch):
-    import pipeline.registry.review as review_mod
+    import pipeline.registry.promotion as review_mod
     from pipeline.registry import RegistryError, register_run, review
     from pipeline.registry.history import ReviewConflict, review_history
     from pipeline.registry import client_for

@@ -1,9 +1,9 @@
-"""The review's decision rule on its own (`pipeline.registry.review.decide`, pure: no MLflow)."""
+"""The review's decision rule on its own (`pipeline.registry.promotion.decide`, pure: no MLflow)."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.registry.review import VersionEval, decide
+from pipeline.registry.promotion import VersionEval, decide
 
 
 def _ev(version: str, acc: float) -> VersionEval:

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
 from pipeline.tune.space import (check_key, check_space, config_for_trial, decode_sample, json_keys,
-                                  load_space)
+                                 load_space)
 
 SPACE_FILES = sorted(p for p in (REPO_ROOT / "tune_spaces").glob("*.py") if p.name != "__init__.py")
 BASE_CONFIGS = ["configs/smoke.yaml", "configs/tune_smoke.yaml", "configs/rafdb_poster_v1.yaml"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.faces import framing as FR
 from pipeline.faces.geometry import (ALIGNED_SIZE, CROP_SIZE, DEFAULT_MARGIN, FaceResult,  # noqa: F401
-                                     NoFaceError, _finish, as_rgb, similarity_transform, template_5pts,
+                                     NoFaceError, finish_face, as_rgb, similarity_transform, template_5pts,
                                      transform_points, warp_face)
 
 # MediaPipe face mesh (468 vertices, 0-based) -> 68 iBUG points, in iBUG order. A pair means
@@ -186,8 +186,8 @@ def aligned_only(rgb: np.ndarray, processor: FaceProcessor | None = None) -> Fac
     aligned = cv2.resize(rgb, (ALIGNED_SIZE, ALIGNED_SIZE), interpolation=interp)
     lm = processor.landmarks_in(rgb) if processor is not None else None
     if lm is None:
-        return _finish(aligned, MEAN_SHAPE_68 * ALIGNED_SIZE, ALIGNED_SIZE, "mean_shape")
-    return _finish(aligned, lm * ALIGNED_SIZE, ALIGNED_SIZE, "detector")
+        return finish_face(aligned, MEAN_SHAPE_68 * ALIGNED_SIZE, ALIGNED_SIZE, "mean_shape")
+    return finish_face(aligned, lm * ALIGNED_SIZE, ALIGNED_SIZE, "detector")
 
 
 # Index of each iBUG point's mirror image (for horizontal flips of images with landmarks).

@@ -22,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.faces.geometry import (ALIGNED_SIZE, BORDERS, DEFAULT_BORDER, FramingError, _box_region,  # noqa: F401
-                                     _finish, as_rgb, fill, similarity_transform, template_5pts,
+from pipeline.faces.geometry import (ALIGNED_SIZE, BORDERS, DEFAULT_BORDER, FramingError, box_region,  # noqa: F401
+                                     finish_face, as_rgb, fill, similarity_transform, template_5pts,
                                      transform_points, warp_face)
 
 class FramingWarning(UserWarning):
@@ -153,7 +153,7 @@ def apply(rgb: np.ndarray, lm68: np.ndarray, five: np.ndarray, framing: Framing,
         out = cv2.resize(out, (ALIGNED_SIZE, ALIGNED_SIZE),
                          interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
         lm = lm * k
-    return _finish(out, lm, ALIGNED_SIZE, source)
+    return finish_face(out, lm, ALIGNED_SIZE, source)
 
 
 def prepare_face(rgb: np.ndarray, framing: Framing | str | dict | None, processor: Any,
@@ -170,7 +170,7 @@ def prepare_face(rgb: np.ndarray, framing: Framing | str | dict | None, processo
     rgb = as_rgb(rgb)
     region, off = rgb, np.zeros(2)
     if box is not None:
-        region, off = _box_region(rgb, box)
+        region, off = box_region(rgb, box)
     lm68, five = processor.detect68(region)
     return apply(rgb, lm68 + off, five + off, framing)
 

@@ -123,13 +123,13 @@ def transform_points(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def _finish(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str) -> FaceResult:
+def finish_face(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str) -> FaceResult:
     crop = cv2.resize(aligned, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
     lm = np.clip(np.asarray(lm_px, dtype=np.float64) / size, 0.0, 1.0).astype(np.float32)
     return FaceResult(image=aligned, crop=crop, landmarks=lm, landmarks_from=source)
 
 
-def _box_region(rgb: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+def box_region(rgb: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
     x, y, bw, bh = (float(v) for v in box)
     h, w = rgb.shape[:2]
     x0, y0 = int(max(0, x - 0.25 * bw)), int(max(0, y - 0.25 * bh))

@@ -10,7 +10,7 @@ from pipeline.registry import versions
 from pipeline.registry.history import ReviewConflict
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError,
                                      ReviewRefused)
-from pipeline.registry.review import review
+from pipeline.registry.promotion import review
 from pipeline.registry.versions import best_trial_run, list_versions, register_run, show_version
 
 

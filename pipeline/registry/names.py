@@ -1,4 +1,4 @@
-"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.registry.review`)."""
+"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.registry.promotion`)."""
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +43,7 @@ def client_for(uri: str) -> Any:
 
 
 @contextlib.contextmanager
-def _global_uri(uri: str) -> Iterator[None]:
+def global_uri(uri: str) -> Iterator[None]:
     """Point the fluent ``mlflow.*`` API at ``uri`` for a block, then restore it."""
     import mlflow
     import mlflow.tracking._model_registry.utils as reg_utils
@@ -74,14 +74,14 @@ def current_user() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fmt(v: Any) -> str:
+def tag_value(v: Any) -> str:
     return fmt(v, ".6g")  # tag values: more digits than a table cell
 
 
-def _classes_of(tags: dict[str, str]) -> list[str] | None:
+def classes_of(tags: dict[str, str]) -> list[str] | None:
     raw = tags.get("poster.classes")
     return [c for c in raw.split(",") if c] if raw else None

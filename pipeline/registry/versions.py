@@ -1,5 +1,5 @@
 """Model registry: register runs, review champion vs challenger, import official checkpoints
-(``pipeline.registry.review``, ``pipeline.registry.import_official``).
+(``pipeline.registry.promotion``, ``pipeline.registry.import_official``).
 
     python -m pipeline.registry register --run-id RUN_ID [--name poster-fer] [--alias challenger]
     python -m pipeline.registry register --best-of SWEEP_PARENT_RUN_ID [--best-metric val_accuracy]
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.registry.names import (CHALLENGER, DEFAULT_NAME, MAX_DESCRIPTION, TAG_KEYS, RegistryError,
-                                      _classes_of, _fmt, _global_uri, client_for, resolve_uri)
+                                     classes_of, tag_value, global_uri, client_for, resolve_uri)
 
 
 def find_logged_model(client: Any, run: Any, model_name: str = "model") -> Any:
@@ -90,7 +90,7 @@ def _version_tags(run: Any, model: Any) -> dict[str, str]:
         out["poster.bgr"] = bgr
     for k, v in sorted(run.data.metrics.items()):
         if k.startswith(("val_", "test_")):
-            out[k] = _fmt(float(v))
+            out[k] = tag_value(float(v))
     return {k: v for k, v in out.items() if v != ""}
 
 
@@ -140,8 +140,8 @@ def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAU
     run = _get_run(client, run_id)
     model = find_logged_model(client, run)
     tags = _version_tags(run, model)
-    classes = _classes_of(tags) or []
-    with _global_uri(uri):
+    classes = classes_of(tags) or []
+    with global_uri(uri):
         mv = mlflow.register_model(model.model_uri, name, tags=tags)
     version = str(mv.version)
     with tempfile.TemporaryDirectory() as d:

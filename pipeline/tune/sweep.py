@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict
 from pipeline.tune.search import (SweepCfg, SweepError, make_searcher, report_callback,
-                                   to_tune_space, trial_resources)
+                                  to_tune_space, trial_resources)
 from pipeline.tune.space import check_space, config_for_trial, decode_sample, load_space
 from pipeline.tracking import MlflowTracker, default_tracking_uri, end_run, start_or_resume_run
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
-                                      ReviewRefused, _classes_of, _fmt, _now, client_for, current_user,
-                                      resolve_uri)
+                                     ReviewRefused, classes_of, tag_value, utc_now, client_for, current_user,
+                                     resolve_uri)
 from pipeline.registry.history import (ReviewConflict, current_aliases, mark_review, record_review,
-                                     registry_lock)
+                                       registry_lock)
 
 TRAINING_SPLITS = ("train",)
 
@@ -72,7 +72,7 @@ def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:
 
 def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_other_shards: bool) -> None:
     tags = dict(mv.tags)
-    classes = _classes_of(tags)
+    classes = classes_of(tags)
     want = list(manifest["classes"])
     if classes is not None and classes != want:
         raise ReviewRefused(
@@ -126,15 +126,15 @@ def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user
     m = result.metric
     tags = {
         "decision": result.decision, "decided_by": user, "decided_at": when, "reason": result.reason,
-        "margin": _fmt(float(result.margin)), "review_metric": m, "review_split": result.split,
+        "margin": tag_value(float(result.margin)), "review_metric": m, "review_split": result.split,
         "review_shards": result.shards, "review_manifest_hash": manifest_hash,
-        f"review_{m}": _fmt(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
+        f"review_{m}": tag_value(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
         "compared_to_version": champ.version if champ else "none", "review_run_id": result.history_run_id,
-        f"champion_{m}": _fmt(champ.metrics.get(m, float("nan"))) if champ else "none",
+        f"champion_{m}": tag_value(champ.metrics.get(m, float("nan"))) if champ else "none",
     }
     for k in REVIEW_METRICS + ("latency_ms_per_image",):
         if k in ch.metrics:
-            tags[f"review_{k}"] = _fmt(float(ch.metrics[k]))
+            tags[f"review_{k}"] = tag_value(float(ch.metrics[k]))
     for k, v in tags.items():
         client.set_model_version_tag(result.name, ch.version, k, v)
     if champ is not None:
@@ -145,7 +145,7 @@ def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user
         }
         for k in REVIEW_METRICS + ("latency_ms_per_image",):
             if k in champ.metrics:
-                champ_tags[f"review_{k}"] = _fmt(float(champ.metrics[k]))
+                champ_tags[f"review_{k}"] = tag_value(float(champ.metrics[k]))
         for k, v in champ_tags.items():
             client.set_model_version_tag(result.name, champ.version, k, v)
     if ch.run_id:
@@ -279,7 +279,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     if champion_mv is not None and champion_mv.version == challenger_mv.version:
         raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
     user = user or current_user()
-    when = _now()
+    when = utc_now()
     try:
         if split in TRAINING_SPLITS:
             raise ReviewRefused(f"--split {split}: the models were fitted on it, so it cannot rank them; "
