@@ -60,8 +60,8 @@ def split_by_person(data: Path, limit: int | None = None) -> tuple[list[tuple[st
 
 def make_dataset_aligned(rows, out: Path, processor) -> dict[str, int]:
     """Write set A as a RAF-DB-like folder tree of 100x100 tight aligned crops (``<label>/*.jpg``)."""
-    from pipeline import framing as FR
-    from pipeline.face import NoFaceError
+    from pipeline.faces import framing as FR
+    from pipeline.faces.align import NoFaceError
     from pipeline.predict import read_rgb
 
     spec = FR.RAFDB_ALIGNED
@@ -93,8 +93,8 @@ def border_policies(crops: Path, rows_b, processor) -> dict[str, dict[str, float
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline import framing as FR
-    from pipeline.face import NoFaceError
+    from pipeline.faces import framing as FR
+    from pipeline.faces.align import NoFaceError
     from pipeline.predict import read_rgb
 
     items = [(p, p.parent.name) for p in sorted(crops.glob("*/*.jpg"))]
@@ -149,8 +149,8 @@ def probe_cross(crops: Path, rows_b, processor) -> dict[str, dict[str, float]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline import framing as FR
-    from pipeline.face import NoFaceError, aligned_only
+    from pipeline.faces import framing as FR
+    from pipeline.faces.align import NoFaceError, aligned_only
     from pipeline.predict import read_rgb
 
     a = {"project": ([], []), "kept": ([], [])}
@@ -189,7 +189,7 @@ def probe_cross(crops: Path, rows_b, processor) -> dict[str, dict[str, float]]:
 def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str) -> dict[str, float]:
     from pipeline.config import load_config
     from pipeline.evaluate import load_model
-    from pipeline.framing import FramingWarning
+    from pipeline.faces.framing import FramingWarning
     from pipeline.predict import predict_files
     from pipeline.train import run_training
 
@@ -238,7 +238,7 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
                   epochs: int = 8, limit: int | None = None, borders: bool = True,
                   train: bool = True) -> dict:
     """The figure: per framing, own test accuracy and accuracy on set B's raw photos via predict."""
-    from pipeline.face import FaceProcessor
+    from pipeline.faces.align import FaceProcessor
     from pipeline.ingest import ingest
 
     out = Path(out).resolve()  # Ray Train storage must be absolute

@@ -2,7 +2,7 @@
 
     python bench/ingest.py                   # real faces from ../shared/data/muxspace_dev if present
     python bench/ingest.py --synthetic 300   # generated faces instead
-    python bench/ingest.py --mean-shape      # print pipeline.face.MEAN_SHAPE_68 re-measured
+    python bench/ingest.py --mean-shape      # print pipeline.faces.align.MEAN_SHAPE_68 re-measured
 
 1. Per core: decode + detect + align + JPEG-encode, one process pinned to one CPU.
 2. End to end on 2 cores: the Ray Data ingest (`pipeline.ingest`, 2 actors x 0.5 CPU, actor start
@@ -165,7 +165,7 @@ def print_mean_shape() -> int:
     import cv2
     import numpy as np
 
-    from pipeline.face import FaceProcessor, NoFaceError
+    from pipeline.faces.align import FaceProcessor, NoFaceError
 
     rows = list(csv.DictReader(open(MUX / "labels.csv")))
     proc, lms = FaceProcessor(), []

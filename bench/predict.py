@@ -1,5 +1,5 @@
-"""Images/s of batch prediction with Ray Data (pipeline.batch_predict) vs the single-process loop
-(pipeline.predict.predict_files), on the same real photos, in the same run.
+"""Images/s of batch prediction with Ray Data (pipeline.predict.batch) vs the single-process loop
+(pipeline.predict.files.predict_files), on the same real photos, in the same run.
 
     .venv/bin/python bench/predict.py                                   # 64 muxspace_dev photos, v2_tiny
     .venv/bin/python bench/predict.py --n 200 --variant v2 --actors 2 --cpus-per-actor 1
@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default=str(DATA), help="folder with labels.csv (path,label) and the images")
     p.add_argument("--n", type=int, default=64, help="photos to predict (the first N of labels.csv)")
     p.add_argument("--variant", default="v2_tiny", help="untrained model variant when --model is not given")
-    p.add_argument("--model", help="any model pipeline.evaluate.load_model accepts")
+    p.add_argument("--model", help="any model pipeline.evaluate.report.load_model accepts")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=0.5)
@@ -71,8 +71,8 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from pipeline.batch_predict import run_batch
-    from pipeline.face import FaceProcessor
+    from pipeline.predict.batch import run_batch
+    from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files
     from pipeline.runtime import ensure_ray
 

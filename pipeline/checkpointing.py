@@ -69,7 +69,7 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
         "rng": _rng_state(),
         "config": copy.deepcopy(cfg),
         "classes": list(classes),
-        "framing": dict(framing or {}),  # pipeline.framing spec of the training rows
+        "framing": dict(framing or {}),  # pipeline.faces.framing spec of the training rows
         "format": "poster-ray/1",
     }, path)
     return path

@@ -21,7 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = Path(os.environ.get("POSTER_RUNS_DIR", REPO_ROOT / "runs")).resolve()
 
 
-LOSS_TERMS = ("ce", "lsce", "soft_ce", "supcon", "circle")  # poster_model.LossMixture terms
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
@@ -158,7 +157,6 @@ class RunCfg:
     name: str = ""  # "" → generated; the same name + storage_path resumes an interrupted run
     storage_path: str = str(RUNS_DIR / "ray")  # shared storage on a cluster (s3://, NFS)
     seed: int = 123
-    fail_at_epoch: int = -1  # fault-injection for tests: kill rank 0 once at this epoch
     # resuming ``name`` with other shards/classes/model config is refused; true starts a new run
     # (``<name>-<config hash>``) instead
     new_run_on_change: bool = False
@@ -185,8 +183,12 @@ class TrainConfig:
 
     def digest(self) -> str:
         """Hash of the config, for tags and resume checks."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest_of(self.to_dict())
+
+
+def digest_of(data: Any) -> str:
+    """The project's config hash: sha256 of the sorted JSON, 16 hex digits (tags, resume checks)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -280,6 +282,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def validate(cfg: TrainConfig) -> None:
     """Cross-field checks that types alone cannot express."""
+    from poster_model.losses import TERMS as LOSS_TERMS  # the loss terms' one home (imports torch)
+
     bad = sorted(set(cfg.loss.weights) - set(LOSS_TERMS))
     if bad:
         raise ConfigError(f"loss.weights: unknown term(s) {bad}; valid: {sorted(LOSS_TERMS)}")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Callable
 
 import numpy as np
@@ -21,10 +20,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipeline.config import TrainConfig
-from pipeline.schema import shard_files, validate_schema
+from pipeline.schema import (EVAL_COLUMNS, digest_fraction, hash_fraction, shard_files,  # noqa: F401
+                             text_sha256, validate_schema)
 from pipeline.transforms import augment_batch, decode_batch
-
-EVAL_COLUMNS = ["sample_id", "image", "landmark_crop", "label"]
 
 
 def split_path(root: str, split: str) -> str:
@@ -52,11 +50,6 @@ def check_shards(root: str, manifest: dict[str, Any]) -> None:
             check_split_schema(root, split, manifest)
 
 
-def hash_fraction(sample_ids: np.ndarray) -> np.ndarray:
-    """Stable value in [0, 1) per sample id (its first 8 hex digits)."""
-    return np.array([int(str(s)[:8], 16) / 16**8 for s in sample_ids], dtype=np.float64)
-
-
 def read_blocks(manifest: dict[str, Any], split: str, rows_per_block: int) -> int | None:
     """Read blocks for a split, so decode tasks can run in parallel (None: Ray's default)."""
     rows = sum(manifest.get("counts", {}).get(split, {}).values())
@@ -66,8 +59,7 @@ def read_blocks(manifest: dict[str, Any], split: str, rows_per_block: int) -> in
 def group_fraction(groups: np.ndarray) -> np.ndarray:
     """Stable value in [0, 1) per group name (sha256 hex digits 8-15), so a whole group falls on
     one side of the val carve."""
-    return np.array([int(hashlib.sha256(str(g).encode()).hexdigest()[8:16], 16) / 16**8 for g in groups],
-                    dtype=np.float64)
+    return np.array([digest_fraction(text_sha256(str(g)), word=1) for g in groups], dtype=np.float64)
 
 
 def carve_fraction(batch: dict[str, np.ndarray], group_column: str = "") -> np.ndarray:

@@ -10,8 +10,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.data import hash_fraction
 from pipeline.metrics import confusion_matrix, metrics_from_confusion
+from pipeline.schema import hash_fraction
 from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image, to_model_inputs
 
 

@@ -5,10 +5,8 @@ function serves ``pipeline.train``, Tune trials and restarts after a worker dies
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,19 +30,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int, marker_dir: str) -> None:
-    """Test hook: hard-kill rank 0 once, mid-epoch ``run.fail_at_epoch`` (a marker file makes it
-    once). Ray restarts the worker group from the latest checkpoint it has registered."""
-    if cfg.run.fail_at_epoch != epoch or rank != 0:
-        return
-    marker = Path(marker_dir) / f".fail_injected_epoch{epoch}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("killed once on purpose by run.fail_at_epoch\n")
-    os._exit(17)  # like an OOM kill: no exception, no cleanup
 
 
 def _train_step(model, loss_fn, optimizer, image, crop, target, ctx: dict[str, Any]) -> dict[str, float]:
@@ -147,8 +132,8 @@ def _train_epoch(model, loss_fn, optimizer, ema, batches: EpochBatches, ctx: dic
         target = batch["label"].to(ctx["device"])
         mix.add(batch["label"])
         ctx["step"] = steps
-        if steps == 2:  # mid-epoch, after real optimiser steps
-            _maybe_inject_failure(cfg, ctx["epoch"], ctx["rank"], ctx["marker_dir"])
+        if ctx.get("step_hook") is not None:  # tests kill a worker here (tests/fault_injection.py)
+            ctx["step_hook"](ctx["epoch"], steps, ctx["rank"], ctx["marker_dir"])
         out = _train_step(model, loss_fn, optimizer, image, crop, target, ctx)
         if out is None:
             if _skip_nonfinite(ctx):
@@ -217,6 +202,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         "dist_device": device if use_gpu else "cpu", "autocast": autocast_enabled(cfg.scaling, device),
         "use_crop": loop_config.get("use_crop", True), "step": 0,
         "marker_dir": loop_config["marker_dir"], "run_dir": loop_config.get("run_dir"),
+        "step_hook": loop_config.get("step_hook"),
     }
     apply_precision(cfg.scaling)
     model = speed_up(build_model(cfg.model, len(classes)).to(device), cfg.scaling, device)

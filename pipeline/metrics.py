@@ -7,9 +7,21 @@ Rows of the confusion matrix are true classes, columns predicted classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+# The metrics every report leads with (evaluate, review, model card), in this order.
+HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1")
+
+
+def fmt(v: Any, spec: str = ".4g") -> str:
+    """One value for a table cell or a tag: floats by `spec`, lists joined by '+', None empty."""
+    if isinstance(v, float):
+        return format(v, spec)
+    if isinstance(v, (list, tuple)):
+        return "+".join(map(str, v))
+    return "" if v is None else str(v)
 
 
 def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

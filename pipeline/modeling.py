@@ -14,11 +14,10 @@ from pipeline.config import LossCfg, ModelCfg, OptimCfg, ScalingCfg, ScheduleCfg
 def poster_config(mcfg: ModelCfg, num_classes: int) -> poster_model.PosterConfig:
     """The variant's PosterConfig with ``model.overrides`` applied (YAML lists → tuples)."""
     base = poster_model.variant_config(mcfg.variant, num_classes=num_classes)
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    unknown = sorted(set(mcfg.overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"model.overrides: unknown PosterConfig field(s) {unknown}; valid: {sorted(fields)}")
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in mcfg.overrides.items()}
+    try:
+        over = base.fields_from(mcfg.overrides, strict=True)
+    except ValueError as e:
+        raise ValueError(f"model.overrides: {e}") from None
     return dataclasses.replace(base, **over)
 
 

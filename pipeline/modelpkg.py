@@ -4,10 +4,10 @@ Input: a DataFrame with an ``image`` column and optionally a ``landmark_crop`` c
 encoded image bytes (JPEG/PNG, as in the shards), a base64 string of such bytes (what the
 ``mlflow models serve`` JSON carries), or an HWC uint8 array / nested list of aligned-face
 pixels (RGB). Without ``landmark_crop`` the crop is the aligned face resized to 112, which is
-what ingest stores. The images must be *aligned faces* (``pipeline.face.FaceProcessor`` output,
+what ingest stores. The images must be *aligned faces* (``pipeline.faces.align.FaceProcessor`` output,
 or the shards' ``image`` column); ``pipeline.predict`` does the detection and alignment for raw
 photos — or pass ``params={"detect": True}`` and raw photo bytes: the pyfunc then detects the face
-and cuts the model's framing itself (``pipeline.framing.prepare_face``, needs mediapipe; a row
+and cuts the model's framing itself (``pipeline.faces.framing.prepare_face``, needs mediapipe; a row
 without a face raises naming the row). The preprocessing is ``pipeline.transforms`` +
 ``pipeline.evaluation.predict_logits`` —
 the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"  # models-from-code entry file
 WEIGHTS = "weights.pt"
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -59,9 +58,7 @@ def poster_config_from_dict(d: dict[str, Any]) -> Any:
     """A ``PosterConfig`` from a saved dict (lists back to tuples, unknown keys dropped)."""
     import poster_model
 
-    fields = {f.name for f in dataclasses.fields(poster_model.PosterConfig)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
-    return poster_model.PosterConfig(**kw)
+    return poster_model.PosterConfig.from_dict(d)
 
 
 def load_weights_file(path: str | Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
@@ -107,8 +104,8 @@ def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
 
 def faces_from_photos(cells: Any, extra: dict[str, Any], processor: Any) -> tuple[np.ndarray, np.ndarray]:
     """Raw photo cells → (aligned images, crops) in the model's framing (``params.detect``)."""
-    from pipeline.face import NoFaceError
-    from pipeline.framing import of_extra, prepare_face, resolve_for_predict
+    from pipeline.faces.align import NoFaceError
+    from pipeline.faces.framing import of_extra, prepare_face, resolve_for_predict
 
     framing = resolve_for_predict(of_extra(extra))
     faces = []
@@ -150,7 +147,7 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
         crops = None
         if (params or {}).get("detect"):  # raw photos: cut the model's framing here
             if getattr(self, "_processor", None) is None:
-                from pipeline.face import FaceProcessor
+                from pipeline.faces.align import FaceProcessor
 
                 self._processor = FaceProcessor()
             images, crops = faces_from_photos(model_input["image"], self.extra, self._processor)
@@ -190,10 +187,12 @@ def _requirements() -> list[str]:
 
 def _copy_code(dst: Path) -> list[str]:
     """The project packages, without caches, for ``code_paths``."""
+    from pipeline.config import REPO_ROOT  # logging side only: the served model never imports config
+
     paths = []
     for pkg in CODE_PACKAGES:
         target = dst / pkg
-        shutil.copytree(REPO / pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO_ROOT / pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         paths.append(str(target))
     return paths
 

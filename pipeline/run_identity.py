@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, digest_of
 from pipeline.schema import filesystem, join
 
 IDENTITY_FILE = "poster_run.json"
@@ -23,8 +23,7 @@ class ResumeRefused(RuntimeError):
 
 
 def model_digest(cfg: TrainConfig) -> str:
-    blob = json.dumps(cfg.to_dict()["model"], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest_of(cfg.to_dict()["model"])
 
 
 def identity(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipeline.config import REPO_ROOT
+
 QUIET_ENV = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print appears twice
@@ -128,10 +130,17 @@ def quiet_train_worker() -> None:
 
 def git_commit(repo: Path | None = None) -> str:
     """Commit of the code being run, '' when not a git checkout (e.g. a job's working_dir)."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or REPO_ROOT
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
         return ""
+
+
+def git_commit_tag() -> dict[str, str]:
+    """MLflow's source-commit tag for a new run ({} outside a git checkout); `start_or_resume_run`
+    adds it to every run it creates."""
+    commit = git_commit()
+    return {"mlflow.source.git.commit": commit} if commit else {}

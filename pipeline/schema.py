@@ -5,9 +5,11 @@ and bump SCHEMA_VERSION when a reader would break.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
@@ -15,6 +17,11 @@ SCHEMA_VERSION = 1
 CANONICAL_CLASSES: tuple[str, ...] = (
     "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Official label orders, in canonical names (index = the dataset's own label id).
+RAFDB_ORDER = ("surprise", "fear", "disgust", "happy", "sad", "anger", "neutral")      # ids 1..7
+AFFECTNET_ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")  # 0..7
+FER2013_ORDER = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")    # ids 0..6
+FERPLUS_ORDER = ("neutral", "happy", "surprise", "sad", "anger", "disgust", "fear", "contempt")
 
 IMAGE_SIZE = 224
 CROP_SIZE = 112
@@ -28,6 +35,8 @@ LANDMARKS = "landmarks"
 LABEL = "label"
 LABEL_NAME = "label_name"
 SPLIT = "split"
+# The columns training evaluation, `pipeline.evaluate` and the review read from a split.
+EVAL_COLUMNS = [SAMPLE_ID, IMAGE, LANDMARK_CROP, LABEL]
 SOURCE = "source"
 SOURCE_REF = "source_ref"
 
@@ -49,6 +58,26 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 # carve (data.group_column) and the ingest's test split hash it, so a group stays on one side.
 GROUP = "group"
 GROUP_FIELD = pa.field(GROUP, pa.string(), nullable=False)
+
+
+def sample_id(data: bytes) -> str:
+    """design.md: sha256 of the source bytes, first 16 bytes as 32 hex characters."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def digest_fraction(hex_digest: str, word: int = 0) -> float:
+    """Stable value in [0, 1) from hex digits 8*word .. 8*word+7 of a digest: the test split and the
+    eval sharding use word 0 (of the sample id, or of the group's sha256), the val carve word 1."""
+    return int(hex_digest[8 * word:8 * word + 8], 16) / 16**8
+
+
+def hash_fraction(sample_ids) -> np.ndarray:
+    """`digest_fraction` of each sample id, as a float64 array."""
+    return np.array([digest_fraction(str(s)) for s in sample_ids], dtype=np.float64)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def shard_schema(names) -> pa.Schema:

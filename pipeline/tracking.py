@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.config import RUNS_DIR
+from pipeline.runtime import git_commit_tag
 
 MAX_PARAM_LEN = 6000  # MLflow 3 limit for a param value is 6000 characters
 FLUSH_TIMEOUT_S = float(os.environ.get("POSTER_TRACKING_FLUSH_TIMEOUT_S", "900"))
@@ -308,7 +309,7 @@ def start_or_resume_run(
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        all_tags = {"poster.run_name": run_name, "mlflow.runName": run_name, **(tags or {})}
+        all_tags = {"poster.run_name": run_name, "mlflow.runName": run_name, **git_commit_tag(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         return client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id

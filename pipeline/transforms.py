@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from pipeline.schema import CROP_SIZE, IMAGE_SIZE  # noqa: F401  (one home: the shard contract)
+
 if TYPE_CHECKING:
     import torch
 
@@ -21,8 +23,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # RandomErasing(value=0) acts after normalisation, i.e. it paints the mean colour.
 ERASE_FILL = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
-IMAGE_SIZE = 224
-CROP_SIZE = 112
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:

@@ -102,6 +102,21 @@ class PosterConfig:
         if self.official_dead_modules and self.ir_channels != (64, 128, 256):
             raise ValueError("PosterConfig.official_dead_modules needs the official widths ir_channels=(64,128,256)")
 
+    @classmethod
+    def fields_from(cls, values: dict, strict: bool = False) -> dict:
+        """JSON/YAML values as field values (lists back to tuples). Unknown keys are dropped, or
+        refused with their names when `strict` (a user's overrides, not a saved config)."""
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - names)
+        if strict and unknown:
+            raise ValueError(f"unknown PosterConfig field(s) {unknown}; valid: {sorted(names)}")
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PosterConfig":
+        """The config saved with a model (``dataclasses.asdict``, through JSON)."""
+        return cls(**cls.fields_from(values))
+
     @property
     def levels(self) -> tuple:
         """Pyramid levels in canonical order l, m, s (config order does not matter)."""

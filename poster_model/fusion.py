@@ -22,6 +22,29 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
 
+class SEBlock(nn.Module):
+    """Squeeze-excitation on a vector with full-rank (no bottleneck) Linear layers, as in POSTER."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, dim)
+        self.linear2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.linear2(torch.relu(self.linear1(x))))
+
+
+class ClassificationHead(nn.Module):
+    """The final Linear, shared by V1 and V2 (official name `head.linear`)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (drops the whole residual branch of some samples in training)."""
 

@@ -14,32 +14,11 @@ from torch import nn
 
 from .backbones import build_image_backbone, tokenize
 from .config import PosterConfig
-from .fusion import PyramidFusion
+from .fusion import ClassificationHead, PyramidFusion, SEBlock
 from .ir50 import resize_112
 from .mobilefacenet import MobileFaceNet
 
 LANDMARK_DIM = 512  # channels of MobileFaceNet's conv_6_sep map
-
-
-class SEBlock(nn.Module):
-    """Squeeze-excitation on a vector with full-rank (no bottleneck) Linear layers, as in POSTER."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.linear1 = nn.Linear(dim, dim)
-        self.linear2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.linear2(torch.relu(self.linear1(x))))
-
-
-class ClassificationHead(nn.Module):
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
 
 
 class Poster(nn.Module):

@@ -1,4 +1,4 @@
-"""POSTER V2 (POSTER++, Mao et al. 2023) in plain PyTorch, written from docs/poster_spec.md §1.2.
+"""POSTER V2 (POSTER++, Mao et al. 2023) in plain PyTorch, written from ../shared/docs/poster_spec.md §1.2.
 
 Frozen MobileFaceNet maps (conv_3, conv_4, conv_6_sep -> last_face_conv) are the *queries* of a
 window cross-attention over IR-50 stage maps (stride-2 aligned: 28², 14², 7²), one scale each;
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PosterConfig
-from .fusion import DropPath, Mlp
+from .fusion import ClassificationHead, DropPath, Mlp, SEBlock
 from .ir50 import IR50Split, ir50_output_layer, resize_112
 from .mobilefacenet import MobileFaceNet
 
@@ -140,8 +140,6 @@ class FusionViT(nn.Module):
 
     def __init__(self, cfg: PosterConfig) -> None:
         super().__init__()
-        from .model import ClassificationHead, SEBlock  # model.py imports this module
-
         dim, tokens = cfg.embed_dim, 3 * N_SCALE_TOKENS + 1
         self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.empty(1, tokens, dim))

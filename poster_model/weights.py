@@ -42,7 +42,7 @@ IR50_OUTPUT_KEYS = frozenset(_bn("output_layer.0") + ["output_layer.3.weight", "
 IR50_STAGE4_KEYS = frozenset(_ir_unit(21, True) + _ir_unit(22, False) + _ir_unit(23, False))
 
 # Official V1 checkpoint entries that cannot influence logits or features (model-level names;
-# /work/shared/reference/manifests/unused_keys.json). The MobileFaceNet `output_layer` is kept as a
+# ../shared/reference/manifests/unused_keys.json). The MobileFaceNet `output_layer` is kept as a
 # frozen module here (it loads when present), the other two never exist in the clean model.
 MOBILEFACENET_OUTPUT_KEYS = frozenset(
     _bn("output_layer.bn") + _bn("output_layer.conv_6_dw.bn")

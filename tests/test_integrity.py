@@ -104,9 +104,9 @@ def _in_threads(fns):
 
 def test_concurrent_reviews_and_a_registration_keep_the_champion_honest(server, synthetic_shards, tmp_path,
                                                                        monkeypatch):
-    import pipeline.review as review_mod
+    import pipeline.registry.promotion as review_mod
     from pipeline.registry import RegistryError, register_run, review
-    from pipeline.review_history import ReviewConflict, review_history
+    from pipeline.registry.history import ReviewConflict, review_history
     from pipeline.registry import client_for
     from pipeline.schema import read_manifest
 
@@ -181,7 +181,7 @@ def test_concurrent_reviews_and_a_registration_keep_the_champion_honest(server, 
 
 def test_review_refuses_training_split_and_bad_margin_and_records_it(server, synthetic_shards, tmp_path):
     from pipeline.registry import RegistryError, ReviewRefused, client_for, register_run, review
-    from pipeline.review_history import review_history
+    from pipeline.registry.history import review_history
     from pipeline.schema import read_manifest
 
     uri = server.uri

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from poster_model import load_official_checkpoint
-from poster_model.testing import fixed_input, manifest_state_dict, read_manifest
+from poster_parity import fixed_input, manifest_state_dict, read_manifest
 
 MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "manifests"
 pytestmark = pytest.mark.skipif(not MANIFESTS.is_dir(), reason=f"manifests not found at {MANIFESTS}")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from poster_model import (WeightLoadError, count_parameters, load_official_checkpoint, load_pretrained, poster_v2,
                           poster_v2_tiny)
-from poster_model.testing import fixed_input, manifest_state_dict, read_manifest, rel_index
+from poster_parity import fixed_input, manifest_state_dict, read_manifest, rel_index
 from poster_model.weights import MOBILEFACENET_OUTPUT_KEYS, V2_UNUSED_KEYS
 from test_model_parity import bn, ref_conv_block, ref_depthwise
 

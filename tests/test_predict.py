@@ -57,7 +57,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_predict_cli_answers_faces_and_explains_failures(weights, photos, capsys):
-    from pipeline.predict import main
+    from pipeline.predict.cli import main
 
     order = ["happy", "corrupt", "surprise", "faceless", "sad_png", "missing"]
     rc = main([str(photos[k]) for k in order] + ["--model", str(weights), "--json"])
@@ -81,7 +81,7 @@ def test_predict_cli_answers_faces_and_explains_failures(weights, photos, capsys
 
 
 def test_predict_text_output_and_exit_codes(weights, photos, capsys, tmp_path):
-    from pipeline.predict import main
+    from pipeline.predict.cli import main
 
     rc = main([str(photos["happy"]), str(photos["faceless"]), "--model", str(weights),
                "--save-aligned", str(tmp_path / "aligned")])
@@ -103,7 +103,7 @@ def test_predict_uses_ingest_alignment_and_eval_preprocessing(weights, photos):
 
     from pipeline.evaluate import load_model
     from pipeline.evaluation import predict_logits
-    from pipeline.face import FaceProcessor
+    from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files, read_rgb
 
     loaded = load_model(str(weights))

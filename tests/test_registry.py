@@ -76,7 +76,8 @@ def _tags(uri, version) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def flow(runs):
-    from pipeline.registry import main, register_run, review
+    from pipeline.registry import register_run, review
+    from pipeline.registry.cli import main
 
     uri, shards = runs["uri"], runs["shards"]
     out: dict = {}
@@ -244,7 +245,7 @@ def test_raw_torch_model_is_loadable(flow, runs):
 
 
 def test_list_and_show(flow, runs, capsys):
-    from pipeline.registry import main
+    from pipeline.registry.cli import main
 
     uri = runs["uri"]
     assert main(["list", "--model", NAME, "--tracking-uri", uri]) == 0
@@ -262,7 +263,8 @@ def test_list_and_show(flow, runs, capsys):
 
 
 def test_review_refuses_another_class_order(flow, runs, tmp_path, capsys):
-    from pipeline.registry import ReviewRefused, main, review
+    from pipeline.registry import ReviewRefused, review
+    from pipeline.registry.cli import main
 
     classes = runs["info"]["manifest"]["classes"]
     shards = _shards_variant(runs, tmp_path, classes=list(reversed(classes)))
@@ -289,7 +291,7 @@ def test_review_refuses_other_shards_unless_allowed(flow, runs, tmp_path):
 
 
 def test_dry_run_changes_nothing_and_force_needs_a_reason(flow, runs, capsys, tmp_path):
-    from pipeline.registry import main
+    from pipeline.registry.cli import main
 
     uri, shards = runs["uri"], _shards_variant(runs, tmp_path)  # same manifest hash, fewer rows
     before = _aliases(uri)
@@ -328,7 +330,7 @@ def test_evaluate_cli_on_registry_model_and_checkpoint(flow, runs, tmp_path, cap
 
     Training evaluated in 1-thread DDP workers, the CLI in one multi-threaded process: float sums
     differ in the last bits, so a near-tie may flip one prediction; allow exactly that much."""
-    from pipeline.evaluate import main
+    from pipeline.evaluate.cli import main
 
     uri, good = runs["uri"], runs["good"]
     assert main(["--model", f"models:/{NAME}/{flow['better']['version']}", "--tracking-uri", uri,
@@ -364,7 +366,7 @@ def test_predict_cli_with_the_champion(flow, runs, tmp_path, capsys):
     import cv2
 
     from pipeline import synth
-    from pipeline.predict import main
+    from pipeline.predict.cli import main
 
     paths = []
     for label in ("happy", "anger"):
@@ -385,7 +387,8 @@ def test_predict_cli_with_the_champion(flow, runs, tmp_path, capsys):
 
 def test_register_best_trial_of_a_sweep(flow, runs, capsys):
     """--best-of picks the best child run that has a logged model (the shared smoke run is not touched)."""
-    from pipeline.registry import best_trial_run, main
+    from pipeline.registry import best_trial_run
+    from pipeline.registry.cli import main
 
     uri = runs["uri"]
     c = _client(uri)

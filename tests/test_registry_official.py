@@ -33,8 +33,8 @@ def mini_shards(synthetic_shards, tmp_path_factory) -> str:
 def imported(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.official import make_synthetic_official
-    from pipeline.registry import main
+    from official_files import make_synthetic_official
+    from pipeline.registry.cli import main
 
     d = tmp_path_factory.mktemp("official")
     ckpt = make_synthetic_official(d / "rafdb_best.pth", variant="small", seed=1)
@@ -121,7 +121,7 @@ def test_review_of_an_imported_model_needs_allow_other_shards(imported, mini_sha
 def test_evaluate_cli_reads_official_checkpoints(imported, mini_shards, tmp_path):
     import json
 
-    from pipeline.evaluate import main
+    from pipeline.evaluate.cli import main
 
     rc = main(["--model", str(imported["ckpt"]), "--variant", "small", "--dataset", "rafdb",
                "--shards", mini_shards, "--out", str(tmp_path)])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline import synth
-from pipeline.face import five_from_68, similarity_transform, template_5pts, transform_points
+from pipeline.synth import cli as synth_cli
+from pipeline.faces.align import five_from_68, similarity_transform, template_5pts, transform_points
 from pipeline.schema import CANONICAL_CLASSES
 
 
@@ -27,7 +28,7 @@ def test_plan_splits():
 
 
 def test_write_tree_cli(tmp_path):
-    assert synth.main(["--out", str(tmp_path), "--per-class", "5", "--seed", "1"]) == 0
+    assert synth_cli.main(["--out", str(tmp_path), "--per-class", "5", "--seed", "1"]) == 0
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
     assert len(files) == 35
     assert "test/anger/anger_00000.jpg" in files and "train/happy/happy_00004.jpg" in files

@@ -1,7 +1,7 @@
 """Ray Train DDP training end to end on generated shards (real Ray, real MLflow sqlite, real Parquet).
 
 The session fixture ``smoke_run`` (conftest) trains POSTER-tiny with 2 DDP workers and kills
-rank 0 once at the start of epoch 2 (``run.fail_at_epoch``): one run shows learning, recovery
+rank 0 once in epoch 2 (a step hook, tests/fault_injection.py): one run shows learning, recovery
 from a dead worker, and what lands in MLflow.
 """
 from __future__ import annotations
@@ -48,17 +48,18 @@ def test_ddp_run_learns_well_above_chance(smoke_run):
 
 
 def test_killed_worker_resumes_from_checkpoint(smoke_run):
-    out, cfg, _ = smoke_run
+    out, cfg, info = smoke_run
+    fail_at_epoch = info["fail_at_epoch"]
     run = MlflowClient(out.tracking_uri).get_run(out.run_id)
     # Rank 0 dies mid-epoch `fail_at_epoch`; the restart resumes after the last checkpoint Ray
     # had registered: normally that epoch, one earlier if the kill beat the previous report.
     resumed = int(run.data.tags["poster.resumed_from_epoch"])
-    assert cfg.run.fail_at_epoch - 1 <= resumed <= cfg.run.fail_at_epoch
+    assert fail_at_epoch - 1 <= resumed <= fail_at_epoch
     history = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
     steps = sorted(m.step for m in history)
     assert sorted(set(steps)) == list(range(cfg.schedule.epochs))
     # only the epochs between the resume point and the crash may have run twice
-    assert all(steps.count(e) == 1 for e in range(cfg.schedule.epochs) if not resumed <= e < cfg.run.fail_at_epoch)
+    assert all(steps.count(e) == 1 for e in range(cfg.schedule.epochs) if not resumed <= e < fail_at_epoch)
 
 
 def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
-from pipeline.sweep_space import (check_key, check_space, config_for_trial, decode_sample, json_keys,
-                                  load_space)
+from pipeline.tune.space import (check_key, check_space, config_for_trial, decode_sample, json_keys,
+                                 load_space)
 
 SPACE_FILES = sorted(p for p in (REPO_ROOT / "tune_spaces").glob("*.py") if p.name != "__init__.py")
 BASE_CONFIGS = ["configs/smoke.yaml", "configs/tune_smoke.yaml", "configs/rafdb_poster_v1.yaml"]
@@ -81,7 +81,7 @@ def test_check_key_accepts_nested_paths() -> None:
 def test_tune_domains_round_trip() -> None:
     from ray import tune
 
-    from pipeline.sweep_search import to_tune_space
+    from pipeline.tune.search import to_tune_space
 
     space = load_space("combined")
     converted = to_tune_space(space)
@@ -107,7 +107,7 @@ def test_concurrent_trials_refuse_sqlite() -> None:
 
 def test_random_search_keeps_the_concurrency_limit() -> None:
     """Tune drops max_concurrent_trials for a BasicVariantGenerator; ours carries the limit."""
-    from pipeline.sweep_search import SweepCfg, make_searcher
+    from pipeline.tune.search import SweepCfg, make_searcher
 
     assert make_searcher(SweepCfg(max_concurrent=1), {"optim.lr": {"uniform": [0.1, 0.2]}}).max_concurrent == 1
 
@@ -130,7 +130,7 @@ def test_default_trial_resources_fit_two_cpus(ray_session, monkeypatch) -> None:
 def test_missing_search_library_is_explained(search: str) -> None:
     import importlib.util
 
-    from pipeline.sweep_search import SweepCfg, SweepError, make_searcher
+    from pipeline.tune.search import SweepCfg, SweepError, make_searcher
 
     if importlib.util.find_spec(search) is not None:
         pytest.skip(f"{search} is installed")
@@ -171,7 +171,7 @@ class _FakeClient:
 def test_trial_statuses_from_tune_and_mlflow() -> None:
     import pandas as pd
 
-    from pipeline import sweep_report
+    from pipeline.tune import report as sweep_report
 
     def result(tid, accs, error=None, **last):
         df = pd.DataFrame({"epoch": range(len(accs)), "val_accuracy": accs}) if accs else None

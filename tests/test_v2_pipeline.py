@@ -45,8 +45,9 @@ def test_import_official_v2_registers_a_model_with_the_same_logits(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipeline.evaluate import load_model
-    from pipeline.official import OFFICIAL_CLASS_ORDER, make_synthetic_official
-    from pipeline.registry import main
+    from official_files import make_synthetic_official
+    from pipeline.official import OFFICIAL_CLASS_ORDER
+    from pipeline.registry.cli import main
     from poster_model import load_official_checkpoint
 
     ckpt = make_synthetic_official(tmp_path / "v2.pth", variant="v2", seed=3)

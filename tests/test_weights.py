@@ -8,7 +8,7 @@ import torch
 
 from poster_model import (PosterConfig, WeightLoadError, build_poster, load_official_checkpoint, load_pretrained,
                           poster_tiny)
-from poster_model.testing import deterministic_tensor, manifest_state_dict, read_manifest
+from poster_parity import deterministic_tensor, manifest_state_dict, read_manifest
 from poster_model.weights import IR50_STAGE4_KEYS, TV_UNUSED_PREFIXES, V1_UNUSED_KEYS, load_image_backbone
 
 MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "manifests"

@@ -11,7 +11,7 @@ value or one domain::
     {"quniform": [lo, hi, q]}      float rounded to a multiple of q
     {"randint": [lo, hi]}          int in [lo, hi)
 
-``pipeline.sweep_space`` checks a space against the config tree and ``pipeline.tune`` turns it
+``pipeline.tune.space`` checks a space against the config tree and ``pipeline.tune`` turns it
 into Ray Tune domains. ``loss.weights.<term>`` sets one entry of the weights dict (the other
 terms keep the base config's weights); ``model.overrides.<field>`` sets one PosterConfig field.
 """

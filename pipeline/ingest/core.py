@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from pipeline import schema as S
 from pipeline.ingest import output
+from pipeline.ingest.errors import IngestError, OutputExistsError  # noqa: F401  (re-exported)
 from pipeline.ingest.records import RECORD_SCHEMA, resolve_classes
 from pipeline.ingest.sources import Root, SourceOptions, get_source
 from pipeline.ingest.stage import StageConfig
@@ -34,13 +35,6 @@ log = logging.getLogger(__name__)
 POLICY_REASONS = frozenset({"class_excluded", "label_none", "label_uncertain", "label_no_face",
                             "label_tie", "label_unknown", "label_not_face"})
 
-
-class IngestError(RuntimeError):
-    """The ingest ran but its result is not acceptable (exit status 1)."""
-
-
-class OutputExistsError(IngestError):
-    """The output exists and --overwrite was not given (exit status 2)."""
 
 
 @dataclass
@@ -242,7 +236,7 @@ def _options(loc: dict) -> dict:
 
 def _framing(source: str, keep: bool | str, margin: float, border: str):
     """The manifest's framing: the dataset's own (`keep`, a name or True), else the project's."""
-    from pipeline import framing as FR
+    from pipeline.faces import framing as FR
 
     if border not in FR.BORDERS:
         raise ValueError(f"--border {border!r}: choose from {FR.BORDERS}")

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipeline import schema as S
+from pipeline.ingest.errors import IngestError, OutputExistsError
 
 # Which copy of a duplicated image is kept: the most held-out split wins, so test data never
 # leaks into train through a second copy.
@@ -45,8 +46,6 @@ def _uri_like(template: str, path: str) -> str:
 
 
 def check_target(out: str, overwrite: bool, input: str | None) -> None:
-    from pipeline.ingest.core import OutputExistsError
-
     fs, path = S.filesystem(out)
     info = fs.get_file_info(path)
     if input and "://" not in input and _is_local(fs):
@@ -158,8 +157,6 @@ def finalize(summary: pa.Table, staging: str, dedupe: bool) -> Result:
 def check_staged_files(fs, base: str, summarised: set[str]) -> list[str]:
     """Staging must hold exactly the shards the summary names: a file no summary row points at
     (a re-executed write task's first attempt) is removed; a named file that is missing fails."""
-    from pipeline.ingest.core import IngestError
-
     found = {i.path[len(base):].lstrip("/") for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
              if i.type == pafs.FileType.File}
     missing = sorted(summarised - found)

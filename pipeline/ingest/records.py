@@ -13,6 +13,8 @@ from typing import Iterable
 import pyarrow as pa
 
 from pipeline import schema as S
+# Official label orders (index = the dataset's own label id) live with the class vocabulary.
+from pipeline.schema import AFFECTNET_ORDER, FER2013_ORDER, FERPLUS_ORDER, RAFDB_ORDER  # noqa: F401
 
 RECORD_SCHEMA = pa.schema([
     pa.field("source_ref", pa.string()),
@@ -58,11 +60,6 @@ LABEL_ALIASES.update({
     "angry": "anger", "contemptuous": "contempt", "neutrality": "neutral",
 })
 
-# Official label orders, in canonical names (index = the dataset's own label id).
-RAFDB_ORDER = ("surprise", "fear", "disgust", "happy", "sad", "anger", "neutral")      # ids 1..7
-AFFECTNET_ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")  # 0..7
-FER2013_ORDER = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")    # ids 0..6
-FERPLUS_ORDER = ("neutral", "happy", "surprise", "sad", "anger", "disgust", "fear", "contempt")
 
 # Raw label -> canonical name, or "!reason" for labels a dataset defines but we never train on.
 LABEL_MAPS: dict[str, dict[str, str]] = {
@@ -115,7 +112,7 @@ def labelled(source_ref: str, split: str, raw_label: object, label_map: dict[str
 
 
 # Class order of the generic sources (folder, csv): canonical, contempt last.
-GENERIC_ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+GENERIC_ORDER = S.CANONICAL_CLASSES
 
 
 def resolve_classes(official: tuple[str, ...], n_classes: int | None = None,

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.face import FaceProcessor, NoFaceError, aligned_only, align_with_landmarks
+from pipeline.faces.align import FaceProcessor, NoFaceError, aligned_only, align_with_landmarks
 from pipeline.ingest.records import OUT_SCHEMA
 
 MIN_SIDE = 16
@@ -38,7 +38,7 @@ class StageConfig:
     test_fraction: float = 0.0    # for records without a split: share sent to test (by sample_id)
     use_detector: bool = True     # False when every record has known landmarks (no mediapipe load)
     group_regex: str = ""         # --group-regex on source_ref -> the `group` column ("" = none)
-    framing: dict | None = None   # pipeline.framing spec the faces are cut in (None: project)
+    framing: dict | None = None   # pipeline.faces.framing spec the faces are cut in (None: project)
     detector_kwargs: dict = field(default_factory=dict)
 
 
@@ -49,13 +49,9 @@ class RejectError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def sample_id(data: bytes) -> str:
-    """design.md: sha256 of the source bytes, first 16 bytes as 32 hex characters."""
-    return hashlib.sha256(data).hexdigest()[:32]
-
-
-def decode_image(data: bytes, raw_shape=None) -> np.ndarray:
-    """Bytes -> RGB uint8 [H, W, 3]; raises RejectError with the reason."""
+def decode_source_image(data: bytes, raw_shape=None) -> np.ndarray:
+    """A raw source file (or raw gray pixels) -> RGB uint8 [H, W, 3]; raises RejectError with the reason.
+    Not `pipeline.transforms.decode_image`, which reads the shards' own JPEGs at a fixed size."""
     if len(data) == 0:
         raise RejectError("empty_file", "0 bytes")
     if raw_shape is not None and len(raw_shape):
@@ -135,7 +131,7 @@ class FaceStage:
         self.group_re = re.compile(cfg.group_regex) if cfg.group_regex else None
 
     def _cut_framing(self):
-        from pipeline import framing as FR
+        from pipeline.faces import framing as FR
 
         # skip mode keeps the dataset's crop; the detector there only measures landmarks
         if self.cfg.framing is None or self.cfg.mode == "skip":
@@ -173,8 +169,8 @@ class FaceStage:
             rgb, known, data = face.image, face.landmarks.ravel().tolist(), face.image.tobytes()
         else:
             data = r["data"] if r["data"] else self.reader.read(r["path"])
-            rgb = decode_image(data, r["raw_shape"])
-        out["sample_id"] = sample_id(data)
+            rgb = decode_source_image(data, r["raw_shape"])
+        out["sample_id"] = S.sample_id(data)
         if min(rgb.shape[:2]) < MIN_SIDE:
             raise RejectError("image_too_small", f"{rgb.shape[1]}x{rgb.shape[0]}")
         if not out["split"]:  # a group (person) goes to one split as a whole
@@ -216,8 +212,8 @@ def group_of(pattern: "re.Pattern[str]", source_ref: str) -> str:
 def _hash_split(sid: str, test_fraction: float, group: str = "") -> str:
     # by content, so copies of one image always land in the same split; by group when given
     if group:
-        return "test" if int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 2**32 < test_fraction else "train"
-    return "test" if int(sid[:8], 16) / 2**32 < test_fraction else "train"
+        return "test" if S.digest_fraction(S.text_sha256(group)) < test_fraction else "train"
+    return "test" if S.digest_fraction(sid) < test_fraction else "train"
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

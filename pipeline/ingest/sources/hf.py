@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from pipeline.ingest.records import map_label, map_split, record, reject
+from pipeline.ingest.records import GENERIC_ORDER, map_label, map_split, record, reject
 from pipeline.ingest.sources import outside_detail, row_path
 
 NAME = "hf"
-ORDER = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+ORDER = GENERIC_ORDER
 DEFAULT_CLASSES = 7
 IMAGE_COLUMNS = ("image", "img", "picture")
 LABEL_COLUMNS = ("label", "labels", "emotion", "expression")

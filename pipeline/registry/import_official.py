@@ -7,15 +7,14 @@ so the usual review decides whether it becomes the champion.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import digest_of
 from pipeline.modelpkg import log_poster_model
 from pipeline.official import file_sha256, load_official
-from pipeline.registry_common import CHALLENGER, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError, resolve_uri
-from pipeline.runtime import git_commit
+from pipeline.registry.names import CHALLENGER, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError, resolve_uri
+from pipeline.registry.versions import register_run
 from pipeline.tracking import MlflowTracker, end_run, start_or_resume_run
 
 
@@ -36,8 +35,6 @@ def import_official(checkpoint: str | Path, variant: str = "large", dataset: str
     The head is re-ordered from the dataset's official label order into ``classes`` (default:
     the canonical order of the dataset's classes); ``bgr`` is recorded for RAF-DB.
     """
-    from pipeline.registry import register_run  # lazily: pipeline.registry's CLI imports this module
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise RegistryError(f"--checkpoint {checkpoint}: no such file")
@@ -45,7 +42,7 @@ def import_official(checkpoint: str | Path, variant: str = "large", dataset: str
     model, cls, extra = load_official(checkpoint, variant, dataset, classes)
     sha = file_sha256(checkpoint)
     pcfg = dataclasses.asdict(model.cfg)
-    config_hash = hashlib.sha256(json.dumps(pcfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config_hash = digest_of(pcfg)
     tags = {
         "poster.source": "official", "poster.dataset": extra["dataset"], "poster.variant": variant,
         "poster.classes": ",".join(cls), "poster.dataset_hash": f"official:{extra['dataset']}",
@@ -53,9 +50,6 @@ def import_official(checkpoint: str | Path, variant: str = "large", dataset: str
         "poster.official_sha256": sha, "poster.bgr": str(extra["bgr"]).lower(),
         "poster.framing": extra["framing"]["name"],
     }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     name_for_run = run_name or f"official-{extra['dataset']}-{variant}-{sha[:8]}"
     run_id = start_or_resume_run(uri, experiment, name_for_run, None, tags)
     try:

@@ -1,4 +1,4 @@
-"""Test utilities: the deterministic weight rule `poster-parity-rule-1` and manifest-built state dicts.
+"""Test utilities (tests only): the deterministic weight rule `poster-parity-rule-1` and manifest-built state dicts.
 
 The rule (shared/reference/manifests/README.md) fills any state-dict entry from its model-level key
 alone, so a re-implementation can be compared with the official model without real weights.

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.registry_common import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
-                                      ReviewRefused, _classes_of, _fmt, _now, client_for, current_user,
-                                      resolve_uri)
-from pipeline.review_history import (ReviewConflict, current_aliases, mark_review, record_review,
-                                     registry_lock)
+from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
+                                     ReviewRefused, classes_of, tag_value, utc_now, client_for, current_user,
+                                     resolve_uri)
+from pipeline.registry.history import (ReviewConflict, current_aliases, mark_review, record_review,
+                                       registry_lock)
 
 TRAINING_SPLITS = ("train",)
 
@@ -72,7 +72,7 @@ def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:
 
 def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_other_shards: bool) -> None:
     tags = dict(mv.tags)
-    classes = _classes_of(tags)
+    classes = classes_of(tags)
     want = list(manifest["classes"])
     if classes is not None and classes != want:
         raise ReviewRefused(
@@ -89,7 +89,7 @@ def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_othe
 
 def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, split: str,
                       manifest: dict[str, Any], batch_size: int) -> VersionEval:
-    from pipeline.evaluate import ClassOrderError, LoadedModel, evaluate_model
+    from pipeline.evaluate.report import ClassOrderError, LoadedModel, evaluate_model
     from pipeline.modelpkg import load_torch_model
 
     model, classes, extra = load_torch_model(f"models:/{name}/{mv.version}", uri)
@@ -105,7 +105,7 @@ def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, spli
 
 
 def _report(result: ReviewResult) -> str:
-    from pipeline.evaluate import confusion_text, metric_keys
+    from pipeline.evaluate.report import confusion_text, metric_keys
     from pipeline.metrics import format_table
 
     evals = [e for e in (result.champion, result.challenger) if e is not None]
@@ -126,15 +126,15 @@ def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user
     m = result.metric
     tags = {
         "decision": result.decision, "decided_by": user, "decided_at": when, "reason": result.reason,
-        "margin": _fmt(float(result.margin)), "review_metric": m, "review_split": result.split,
+        "margin": tag_value(float(result.margin)), "review_metric": m, "review_split": result.split,
         "review_shards": result.shards, "review_manifest_hash": manifest_hash,
-        f"review_{m}": _fmt(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
+        f"review_{m}": tag_value(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
         "compared_to_version": champ.version if champ else "none", "review_run_id": result.history_run_id,
-        f"champion_{m}": _fmt(champ.metrics.get(m, float("nan"))) if champ else "none",
+        f"champion_{m}": tag_value(champ.metrics.get(m, float("nan"))) if champ else "none",
     }
     for k in REVIEW_METRICS + ("latency_ms_per_image",):
         if k in ch.metrics:
-            tags[f"review_{k}"] = _fmt(float(ch.metrics[k]))
+            tags[f"review_{k}"] = tag_value(float(ch.metrics[k]))
     for k, v in tags.items():
         client.set_model_version_tag(result.name, ch.version, k, v)
     if champ is not None:
@@ -145,7 +145,7 @@ def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user
         }
         for k in REVIEW_METRICS + ("latency_ms_per_image",):
             if k in champ.metrics:
-                champ_tags[f"review_{k}"] = _fmt(float(champ.metrics[k]))
+                champ_tags[f"review_{k}"] = tag_value(float(champ.metrics[k]))
         for k, v in champ_tags.items():
             client.set_model_version_tag(result.name, champ.version, k, v)
     if ch.run_id:
@@ -213,6 +213,38 @@ def _apply(client: Any, uri: str, result: ReviewResult, payload: dict[str, Any],
             mark_review(client, result.history_run_id, applied="true")
 
 
+def _check_options(metric: str, margin: Any, force: bool, reason: str) -> None:
+    if force and not reason.strip():
+        raise RegistryError("--force needs --reason: forced promotions must say why")
+    if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise RegistryError(f"--margin must be a finite number >= 0, got {margin!r}")
+    if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
+        raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
+
+
+def decide(ch: VersionEval, champ: VersionEval | None, metric: str, margin: float, promote: bool,
+           force: bool, reason: str, user: str) -> tuple[float | None, bool, str, str, bool]:
+    """The review's rule, pure: (delta, challenger wins, decision, why, forced). The challenger wins
+    when there is no champion or it beats the champion on `metric` by more than `margin`."""
+    if champ is None:
+        delta, wins = None, True
+        auto = f"no {CHAMPION} yet: v{ch.version} ({metric} {ch.metrics.get(metric, 0):.4f}) is the first"
+    else:
+        a, b = ch.metrics.get(metric, 0.0), champ.metrics.get(metric, 0.0)
+        delta, wins = a - b, (a - b) > margin
+        auto = (f"{metric}: challenger v{ch.version} {a:.4f} vs champion v{champ.version} {b:.4f} "
+                f"(delta {a - b:+.4f} {'>' if wins else '<='} margin {margin:g})")
+    forced = bool(force and not wins)
+    note = f"; note: {reason.strip()}" if reason.strip() else ""
+    if not promote:
+        why = f"{auto}; would {'promote' if wins else 'not promote'} (dry run: pass --promote)"
+        return delta, wins, "none", why, forced
+    if wins or force:
+        why = f"forced by {user}: {reason.strip()} ({auto})" if forced else auto + note
+        return delta, wins, "promoted", why, forced
+    return delta, wins, "rejected", auto + note, forced
+
+
 def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metric: str = "accuracy",
            margin: float = 0.0, promote: bool = False, force: bool = False, reason: str = "",
            allow_other_shards: bool = False, tracking_uri: str | None = None, batch_size: int = 64,
@@ -229,12 +261,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     """
     from pipeline.schema import read_manifest
 
-    if force and not reason.strip():
-        raise RegistryError("--force needs --reason: forced promotions must say why")
-    if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise RegistryError(f"--margin must be a finite number >= 0, got {margin!r}")
-    if metric not in REVIEW_METRICS and not metric.startswith("recall_"):
-        raise RegistryError(f"--metric must be one of {REVIEW_METRICS} or recall_<class>, got {metric!r}")
+    _check_options(metric, margin, force, reason)
     promote = promote or force
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
@@ -252,7 +279,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     if champion_mv is not None and champion_mv.version == challenger_mv.version:
         raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
     user = user or current_user()
-    when = _now()
+    when = utc_now()
     try:
         if split in TRAINING_SPLITS:
             raise ReviewRefused(f"--split {split}: the models were fitted on it, so it cannot rank them; "
@@ -273,25 +300,7 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
                      "reason": str(e)[:4900]}.items():
             client.set_model_version_tag(name, challenger_mv.version, k, v)
         raise
-    if champ is None:
-        delta, wins = None, True
-        auto = f"no {CHAMPION} yet: v{ch.version} ({metric} {ch.metrics.get(metric, 0):.4f}) is the first"
-    else:
-        a, b = ch.metrics.get(metric, 0.0), champ.metrics.get(metric, 0.0)
-        delta, wins = a - b, (a - b) > margin
-        auto = (f"{metric}: challenger v{ch.version} {a:.4f} vs champion v{champ.version} {b:.4f} "
-                f"(delta {a - b:+.4f} {'>' if wins else '<='} margin {margin:g})")
-    forced = bool(force and not wins)
-    if not promote:
-        decision = "none"
-        why = f"{auto}; would {'promote' if wins else 'not promote'} (dry run: pass --promote)"
-    elif wins or force:
-        decision = "promoted"
-        why = f"forced by {user}: {reason.strip()} ({auto})" if forced else (
-            f"{auto}" + (f"; note: {reason.strip()}" if reason.strip() else ""))
-    else:
-        decision = "rejected"
-        why = auto + (f"; note: {reason.strip()}" if reason.strip() else "")
+    delta, wins, decision, why, forced = decide(ch, champ, metric, margin, promote, force, reason, user)
     result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
                           decision, why, forced)
     result.report = _report(result)

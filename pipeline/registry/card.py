@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.metrics import HEADLINE, fmt
+from pipeline.registry.names import CHAMPION
+
 RECIPE_PARAMS = (
     "model.variant", "model.overrides", "model.official_checkpoint", "model.ir50_weights",
     "model.mobilefacenet_weights", "loss.weights", "loss.label_smoothing", "optim.name", "optim.lr",
@@ -19,7 +22,7 @@ RECIPE_PARAMS = (
     "data.class_balanced_loss",
     "data.max_train_rows", "scaling.num_workers", "checkpoint.metric",
 )
-HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1", "loss")
+CARD_METRICS = HEADLINE + ("loss",)
 
 GENERAL_LIMITS = (
     "Inputs must be faces cut in the model's framing (see Data): `pipeline.predict` and the "
@@ -33,13 +36,11 @@ GENERAL_LIMITS = (
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+    return fmt(v, ".4f")
 
 
 def _metric_table(metrics: dict[str, float], splits: tuple[str, ...]) -> list[str]:
-    keys = [k for k in HEADLINE if any(f"{s}_{k}" in metrics for s in splits)]
+    keys = [k for k in CARD_METRICS if any(f"{s}_{k}" in metrics for s in splits)]
     if not keys:
         return ["_No evaluation metrics were recorded for this run._"]
     lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
@@ -103,7 +104,7 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
 
 
 def _framing_text(name: str, manifest: dict[str, Any] | None) -> str:
-    from pipeline import framing as FR
+    from pipeline.faces import framing as FR
 
     spec = FR.of_manifest(manifest) if manifest else FR.get(name) if name in FR.FRAMINGS else None
     if spec is None:
@@ -121,8 +122,25 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
     tags = dict(run.data.tags)
     params = dict(run.data.params)
     metrics = dict(run.data.metrics)
+    lines = _head(name, version, run, tags, params, classes, manifest, model_uri)
+    lines += ["", "## Recipe", ""] + _recipe(tags, params)
+    splits = tuple(s for s in ("val", "test") if any(k.startswith(f"{s}_") for k in metrics))
+    lines += ["", "## Metrics", ""] + (_metric_table(metrics, splits) if splits else
+                                        ["_No evaluation metrics were recorded for this run._"])
+    counts = (manifest or {}).get("counts")
+    lines += ["", "## Per-class recall", ""] + (_recall_table(metrics, classes, splits, counts)
+                                                  if splits else ["_Not measured._"])
+    lines += ["", "## Confusion matrix (test)", ""] + _confusion(confusion_png, confusion)
+    lines += ["", "## Known limits", ""]
+    lines += [f"- {x}" for x in _limits(tags, params, manifest, classes, metrics)]
+    return "\n".join(x for x in lines if x is not None) + "\n"
+
+
+def _head(name: str, version: str | None, run: Any, tags: dict[str, str], params: dict[str, str],
+          classes: list[str], manifest: dict[str, Any] | None, model_uri: str) -> list[str | None]:
+    """Title, identity, intended use and data."""
     title = f"# Model card: {name}" + (f" v{version}" if version else "")
-    lines = [title, ""]
+    lines: list[str | None] = [title, ""]
     lines += [
         f"- **Source run**: `{run.info.run_id}` ({tags.get('mlflow.runName', '')}), "
         f"experiment `{run.info.experiment_id}`",
@@ -134,7 +152,7 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
         "## Intended use",
         "",
         "Classify the facial expression of one aligned face into: " + ", ".join(f"`{c}`" for c in classes)
-        + ". Load with `mlflow.pyfunc.load_model(\"models:/" + name + "@champion\")` and pass a DataFrame "
+        + f". Load with `mlflow.pyfunc.load_model(\"models:/{name}@{CHAMPION}\")` and pass a DataFrame "
         "with an `image` column (aligned-face bytes or HWC uint8); raw photos go through "
         "`python -m pipeline.predict`, which detects and aligns the face first.",
         "",
@@ -156,7 +174,11 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
         counts = manifest.get("counts", {})
         lines.append("- **Rows per split**: " + ", ".join(
             f"{s} {sum(v.values())}" for s, v in counts.items() if sum(v.values())))
-    lines += ["", "## Recipe", ""]
+    return lines
+
+
+def _recipe(tags: dict[str, str], params: dict[str, str]) -> list[str]:
+    lines: list[str] = []
     recipe = [(k, params[k]) for k in RECIPE_PARAMS if k in params and params[k] not in ("", "{}")]
     if recipe:
         lines += ["| setting | value |", "|---|---|"] + [f"| `{k}` | `{v}` |" for k, v in recipe]
@@ -167,13 +189,11 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
         for k in ("poster.official_checkpoint", "poster.official_sha256", "poster.dataset"):
             if k in tags:
                 lines.append(f"- `{k}`: `{tags[k]}`")
-    splits = tuple(s for s in ("val", "test") if any(k.startswith(f"{s}_") for k in metrics))
-    lines += ["", "## Metrics", ""] + (_metric_table(metrics, splits) if splits else
-                                        ["_No evaluation metrics were recorded for this run._"])
-    counts = (manifest or {}).get("counts")
-    lines += ["", "## Per-class recall", ""] + (_recall_table(metrics, classes, splits, counts)
-                                                  if splits else ["_Not measured._"])
-    lines += ["", "## Confusion matrix (test)", ""]
+    return lines
+
+
+def _confusion(confusion_png: str | None, confusion: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
     if confusion_png:
         lines.append(f"![test confusion matrix]({confusion_png})")
     if confusion:
@@ -182,6 +202,4 @@ def build_model_card(*, name: str, version: str | None, run: Any, classes: list[
         lines.append("```")
     if not confusion_png and not confusion:
         lines.append("_No test confusion matrix was logged._")
-    lines += ["", "## Known limits", ""]
-    lines += [f"- {x}" for x in _limits(tags, params, manifest, classes, metrics)]
-    return "\n".join(x for x in lines if x is not None) + "\n"
+    return lines

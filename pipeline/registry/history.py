@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.registry_common import RegistryError
+from pipeline.registry.names import RegistryError
 
 LOCK_SUFFIX = ".review-lock"
 STALE_S = 600.0
@@ -47,7 +47,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = 120.0) -> Iterator[
     while True:
         try:
             client.create_registered_model(lock, tags={"holder": holder, "since": f"{time.time():.3f}"},
-                                           description="transient lock held by pipeline.review")
+                                           description="transient lock held by pipeline.registry.promotion")
             break
         except MlflowException as e:
             if not _already_exists(e):

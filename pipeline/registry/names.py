@@ -1,4 +1,4 @@
-"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.review`)."""
+"""Names and helpers shared by the registry CLI (`pipeline.registry`) and the review (`pipeline.registry.promotion`)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +7,12 @@ import getpass
 import os
 from typing import Any, Iterator
 
+from pipeline.metrics import HEADLINE, fmt
+
 DEFAULT_NAME = "poster-fer"
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_IMPORT_EXPERIMENT = "poster-fer/official"
-REVIEW_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+REVIEW_METRICS = HEADLINE  # what a review may compare on (and recall_<class>)
 TAG_KEYS = ("poster.dataset_hash", "poster.variant", "poster.config_hash", "poster.classes",
             "poster.shards", "poster.source", "poster.dataset", "poster.official_checkpoint",
             "poster.official_sha256", "poster.bgr", "poster.framing")
@@ -41,7 +43,7 @@ def client_for(uri: str) -> Any:
 
 
 @contextlib.contextmanager
-def _global_uri(uri: str) -> Iterator[None]:
+def global_uri(uri: str) -> Iterator[None]:
     """Point the fluent ``mlflow.*`` API at ``uri`` for a block, then restore it."""
     import mlflow
     import mlflow.tracking._model_registry.utils as reg_utils
@@ -72,14 +74,14 @@ def current_user() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
+def tag_value(v: Any) -> str:
+    return fmt(v, ".6g")  # tag values: more digits than a table cell
 
 
-def _classes_of(tags: dict[str, str]) -> list[str] | None:
+def classes_of(tags: dict[str, str]) -> list[str] | None:
     raw = tags.get("poster.classes")
     return [c for c in raw.split(",") if c] if raw else None

@@ -4,10 +4,10 @@
     python -m pipeline.predict --shards DIR [--split test] --out preds.parquet
         [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]
 
-The driver loads the model once (any form ``pipeline.evaluate.load_model`` knows) and puts its
+The driver loads the model once (any form ``pipeline.evaluate.report.load_model`` knows) and puts its
 weights in the object store; ``map_batches`` runs an actor pool, each actor holding the model and,
-for photos, its own detector (``pipeline.face.FaceProcessor``). A photo goes through
-``pipeline.predict.preprocess_image`` (the few-files mode's own per-image step: read, detect,
+for photos, its own detector (``pipeline.faces.align.FaceProcessor``). A photo goes through
+``pipeline.predict.files.preprocess_image`` (the few-files mode's own per-image step: read, detect,
 align, crop), then the model. Shard rows are aligned faces already: decoded and classified.
 
 One output row per input: ``index``, ``path``, ``ok``, ``label``, ``reject_reason`` (unreadable /
@@ -85,7 +85,7 @@ def model_payload(loaded: Any) -> dict[str, Any]:
 def rebuild(payload: dict[str, Any]) -> Any:
     """A ``LoadedModel`` (eval mode) from ``model_payload``'s output."""
     import poster_model
-    from pipeline.evaluate import LoadedModel
+    from pipeline.evaluate.report import LoadedModel
     from pipeline.modelpkg import poster_config_from_dict
 
     model = poster_model.build_poster(poster_config_from_dict(payload["poster_config"]))
@@ -118,14 +118,14 @@ class PhotoPredictor(_ModelActor):
 
     def __init__(self, payload_ref: list, threads: int = 1, framing: dict | None = None) -> None:
         super().__init__(payload_ref, threads)
-        from pipeline.face import FaceProcessor
-        from pipeline.framing import get
+        from pipeline.faces.align import FaceProcessor
+        from pipeline.faces.framing import get
 
         self.processor = FaceProcessor()
         self.framing = get(framing)  # the model's framing, resolved once by the driver
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        from pipeline.predict import classify, preprocess_image
+        from pipeline.predict.files import classify, preprocess_image
 
         pairs = [preprocess_image(str(p), self.processor, self.framing) for p in batch["path"]]
         preds = classify(self.loaded, [p for p, _ in pairs], [f for _, f in pairs], batch_size=max(len(pairs), 1))
@@ -235,7 +235,7 @@ def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, sha
               split: str = "test", batch_size: int = 16, actors: int = 2, cpus_per_actor: float = 0.5,
               framing: Any = None) -> BatchReport:
     """Predict every input with Ray Data and write ``out``; returns the reconciled counts.
-    Photos are cut in `framing` (``pipeline.framing``; default: the model's)."""
+    Photos are cut in `framing` (``pipeline.faces.framing``; default: the model's)."""
     import ray
 
     from pipeline.runtime import ensure_ray
@@ -246,7 +246,7 @@ def run_batch(loaded: Any, out: str | Path, *, input_dir: str | None = None, sha
     try:
         t0 = time.perf_counter()
         ref = ray.put(model_payload(loaded))
-        from pipeline.framing import get
+        from pipeline.faces.framing import get
 
         framing = get(framing if framing is not None else loaded.framing).to_dict()
         ds, total = build_dataset(ref, input_dir=input_dir, shards=shards, split=split, batch_size=batch_size,

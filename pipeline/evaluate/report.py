@@ -20,9 +20,7 @@ manifest hash), ``confusion.json`` and ``confusion.png``. Exit codes: 0 evaluate
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,11 +28,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.cli import positive_int
 from pipeline.evaluation import EvalResult, evaluate_batches
+from pipeline.metrics import HEADLINE
+from pipeline.schema import EVAL_COLUMNS
 
-EVAL_COLUMNS = ["sample_id", "image", "landmark_crop", "label"]
-HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1")
 
 
 class ClassOrderError(ValueError):
@@ -59,8 +56,8 @@ class LoadedModel:
 
     @property
     def framing(self) -> Any:
-        """The framing the model was trained on (``pipeline.framing``; older models: project)."""
-        from pipeline.framing import of_extra
+        """The framing the model was trained on (``pipeline.faces.framing``; older models: project)."""
+        from pipeline.faces.framing import of_extra
 
         return of_extra(self.extra)
 
@@ -223,61 +220,8 @@ def write_outputs(out: str | Path, result: EvalResult, info: dict[str, Any]) -> 
     return {"metrics": out / "metrics.json", "confusion_json": out / "confusion.json", "confusion_png": png}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="models:/NAME@ALIAS | models:/NAME/VERSION | checkpoint dir | checkpoint.pt | weights.pt | official .pth")
-    p.add_argument("--shards", required=True, help="ingest output root (holds _manifest.json)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", help="folder for metrics.json, confusion.json, confusion.png")
-    p.add_argument("--tracking-uri", help="MLflow URI for models:/ (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--variant", default="large", help="official checkpoints only: POSTER variant")
-    p.add_argument("--dataset", default="rafdb", help="official checkpoints only: label order / BGR of this dataset")
-    return p.parse_args(argv)
-
-
 def quiet_mlflow() -> None:
     """No artifact-download progress bars in CLI output."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.metrics import format_table
-    from pipeline.schema import read_manifest
-
-    args = parse_args(argv)
-    quiet_mlflow()
-    try:
-        manifest = read_manifest(args.shards)
-        loaded = load_model(args.model, args.tracking_uri, args.variant, args.dataset,
-                            classes=list(manifest["classes"]))
-        result = evaluate_model(loaded, args.shards, args.split, args.batch_size, manifest)
-    except ClassOrderError as e:
-        print(f"refused: {e}", file=sys.stderr)
-        return 3
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result.metrics["parameters"] = loaded.parameters
-    print(f"model   {loaded.source} ({loaded.kind}; bgr={loaded.bgr}, use_crop={loaded.use_crop})")
-    print(f"shards  {args.shards} split={args.split} manifest={manifest.get('content_hash', '')[:16]}")
-    print(format_table({"model": result.metrics}, metric_keys(result.classes, result.metrics)))
-    print()
-    print(confusion_text(result.confusion, result.classes))
-    if args.out:
-        info = {"model": loaded.source, "kind": loaded.kind, "shards": str(args.shards), "split": args.split,
-                "manifest_hash": manifest.get("content_hash", ""), "extra": loaded.extra,
-                "parameters": loaded.parameters}
-        paths = write_outputs(args.out, result, info)
-        print(f"\nwrote {paths['metrics']} and {paths['confusion_png']}")
-    return 0
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_cli
-
-    sys.exit(run_cli(main))

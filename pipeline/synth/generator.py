@@ -13,19 +13,18 @@ Deterministic: sample `i` of class `c` with seed `s` is the same image on every 
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pipeline.face import MEAN_SHAPE_68
-from pipeline.schema import CANONICAL_CLASSES
+from pipeline.faces.align import MEAN_SHAPE_68
+from pipeline.schema import CANONICAL_CLASSES, IMAGE_SIZE
+from pipeline.synth.draw import N as _N, SS as _SS, XX as _XX, YY as _YY  # noqa: F401
+from pipeline.synth.draw import ellipse as _ellipse, poly as _poly, roi as _roi, smooth as _smooth
 
-SIZE = 224
-_SS = 2  # supersampling factor for anti-aliased drawing
+SIZE = IMAGE_SIZE
 
 # Action parameters, in units of the inter-ocular distance where they move points:
 #   smile (+ corners up / - down), open (jaw drop), width (corners out/in), lip (upper-lip raise),
@@ -45,7 +44,7 @@ PROTOTYPES: dict[str, dict[str, float]] = {
 
 
 def _symmetric_mean_shape() -> np.ndarray:
-    from pipeline.face import IBUG68_FLIP
+    from pipeline.faces.align import IBUG68_FLIP
 
     m = MEAN_SHAPE_68.astype(np.float64) * SIZE
     mirrored = m[IBUG68_FLIP].copy()
@@ -157,10 +156,6 @@ def _skin(rng) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
 
 
-_N = SIZE * _SS
-_YY, _XX = (g.astype(np.float32) / _N for g in np.mgrid[0:_N, 0:_N])
-
-
 def _background(rng) -> np.ndarray:
     kind = rng.integers(4)
     c1, c2 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
@@ -178,38 +173,6 @@ def _background(rng) -> np.ndarray:
     return cv2.resize(c1 + (c2 - c1) * g[..., None], (_N, _N), interpolation=cv2.INTER_LINEAR)
 
 
-def _roi(pts: np.ndarray, pad: float) -> tuple[slice, slice]:
-    lo = np.clip(np.floor((pts.min(0) - pad) * _SS), 0, _N).astype(int)
-    hi = np.clip(np.ceil((pts.max(0) + pad) * _SS), 0, _N).astype(int)
-    return slice(lo[1], hi[1]), slice(lo[0], hi[0])
-
-
-def _poly(img, pts, color, closed=True, thickness=None, off=(0.0, 0.0)):
-    q = np.round((np.asarray(pts) - off) * _SS * 16).astype(np.int32).reshape(-1, 1, 2)
-    if thickness is None:
-        cv2.fillPoly(img, [q], tuple(float(v) for v in color), cv2.LINE_AA, shift=4)
-    else:
-        cv2.polylines(img, [q], closed, tuple(float(v) for v in color), max(1, int(thickness * _SS)),
-                      cv2.LINE_AA, shift=4)
-
-
-def _ellipse(img, centre, axes, angle, color, thickness=-1, off=(0.0, 0.0)):
-    c = tuple(int(round((v - o) * _SS * 16)) for v, o in zip(centre, off))
-    a = tuple(max(1, int(round(v * _SS * 16))) for v in axes)
-    cv2.ellipse(img, c, a, angle, 0, 360, tuple(float(v) for v in color), thickness, cv2.LINE_AA, shift=4)
-
-
-def _smooth(pts: np.ndarray, n: int = 8) -> np.ndarray:
-    """Closed Catmull-Rom smoothing of a polygon (for lips and eyes)."""
-    p1 = np.asarray(pts, dtype=np.float64)
-    p0, p2, p3 = np.roll(p1, 1, 0), np.roll(p1, -1, 0), np.roll(p1, -2, 0)
-    t = np.linspace(0, 1, n, endpoint=False)[None, :, None]
-    out = 0.5 * ((2 * p1)[:, None] + (-p0 + p2)[:, None] * t
-                 + (2 * p0 - 5 * p1 + 4 * p2 - p3)[:, None] * t**2
-                 + (-p0 + 3 * p1 - 3 * p2 + p3)[:, None] * t**3)
-    return out.reshape(-1, 2)
-
-
 def _forehead(p: np.ndarray) -> np.ndarray:
     """Arc over the forehead from jaw point 17 back to jaw point 1."""
     a, b = p[16], p[0]
@@ -224,18 +187,45 @@ def _forehead(p: np.ndarray) -> np.ndarray:
 
 
 def render(p: np.ndarray, act: dict, rng: np.random.Generator) -> np.ndarray:
-    """Draw the face with landmarks `p` (pixels of the 224 frame); returns RGB uint8."""
-    n = SIZE * _SS
+    """Draw the face with landmarks `p` (pixels of the 224 frame); returns RGB uint8.
+
+    The phases run in a fixed order: their random draws, in this order, make a seed's image."""
     img = _background(rng)
     skin = _skin(rng)
     hair = rng.uniform(10, 90) * np.array([1.0, rng.uniform(0.7, 0.95), rng.uniform(0.5, 0.85)])
     if rng.random() < 0.15:
         hair = rng.uniform(120, 220) * np.array([1.0, 0.9, 0.6])  # light hair
-    d = np.hypot(*(p[42:48].mean(0) - p[36:42].mean(0)))
-    face_up = p[27] - p[8]
-    face_up /= np.hypot(*face_up)
-    fh = _forehead(p)
-    outline = np.vstack([p[0:17], fh])
+    f = _Frame.of(p)
+    _head_and_shoulders(img, f, skin, hair, rng)
+    _face_and_nose(img, f, skin)
+    _eyes(img, f, skin, rng)
+    _brows_and_mouth(img, f, skin, hair, act, rng)
+    _fringe(img, f, hair, rng)
+    return _optics(img, rng)
+
+
+@dataclass
+class _Frame:
+    """Landmarks plus the directions and scale every phase of `render` draws with."""
+    p: np.ndarray
+    d: float              # eye distance
+    face_up: np.ndarray   # unit vector chin -> nose bridge
+    side: np.ndarray      # unit vector across the face
+    fh: np.ndarray        # forehead outline
+    outline: np.ndarray   # jaw + forehead
+
+    @classmethod
+    def of(cls, p: np.ndarray) -> "_Frame":
+        d = np.hypot(*(p[42:48].mean(0) - p[36:42].mean(0)))
+        face_up = p[27] - p[8]
+        face_up /= np.hypot(*face_up)
+        fh = _forehead(p)
+        return cls(p, d, face_up, np.array([-face_up[1], face_up[0]]), fh, np.vstack([p[0:17], fh]))
+
+
+def _head_and_shoulders(img: np.ndarray, f: _Frame, skin: np.ndarray, hair: np.ndarray,
+                        rng: np.random.Generator) -> None:
+    p, d, face_up, fh, side = f.p, f.d, f.face_up, f.fh, f.side
     if rng.random() < 0.5:  # long hair behind the head
         _poly(img, np.vstack([fh * 1.0 + (fh - fh.mean(0)) * 0.25, p[[16, 12, 4, 0]] - face_up * d * 0.6
                               + np.array([[d * 0.4, 0], [d * 0.6, 0], [-d * 0.6, 0], [-d * 0.4, 0]])]), hair)
@@ -244,13 +234,17 @@ def render(p: np.ndarray, act: dict, rng: np.random.Generator) -> np.ndarray:
     neck = np.array([p[5], p[11], p[11] - face_up * d * 1.2, p[5] - face_up * d * 1.2])
     _poly(img, neck, skin * 0.85)
     sh = p[8] - face_up * d * 1.1
-    side = np.array([-face_up[1], face_up[0]])
     _poly(img, [sh + side * d * 2.2, sh - side * d * 2.2, sh - side * d * 2.6 - face_up * d * 3,
                 sh + side * d * 2.6 - face_up * d * 3], clothes)
     # ears
     for j in (1, 15):
         _ellipse(img, p[j] + (p[j] - p[27]) * 0.05, (d * 0.18, d * 0.32),
                  np.degrees(np.arctan2(face_up[1], face_up[0])) + 90, skin * 0.9)
+
+
+def _face_and_nose(img: np.ndarray, f: _Frame, skin: np.ndarray) -> None:
+    p, d, face_up, outline = f.p, f.d, f.face_up, f.outline
+    n = SIZE * _SS
     # face with radial shading
     _poly(img, outline, skin)
     mask = np.zeros((n, n), np.float32)
@@ -266,7 +260,11 @@ def render(p: np.ndarray, act: dict, rng: np.random.Generator) -> np.ndarray:
     _ellipse(img, p[30], (d * 0.12, d * 0.1), 0, np.minimum(skin * 1.08, 255))
     for j in (32, 34):
         _ellipse(img, p[j] + face_up * d * 0.01, (d * 0.06, d * 0.035), 0, skin * 0.35)
-    # eyes: sclera, iris, pupil, lids, lashes
+
+
+def _eyes(img: np.ndarray, f: _Frame, skin: np.ndarray, rng: np.random.Generator) -> None:
+    """Sclera, iris, pupil, lids, lashes."""
+    p, d = f.p, f.d
     iris_col = rng.choice([[70, 45, 25], [40, 25, 15], [60, 90, 140], [70, 100, 60], [110, 80, 40]])
     for sl in (slice(36, 42), slice(42, 48)):
         eye = _smooth(p[sl], 6)
@@ -289,11 +287,14 @@ def render(p: np.ndarray, act: dict, rng: np.random.Generator) -> np.ndarray:
         _poly(img, _smooth(upper, 4)[:-3], (25, 20, 20), closed=False, thickness=d * 0.05)
         _poly(img, p[[sl.start + 3, sl.start + 4, sl.start + 5, sl.start]], skin * 0.6, closed=False,
               thickness=d * 0.02)
-    # brows
+
+
+def _brows_and_mouth(img: np.ndarray, f: _Frame, skin: np.ndarray, hair: np.ndarray, act: dict,
+                     rng: np.random.Generator) -> None:
+    p, d, face_up, side = f.p, f.d, f.face_up, f.side
     bw = d * rng.uniform(0.07, 0.12)
     for sl in (slice(17, 22), slice(22, 27)):
         _poly(img, p[sl], hair * 0.9, closed=False, thickness=bw)
-    # mouth
     lip = skin * np.array([1.0, 0.62, 0.62]) * rng.uniform(0.75, 0.95)
     _poly(img, _smooth(p[48:60], 6), lip)
     inner = _smooth(p[60:68], 6)
@@ -309,13 +310,19 @@ def render(p: np.ndarray, act: dict, rng: np.random.Generator) -> np.ndarray:
         for j, sgn in ((31, -1), (35, 1)):
             _poly(img, [p[j] + face_up * d * 0.25, p[j] + side * sgn * d * 0.1 + face_up * d * 0.05],
                   skin * 0.7, closed=False, thickness=d * 0.02)
-    # fringe over the forehead (never below the brows)
+
+
+def _fringe(img: np.ndarray, f: _Frame, hair: np.ndarray, rng: np.random.Generator) -> None:
+    """Fringe over the forehead (never below the brows)."""
     style = rng.integers(3)
     if style > 0:
-        top = fh[3:-3]
-        drop = d * (0.25 if style == 1 else 0.5)
-        _poly(img, np.vstack([top + face_up * d * 0.35, (top - face_up * drop)[::-1]]), hair)
-    # global light direction and exposure, then optics and sensor noise, at the output size
+        top = f.fh[3:-3]
+        drop = f.d * (0.25 if style == 1 else 0.5)
+        _poly(img, np.vstack([top + f.face_up * f.d * 0.35, (top - f.face_up * drop)[::-1]]), hair)
+
+
+def _optics(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Global light direction and exposure, then optics and sensor noise, at the output size."""
     img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     a = rng.uniform(0, 2 * np.pi)
     g = np.cos(a) * (_XX[::_SS, ::_SS] - 0.5) + np.sin(a) * (_YY[::_SS, ::_SS] - 0.5)
@@ -358,20 +365,3 @@ def write_tree(out: str | Path, per_class: int, seed: int = 0, classes: int = 7,
         bgr = cv2.cvtColor(face.image, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(d / f"{label}_{i:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return len(items)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output folder (image-folder tree <split>/<label>/*.jpg)")
-    ap.add_argument("--per-class", type=int, default=40, help="images per class, all splits together")
-    ap.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images")
-    ap.add_argument("--classes", type=int, choices=(7, 8), default=7, help="7 (no contempt) or 8 classes")
-    ap.add_argument("--test-fraction", type=float, default=0.2, help="share of each class put in test/")
-    args = ap.parse_args(argv)
-    n = write_tree(args.out, args.per_class, args.seed, args.classes, args.test_fraction)
-    print(f"wrote {n} images to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,13 +11,13 @@ imports it work without mediapipe installed; only `FaceProcessor(detector=True)`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-ALIGNED_SIZE = 224
-CROP_SIZE = 112
+from pipeline.faces import framing as FR
+from pipeline.faces.geometry import (ALIGNED_SIZE, CROP_SIZE, DEFAULT_MARGIN, FaceResult,  # noqa: F401
+                                     NoFaceError, finish_face, as_rgb, similarity_transform, template_5pts,
+                                     transform_points, warp_face)
 
 # MediaPipe face mesh (468 vertices, 0-based) -> 68 iBUG points, in iBUG order. A pair means
 # "average the two vertices". No official mapping exists (google-ai-edge/mediapipe#3116, #4490);
@@ -52,21 +52,6 @@ MESH_EYE_IMAGE_RIGHT = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 3
 MESH_NOSE_TIP = 4  # vertex 1 sits ~7 % of the eye distance below dlib's nose tip (iBUG 31)
 MESH_MOUTH_LEFT, MESH_MOUTH_RIGHT = 61, 291
 
-# ArcFace 112x112 five-point template (image-left eye, image-right eye, nose, mouth corners),
-# made left-right symmetric about x=56 so that the eye line is exactly horizontal, then shrunk
-# towards the centre by `margin` so the jaw and brows fit inside the frame (ArcFace crops cut
-# the chin off). Values in [0, 1] of the output side.
-_ARCFACE_112 = np.array(
-    [[56 - 17.6186, 51.5989], [56 + 17.6186, 51.5989], [56.0, 71.7366],
-     [56 - 14.5903, 92.2848], [56 + 14.5903, 92.2848]], dtype=np.float64) / 112.0
-DEFAULT_MARGIN = 0.8
-
-
-def template_5pts(size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN) -> np.ndarray:
-    """Target positions of the five reference points in a `size` x `size` aligned image."""
-    return ((_ARCFACE_112 - 0.5) * margin + 0.5) * size
-
-
 # Mean 68-point shape in the aligned frame (normalised), used when an already-aligned image has
 # no detectable face: the average of the detector's aligned landmarks over 299 real faces
 # (../shared/data/muxspace_dev) with the default template (`bench/ingest.py --mean-shape`
@@ -85,125 +70,18 @@ MEAN_SHAPE_68 = np.array([
 ], dtype=np.float32).reshape(68, 2)
 
 
-class NoFaceError(ValueError):
-    """No usable face: the detector found none, or the given landmarks are degenerate."""
-
-
-@dataclass
-class FaceResult:
-    """One processed face.
-
-    Attributes:
-        image: aligned face, RGB uint8 [224, 224, 3].
-        crop: landmark-net input, RGB uint8 [112, 112, 3] (the aligned face resized).
-        landmarks: 68 iBUG points in the aligned image, float32 [68, 2] in [0, 1].
-        landmarks_from: "detector", "known" (given by the caller) or "mean_shape" (fallback).
-    """
-
-    image: np.ndarray
-    crop: np.ndarray
-    landmarks: np.ndarray
-    landmarks_from: str = "detector"
-
-    # The names the contract uses (design.md / predict).
-    @property
-    def image_224_rgb_uint8(self) -> np.ndarray:
-        return self.image
-
-    @property
-    def crop_112_rgb_uint8(self) -> np.ndarray:
-        return self.crop
-
-    @property
-    def landmarks68_norm(self) -> np.ndarray:
-        return self.landmarks
-
-
-def as_rgb(img: np.ndarray) -> np.ndarray:
-    """Gray [H,W], [H,W,1] or RGBA [H,W,4] -> contiguous RGB uint8 [H,W,3]."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        raise TypeError(f"expected uint8 pixels, got {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.ndim == 3 and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
-    return np.ascontiguousarray(img)
-
-
 def five_from_68(lm68: np.ndarray) -> np.ndarray:
     """Five reference points from 68 iBUG points: eye centres, nose tip (31), mouth corners (49, 55)."""
     lm68 = np.asarray(lm68, dtype=np.float64).reshape(68, 2)
     return np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]])
 
 
-def similarity_transform(src5: np.ndarray, dst5: np.ndarray) -> np.ndarray:
-    """2x3 similarity mapping src5 onto dst5 with the src eye line made horizontal.
-
-    The rotation is fixed by the eye line (points 0 and 1) rather than fitted, so the aligned
-    eyes are exactly level; scale and translation are the least-squares fit over all 5 points.
-    """
-    src5 = np.asarray(src5, dtype=np.float64)
-    dst5 = np.asarray(dst5, dtype=np.float64)
-    if not np.all(np.isfinite(src5)):
-        raise NoFaceError("non-finite landmarks")
-    d = src5[1] - src5[0]
-    theta = np.arctan2(d[1], d[0])
-    c, s = np.cos(-theta), np.sin(-theta)
-    rot = np.array([[c, -s], [s, c]])
-    p = src5 @ rot.T
-    pc, qc = p - p.mean(0), dst5 - dst5.mean(0)
-    denom = float((pc**2).sum())
-    scale = float((pc * qc).sum()) / denom if denom > 0 else 0.0
-    if not np.isfinite(scale) or scale <= 1e-6 or np.hypot(*d) < 1e-3:
-        raise NoFaceError("degenerate landmarks (eyes coincide or face is mirrored)")
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = dst5.mean(0) - scale * p.mean(0)
-    return m
-
-
-def warp_face(rgb: np.ndarray, m: np.ndarray, size: int = ALIGNED_SIZE, border: str = "replicate") -> np.ndarray:
-    """Apply a 2x3 transform, pre-shrinking with INTER_AREA when it downscales a lot (no aliasing).
-
-    `border` fills what lies outside `rgb` (``pipeline.framing.BORDERS``; docs/ingest.md).
-    """
-    from pipeline.framing import fill
-
-    scale = float(np.hypot(m[0, 0], m[1, 0]))
-    if scale < 0.5:
-        k = min(1.0, scale * 2.0)  # leave a 2x downscale to warpAffine
-        small = cv2.resize(rgb, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
-        m = m.copy()
-        m[:, :2] /= k
-        rgb = small
-    mode, value = fill(rgb, border)
-    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=value)
-
-
-def transform_points(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
-    pts = np.asarray(pts, dtype=np.float64)
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def _finish(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str) -> FaceResult:
-    crop = cv2.resize(aligned, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
-    lm = np.clip(np.asarray(lm_px, dtype=np.float64) / size, 0.0, 1.0).astype(np.float32)
-    return FaceResult(image=aligned, crop=crop, landmarks=lm, landmarks_from=source)
-
-
 def align_with_landmarks(rgb: np.ndarray, lm68_px: np.ndarray, margin: float = DEFAULT_MARGIN,
                          source: str = "known", framing=None) -> FaceResult:
     """Align a face whose 68 iBUG points (pixels of `rgb`) are already known.
 
-    `framing` (``pipeline.framing``) defaults to the project framing at `margin`.
+    `framing` (``pipeline.faces.framing``) defaults to the project framing at `margin`.
     """
-    from pipeline import framing as FR
-
     rgb = as_rgb(rgb)
     lm68_px = np.asarray(lm68_px, dtype=np.float64).reshape(68, 2)
     if not np.all(np.isfinite(lm68_px)):
@@ -223,14 +101,12 @@ class FaceProcessor:
         min_side: images smaller than this are upscaled before detection (face mesh misses tiny faces).
         min_detection_confidence: BlazeFace threshold.
         pad_retry: on a miss, retry once with 25 % replicate padding (helps tight crops).
-        framing: what `process` cuts (``pipeline.framing``); default the project framing at `margin`.
+        framing: what `process` cuts (``pipeline.faces.framing``); default the project framing at `margin`.
     """
 
     def __init__(self, margin: float = DEFAULT_MARGIN, min_side: int = 192,
                  min_detection_confidence: float = 0.5, pad_retry: bool = True, framing=None):
         import mediapipe as mp  # lazy: the package imports without mediapipe
-
-        from pipeline import framing as FR
 
         self.margin = margin
         self.framing = FR.get(framing) if framing is not None else FR.PROJECT.with_(margin=margin)
@@ -283,11 +159,9 @@ class FaceProcessor:
         """Detect, align and crop the face in an RGB uint8 image; raises NoFaceError.
 
         `box` (x, y, w, h), when known, restricts detection to that face (plus 25 % context).
-        The face is cut in this processor's framing (``pipeline.framing.prepare_face``).
+        The face is cut in this processor's framing (``pipeline.faces.framing.prepare_face``).
         """
-        from pipeline.framing import prepare_face
-
-        return prepare_face(rgb, self.framing, self, box)
+        return FR.prepare_face(rgb, self.framing, self, box)
 
     def landmarks_in(self, rgb: np.ndarray) -> np.ndarray | None:
         """68 points normalised to `rgb`'s own frame, or None when no face is found."""
@@ -297,16 +171,6 @@ class FaceProcessor:
             return None
         h, w = rgb.shape[:2]
         return lm68 / np.array([w, h], dtype=np.float64)
-
-
-def _box_region(rgb: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
-    x, y, bw, bh = (float(v) for v in box)
-    h, w = rgb.shape[:2]
-    x0, y0 = int(max(0, x - 0.25 * bw)), int(max(0, y - 0.25 * bh))
-    x1, y1 = int(min(w, x + 1.25 * bw)), int(min(h, y + 1.25 * bh))
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        return rgb, np.zeros(2)
-    return rgb[y0:y1, x0:x1], np.array([x0, y0], dtype=np.float64)
 
 
 def aligned_only(rgb: np.ndarray, processor: FaceProcessor | None = None) -> FaceResult:
@@ -322,8 +186,8 @@ def aligned_only(rgb: np.ndarray, processor: FaceProcessor | None = None) -> Fac
     aligned = cv2.resize(rgb, (ALIGNED_SIZE, ALIGNED_SIZE), interpolation=interp)
     lm = processor.landmarks_in(rgb) if processor is not None else None
     if lm is None:
-        return _finish(aligned, MEAN_SHAPE_68 * ALIGNED_SIZE, ALIGNED_SIZE, "mean_shape")
-    return _finish(aligned, lm * ALIGNED_SIZE, ALIGNED_SIZE, "detector")
+        return finish_face(aligned, MEAN_SHAPE_68 * ALIGNED_SIZE, ALIGNED_SIZE, "mean_shape")
+    return finish_face(aligned, lm * ALIGNED_SIZE, ALIGNED_SIZE, "detector")
 
 
 # Index of each iBUG point's mirror image (for horizontal flips of images with landmarks).

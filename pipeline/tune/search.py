@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sweep_space import domain_of, json_keys
+from pipeline.registry.names import CHALLENGER, DEFAULT_NAME
+from pipeline.tune.space import domain_of, json_keys
 
 DRIVER_MEMORY = 256 * 1024**2  # logical bytes the trial bundle asks for when it takes no CPU
 
@@ -30,8 +31,8 @@ class SweepCfg:
     trial_cpus: float = 0.0  # the driver only waits (0: a memory-only bundle, see trial_resources)
     max_failures: int = 0  # Tune-level retries of a crashed trial (Train retries workers itself)
     register: bool = True
-    registry_name: str = "poster-fer"
-    alias: str = "challenger"
+    registry_name: str = DEFAULT_NAME
+    alias: str = CHALLENGER
     seed: int = 0
 
 
@@ -78,18 +79,16 @@ def make_searcher(sweep: SweepCfg, space: dict[str, Any]) -> Any:
 
 
 def report_callback() -> Any:
-    """``TuneReportCallback`` plus two renames: ``epochs_done`` (1-based epoch, ASHA's clock, right
-    on resumed trials too), and the loop's final ``done`` flag moved to ``train_done``: Tune reads
-    ``done`` as "trial finished" and would kill the driver before it logs the model."""
+    """``TuneReportCallback`` plus ``epochs_done`` (1-based epoch, ASHA's clock, right on resumed
+    trials too). The loop never reports ``done`` (Tune reads it as "trial finished")."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class SweepReportCallback(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
             renamed = []
             for m in metrics:
-                m = {("train_done" if k == "done" else k): v for k, v in m.items()}
                 if "epoch" in m:
-                    m["epochs_done"] = int(m["epoch"]) + 1
+                    m = {**m, "epochs_done": int(m["epoch"]) + 1}
                 renamed.append(m)
             super().after_report(run_context, renamed, checkpoint)
 

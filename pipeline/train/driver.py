@@ -8,18 +8,17 @@ checkpoint, in the same MLflow run.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.config import ConfigError, TrainConfig, dump_yaml, load_config
-from pipeline.framing import of_manifest as framing_of_manifest, record_of_manifest
+from pipeline.config import TrainConfig, dump_yaml
+from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.data import build_datasets, check_shards, class_weights
-from pipeline.run_identity import ResumeRefused, check_or_record, pop_stop
-from pipeline.runtime import ensure_ray, git_commit, ray_log_level
-from pipeline.schema import SchemaError, read_manifest
+from pipeline.run_identity import check_or_record, pop_stop
+from pipeline.runtime import ray_log_level
+from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
 
 
@@ -61,9 +60,6 @@ def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
         "poster.classes": ",".join(manifest["classes"]),
         "poster.framing": framing_of_manifest(manifest).name,
     }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, tags)
     tracker = MlflowTracker(uri, run_id)
     tracker.log_params(cfg.flat())
@@ -133,14 +129,20 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
 
 
 def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
-                 callbacks: list[Any] | None = None, run_name: str | None = None) -> TrainOutcome:
-    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit."""
+                 callbacks: list[Any] | None = None, run_name: str | None = None,
+                 step_hook: Callable[[int, int, int, str], None] | None = None) -> TrainOutcome:
+    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit.
+
+    `step_hook(epoch, step, rank, scratch_dir)` runs on every worker before each train step (it is
+    pickled to the workers); the tests use it to kill a worker mid-epoch (tests/fault_injection.py).
+    """
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
     check_shards(cfg.data.shards, manifest)
     name = check_or_record(cfg, manifest, run_name or run_name_for(cfg))
     uri, experiment, run_id = start_tracking(cfg, manifest, name, parent_run_id)
-    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id}, name, callbacks)
+    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id, "step_hook": step_hook},
+                            name, callbacks)
     try:
         result = trainer.fit()
         stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{name}")
@@ -169,56 +171,3 @@ def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:
     except Exception as e:  # the training is done; the numbers are in MLflow once it is back
         print(f"[poster] note: final metrics not read back from MLflow: {e}", file=sys.stderr)
     return metrics
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML under configs/ (defaults apply when omitted)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=1e-4")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
-    try:  # before Ray starts: a missing or foreign shards folder is a one-line answer
-        check_shards(cfg.data.shards, read_manifest(cfg.data.shards))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: data.shards={cfg.data.shards}: {e}; run `python -m pipeline.ingest` first "
-              "or point data.shards=<ingest output>", file=sys.stderr)
-        return 2
-    started = ensure_ray()
-    try:
-        out = run_training(cfg)
-    except ResumeRefused as e:
-        print(f"refused: {e}", file=sys.stderr)
-        return 3
-    except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    m = out.metrics
-    print(f"[poster] run {out.run_name} finished: best {cfg.checkpoint.metric}="
-          f"{m.get(cfg.checkpoint.metric, float('nan')):.4f} test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
-    print(f"[poster] MLflow run {out.run_id} in experiment '{out.experiment}' at {out.tracking_uri}")
-    print(f"[poster] model: {out.model_uri}   checkpoint: {out.checkpoint_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_cli
-
-    sys.exit(run_cli(main))

@@ -8,12 +8,12 @@ actor is killed mid-fit, so its child run is still RUNNING here and is closed as
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.metrics import fmt
 from pipeline.tracking import MlflowTracker
 
 RESULT_METRICS = ("test_accuracy", "test_macro_f1", "test_mean_class_accuracy")
@@ -113,22 +113,14 @@ def best_row(rows: list[TrialRow]) -> TrialRow | None:
     return next((r for r in rows if r.status == "completed" and r.score is not None), None)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "+".join(map(str, v))
-    return "" if v is None else str(v)
-
-
 def table(rows: list[TrialRow], metric: str, limit: int | None = None) -> tuple[list[str], list[list[str]]]:
     keys = list(dict.fromkeys(k for r in rows for k in r.params))
     head = ["rank", "trial", "status", metric, "epochs", *RESULT_METRICS, *keys, "run_id", "error"]
     body = []
     for i, r in enumerate(rows[:limit] if limit else rows, 1):
-        body.append([str(i), r.trial_id, r.status, _fmt(r.score), str(r.epochs),
-                     *[_fmt(r.metrics.get(k)) for k in RESULT_METRICS],
-                     *[_fmt(r.params.get(k)) for k in keys], r.run_id or "", r.error])
+        body.append([str(i), r.trial_id, r.status, fmt(r.score), str(r.epochs),
+                     *[fmt(r.metrics.get(k)) for k in RESULT_METRICS],
+                     *[fmt(r.params.get(k)) for k in keys], r.run_id or "", r.error])
     return head, body
 
 
@@ -163,19 +155,12 @@ def log_summary(tracker: MlflowTracker, rows: list[TrialRow], metric: str) -> st
 
 
 def register_best(best: TrialRow | None, tracking_uri: str, name: str, alias: str) -> str | None:
-    """Register the best trial's model through ``pipeline.registry.register_run`` when present."""
+    """Register the best trial's model through ``pipeline.registry.versions.register_run``."""
     if best is None or best.run_id is None:
         print("[tune] no completed trial, nothing to register")
         return None
-    try:
-        registry = importlib.import_module("pipeline.registry")
-    except ImportError as e:
-        print(f"[tune] pipeline.registry is not available ({e}); best run {best.run_id} not registered")
-        return None
-    register_run = getattr(registry, "register_run", None)
-    if register_run is None:
-        print(f"[tune] pipeline.registry has no register_run; best run {best.run_id} not registered")
-        return None
+    from pipeline.registry.versions import register_run  # tune -> registry, never the other way
+
     version = register_run(best.run_id, tracking_uri=tracking_uri, name=name, alias=alias)
     print(f"[tune] registered run {best.run_id} as {name} version {version} (@{alias})")
     return None if version is None else str(version)

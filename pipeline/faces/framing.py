@@ -22,15 +22,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-BORDERS = ("replicate", "reflect", "mean", "constant")
-# Pixels the framing needs beyond the source image are copied from its edge (docs/ingest.md,
-# "Border policy": black bands are a cue no real photo has; measured in bench/framing_cross.py).
-DEFAULT_BORDER = "replicate"
-
-
-class FramingError(ValueError):
-    """A framing that cannot be reproduced from a raw photo, or an unknown framing name."""
-
+from pipeline.faces.geometry import (ALIGNED_SIZE, BORDERS, DEFAULT_BORDER, FramingError, box_region,  # noqa: F401
+                                     finish_face, as_rgb, fill, similarity_transform, template_5pts,
+                                     transform_points, warp_face)
 
 class FramingWarning(UserWarning):
     """Predict could not reproduce the model's framing and used another one."""
@@ -70,7 +64,7 @@ class Framing:
 
 
 PROJECT = Framing("project", "template", 0.8, 224, DEFAULT_BORDER,
-                  "pipeline.face: MediaPipe face mesh, 5 points on a symmetric ArcFace template "
+                  "pipeline.faces.align: MediaPipe face mesh, 5 points on a symmetric ArcFace template "
                   "shrunk by 0.8 (jaw and brows inside), eye line level, 224 px")
 # RAF-DB's aligned set: a 5-point similarity (eyes, nose, mouth corners) to 100x100. RAF-DB does
 # not publish its template; the tight ArcFace template (margin 1.0) at 100 px is our stand-in.
@@ -136,23 +130,8 @@ def of_extra(extra: dict[str, Any] | None) -> Framing:
     return get(f) if f else PROJECT
 
 
-def fill(rgb: np.ndarray, border: str) -> tuple[int, tuple[int, ...] | int]:
-    """(cv2 border mode, border value) for a policy."""
-    if border == "replicate":
-        return cv2.BORDER_REPLICATE, 0
-    if border == "reflect":
-        return cv2.BORDER_REFLECT_101, 0
-    if border == "mean":
-        return cv2.BORDER_CONSTANT, tuple(int(v) for v in rgb.reshape(-1, 3).mean(0).round())
-    if border == "constant":
-        return cv2.BORDER_CONSTANT, 0
-    raise FramingError(f"unknown border policy {border!r}; choose from {BORDERS}")
-
-
 def transform(framing: Framing, lm68: np.ndarray, five: np.ndarray) -> np.ndarray:
     """2x3 matrix from source pixels to the framing's `size` x `size` frame."""
-    from pipeline.face import similarity_transform, template_5pts
-
     if framing.recipe == "template":
         return similarity_transform(five, template_5pts(framing.size, framing.margin))
     if framing.recipe == "box":
@@ -166,8 +145,6 @@ def transform(framing: Framing, lm68: np.ndarray, five: np.ndarray) -> np.ndarra
 
 def apply(rgb: np.ndarray, lm68: np.ndarray, five: np.ndarray, framing: Framing, source: str = "detector"):
     """Cut the framing out of `rgb` given its landmarks (pixels) → ``FaceResult`` at 224."""
-    from pipeline.face import ALIGNED_SIZE, _finish, transform_points, warp_face
-
     m = transform(framing, np.asarray(lm68, np.float64), np.asarray(five, np.float64))
     out = warp_face(rgb, m, framing.size, framing.border)
     lm = transform_points(lm68, m)
@@ -176,7 +153,7 @@ def apply(rgb: np.ndarray, lm68: np.ndarray, five: np.ndarray, framing: Framing,
         out = cv2.resize(out, (ALIGNED_SIZE, ALIGNED_SIZE),
                          interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
         lm = lm * k
-    return _finish(out, lm, ALIGNED_SIZE, source)
+    return finish_face(out, lm, ALIGNED_SIZE, source)
 
 
 def prepare_face(rgb: np.ndarray, framing: Framing | str | dict | None, processor: Any,
@@ -187,15 +164,13 @@ def prepare_face(rgb: np.ndarray, framing: Framing | str | dict | None, processo
     ``FaceProcessor.process`` is the same code with the project framing. Raises NoFaceError, or
     FramingError when `framing` has no detector recipe (``resolve_for_predict`` picks a fallback).
     """
-    from pipeline.face import _box_region, as_rgb
-
     framing = get(framing)
     if not framing.detector_recipe:
         raise FramingError(f"framing {framing.name!r} has no detector recipe; it cannot be cut from a photo")
     rgb = as_rgb(rgb)
     region, off = rgb, np.zeros(2)
     if box is not None:
-        region, off = _box_region(rgb, box)
+        region, off = box_region(rgb, box)
     lm68, five = processor.detect68(region)
     return apply(rgb, lm68 + off, five + off, framing)
 

@@ -13,7 +13,6 @@ interrupted sweep of the same ``--name`` from ``<run.storage_path>/<name>``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import non_negative_float, positive_int
-from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict, load_config
-from pipeline.runtime import ensure_ray, git_commit
-from pipeline.sweep_search import (SweepCfg, SweepError, make_searcher, report_callback,
-                                   to_tune_space, trial_resources)
-from pipeline.sweep_space import check_space, config_for_trial, decode_sample, load_space
+from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict
+from pipeline.tune.search import (SweepCfg, SweepError, make_searcher, report_callback,
+                                  to_tune_space, trial_resources)
+from pipeline.tune.space import check_space, config_for_trial, decode_sample, load_space
 from pipeline.tracking import MlflowTracker, default_tracking_uri, end_run, start_or_resume_run
 
 SPEC_FILE = "poster_sweep.json"  # what --resume needs, next to Tune's experiment state
@@ -171,9 +168,6 @@ def _load_spec(exp_dir: Path) -> tuple[TrainConfig, SweepCfg, dict[str, Any]]:
 def _open_parent(cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any], experiment: str) -> str:
     uri = cfg.tracking.uri
     tags = {"poster.kind": "sweep", "poster.space": sweep.space, "poster.search": sweep.search}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     parent = start_or_resume_run(uri, experiment, sweep.name, None, tags)
     tracker = MlflowTracker(uri, parent)
     tracker.log_params({f"sweep.{k}": v for k, v in dataclasses.asdict(sweep).items()})
@@ -228,7 +222,7 @@ def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any],
     from mlflow.tracking import MlflowClient
     from ray.tune import ExperimentAnalysis
 
-    from pipeline import sweep_report
+    from pipeline.tune import report as sweep_report
 
     uri = cfg.tracking.uri
     client = MlflowClient(tracking_uri=uri)
@@ -256,86 +250,3 @@ def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any],
 
 
 # --- CLI -----------------------------------------------------------------------------------
-
-def _halving(text: str) -> int:
-    v = positive_int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
-    return v
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    d = SweepCfg()
-    p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="training YAML under configs/ (the base of every trial)")
-    p.add_argument("--space", help="tune_spaces/<name>.py (or a module name); not needed with --resume")
-    p.add_argument("--num-samples", type=positive_int, default=d.num_samples, help="trials (x grid size)")
-    p.add_argument("--max-concurrent", type=positive_int, default=d.max_concurrent, help="trials at once")
-    p.add_argument("--metric", default=d.metric, help="validation metric ASHA and ranking use")
-    p.add_argument("--mode", choices=["max", "min"], default=d.mode)
-    p.add_argument("--name", default="", help="sweep name (Tune folder, MLflow parent run)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
-    p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
-    p.add_argument("--grace-period", type=positive_int, default=d.grace_period, help="ASHA: epochs before a stop")
-    p.add_argument("--reduction-factor", type=_halving, default=d.reduction_factor, help="ASHA halving rate")
-    p.add_argument("--trial-cpus", type=non_negative_float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
-    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
-    p.add_argument("--no-register", action="store_true", help="do not register the best model")
-    p.add_argument("overrides", nargs="*", help="key.path=value overrides of the base config")
-    return p.parse_args(argv)
-
-
-def sweep_cfg_from_args(args: argparse.Namespace) -> SweepCfg:
-    return SweepCfg(space=args.space or "", name=args.name, num_samples=args.num_samples,
-                    max_concurrent=args.max_concurrent, metric=args.metric, mode=args.mode,
-                    search=args.search, grace_period=args.grace_period,
-                    reduction_factor=args.reduction_factor, trial_cpus=args.trial_cpus,
-                    max_failures=args.max_failures, register=not args.no_register, seed=args.seed)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    sweep = sweep_cfg_from_args(args)
-    if not args.space and not args.resume:
-        print("error: --space is required (e.g. --space tune_spaces/loss_mix.py)", file=sys.stderr)
-        return 2
-    try:
-        base = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:  # before Ray starts: a missing shards folder is a one-line answer
-        from pipeline.data import check_shards
-        from pipeline.schema import SchemaError, read_manifest
-
-        check_shards(base.data.shards, read_manifest(base.data.shards))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: data.shards={base.data.shards}: {e}; run `python -m pipeline.ingest` first "
-              "or point data.shards=<ingest output>", file=sys.stderr)
-        return 2
-    started = ensure_ray()
-    try:
-        out = run_sweep(base, sweep, resume=args.resume)
-    except (SweepError, ConfigError) as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    print(f"\n[tune] sweep {out.name}: {len(out.rows)} trials, results in {out.experiment_path}")
-    print(out.markdown)
-    if out.best is not None:
-        print(f"[tune] best trial {out.best.trial_id}: {out.metric}={out.best.score:.4f} "
-              f"run {out.best.run_id}; registered version: {out.registered_version}")
-    print(f"[tune] MLflow parent run {out.parent_run_id} in '{out.experiment}' at {out.tracking_uri}")
-    return 0
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_cli
-
-    sys.exit(run_cli(main))

@@ -16,7 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import LOSS_TERMS, REPO_ROOT, ConfigError, TrainConfig, from_dict, validate
+from pipeline.config import REPO_ROOT, ConfigError, TrainConfig, from_dict, validate
+from poster_model.losses import TERMS as LOSS_TERMS
 
 # kind -> number of arguments (None: a non-empty list of values)
 DOMAINS: dict[str, int | None] = {

@@ -1,0 +1,1 @@
+"""`python -m pipeline.demo`: the whole pipeline end to end on generated faces (see `__main__`)."""

@@ -1,0 +1,7 @@
+"""`python -m pipeline.synth`: runs `pipeline.synth.cli.main`."""
+import sys
+
+from pipeline.synth.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

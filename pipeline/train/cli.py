@@ -1,0 +1,60 @@
+"""`python -m pipeline.train`: the command line over `pipeline.train.driver`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import ConfigError, dump_yaml, load_config
+from pipeline.data import check_shards
+from pipeline.run_identity import ResumeRefused
+from pipeline.runtime import ensure_ray
+from pipeline.schema import read_manifest
+from pipeline.train import driver
+from pipeline.train.driver import TrainingStopped, run_training
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=driver.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML under configs/ (defaults apply when omitted)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=1e-4")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(cfg))
+        return 0
+    try:  # before Ray starts: a missing or foreign shards folder is a one-line answer
+        check_shards(cfg.data.shards, read_manifest(cfg.data.shards))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: data.shards={cfg.data.shards}: {e}; run `python -m pipeline.ingest` first "
+              "or point data.shards=<ingest output>", file=sys.stderr)
+        return 2
+    started = ensure_ray()
+    try:
+        out = run_training(cfg)
+    except ResumeRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 3
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    m = out.metrics
+    print(f"[poster] run {out.run_name} finished: best {cfg.checkpoint.metric}="
+          f"{m.get(cfg.checkpoint.metric, float('nan')):.4f} test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
+    print(f"[poster] MLflow run {out.run_id} in experiment '{out.experiment}' at {out.tracking_uri}")
+    print(f"[poster] model: {out.model_uri}   checkpoint: {out.checkpoint_path}")
+    return 0
