@@ -42,7 +42,7 @@ def load(args: argparse.Namespace, tmp: Path):
 
     import poster_model
     from pipeline.evaluate import load_model
-    from pipeline.modelpkg import save_weights
+    from pipeline.artifact.files import save_weights
 
     if args.model:
         return load_model(args.model)

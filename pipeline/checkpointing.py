@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CKPT_FILE = "checkpoint.pt"
+from pipeline.artifact.files import CKPT_FILE, load_file  # noqa: F401  (the file format's home)
 
 
 @dataclass
@@ -73,14 +73,6 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
         "format": "poster-ray/1",
     }, path)
     return path
-
-
-def load_file(path: str | Path) -> dict[str, Any]:
-    """Never unpickle arbitrary objects from a checkpoint (official V2 files' pickled recorders are
-    replaced by inert placeholders, see ``poster_model.weights.load_weights_only``)."""
-    from poster_model.weights import load_weights_only
-
-    return load_weights_only(path)
 
 
 def load_from_checkpoint(checkpoint: Any) -> dict[str, Any]:

@@ -15,7 +15,8 @@ import torch
 from pipeline import checkpointing
 from pipeline.config import TrainConfig, from_dict
 from pipeline.epochs import EpochBatches
-from pipeline.evaluation import allreduce_confusion, evaluate_batches, iter_partition
+from pipeline.evaluate.shards import evaluate_batches
+from pipeline.train.rank_eval import allreduce_confusion, iter_partition
 from pipeline.metrics import BatchMix, metrics_from_confusion
 from pipeline.modeling import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
                                build_scheduler, speed_up, unwrap)

@@ -8,17 +8,13 @@ from typing import Any
 import torch
 
 import poster_model
+from pipeline.artifact.files import poster_config_for
 from pipeline.config import LossCfg, ModelCfg, OptimCfg, ScalingCfg, ScheduleCfg
 
 
 def poster_config(mcfg: ModelCfg, num_classes: int) -> poster_model.PosterConfig:
     """The variant's PosterConfig with ``model.overrides`` applied (YAML lists → tuples)."""
-    base = poster_model.variant_config(mcfg.variant, num_classes=num_classes)
-    try:
-        over = base.fields_from(mcfg.overrides, strict=True)
-    except ValueError as e:
-        raise ValueError(f"model.overrides: {e}") from None
-    return dataclasses.replace(base, **over)
+    return poster_config_for(mcfg.variant, mcfg.overrides, num_classes)
 
 
 def build_model(mcfg: ModelCfg, num_classes: int, load_weights: bool = True) -> torch.nn.Module:

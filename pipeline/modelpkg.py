@@ -9,7 +9,7 @@ or the shards' ``image`` column); ``pipeline.predict`` does the detection and al
 photos — or pass ``params={"detect": True}`` and raw photo bytes: the pyfunc then detects the face
 and cuts the model's framing itself (``pipeline.faces.framing.prepare_face``, needs mediapipe; a row
 without a face raises naming the row). The preprocessing is ``pipeline.transforms`` +
-``pipeline.evaluation.predict_logits`` —
+``pipeline.artifact.infer.predict_logits`` —
 the same code evaluation uses, including the ``bgr`` flag of models trained on BGR pixels.
 
 Output: a DataFrame with ``label``, ``label_index`` and one ``prob_<class>`` column per class.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 import shutil
 import tempfile
@@ -38,37 +37,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.artifact.files import WEIGHTS, load_weights_file, save_weights  # noqa: F401
+
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"  # models-from-code entry file
-WEIGHTS = "weights.pt"
 MODEL_NAME = "model"  # the logged model's name inside its run
 CODE_PACKAGES = ("poster_model", "pipeline")
 _REQUIREMENT_DISTS = ("torch", "numpy", "pillow", "pandas", "pyarrow", "pyyaml", "mlflow")
-
-
-def save_weights(path: str | Path, state: dict[str, torch.Tensor], poster_cfg: Any,
-                 classes: list[str], extra: dict[str, Any] | None = None) -> Path:
-    path = Path(path)
-    cfg = poster_cfg if isinstance(poster_cfg, dict) else dataclasses.asdict(poster_cfg)
-    torch.save({"model": state, "poster_config": cfg,
-                "classes": list(classes), "extra": extra or {}}, path)
-    return path
-
-
-def poster_config_from_dict(d: dict[str, Any]) -> Any:
-    """A ``PosterConfig`` from a saved dict (lists back to tuples, unknown keys dropped)."""
-    import poster_model
-
-    return poster_model.PosterConfig.from_dict(d)
-
-
-def load_weights_file(path: str | Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
-    """``weights.pt`` → (eval-mode model, classes, extra); never unpickles objects."""
-    import poster_model
-
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = poster_model.build_poster(poster_config_from_dict(blob["poster_config"]))
-    model.load_state_dict(blob["model"])
-    return model.eval(), list(blob["classes"]), dict(blob.get("extra", {}))
 
 
 def _cell_to_uint8(x: Any, size: int) -> np.ndarray:
@@ -141,7 +115,7 @@ class PosterPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
         # The request's preprocessing, all of it: decode/resize the cells, make the crop, then
         # the evaluator's normalisation (predict_logits).
-        from pipeline.evaluation import predict_logits
+        from pipeline.artifact.infer import predict_logits
         from pipeline.transforms import CROP_SIZE, IMAGE_SIZE
 
         crops = None

@@ -23,7 +23,7 @@ def v2_weights(tmp_path_factory) -> Path:
     import torch
 
     import poster_model
-    from pipeline.modelpkg import save_weights
+    from pipeline.artifact.files import save_weights
 
     torch.manual_seed(0)
     cfg = poster_model.variant_config("v2_tiny", len(CLASSES))

@@ -156,7 +156,7 @@ def _weights(tmp_path: Path, framing: dict | None) -> Path:
     import poster_model
     import torch
 
-    from pipeline.modelpkg import save_weights
+    from pipeline.artifact.files import save_weights
 
     torch.manual_seed(0)
     cfg = poster_model.variant_config("tiny", len(CLASSES))
@@ -176,7 +176,7 @@ def test_predict_reproduces_a_kept_named_framing(tmp_path, photo, processor):
     import torch
 
     from pipeline.evaluate import load_model
-    from pipeline.evaluation import predict_logits
+    from pipeline.artifact.infer import predict_logits
     from pipeline.predict import predict_files, read_rgb
 
     loaded = load_model(str(_weights(tmp_path, FR.RAFDB_ALIGNED.to_dict() | {"origin": "dataset"})))
@@ -216,8 +216,9 @@ def test_pyfunc_detect_mode_cuts_the_models_framing(tmp_path, photo, processor):
     import pandas as pd
     import torch
 
-    from pipeline.evaluation import predict_logits
-    from pipeline.modelpkg import PosterPyfunc, load_weights_file
+    from pipeline.artifact.infer import predict_logits
+    from pipeline.artifact.files import load_weights_file
+    from pipeline.modelpkg import PosterPyfunc
     from pipeline.predict import read_rgb
 
     py = PosterPyfunc()

@@ -23,7 +23,7 @@ def weights(tmp_path_factory) -> Path:
     import poster_model
     import torch
 
-    from pipeline.modelpkg import save_weights
+    from pipeline.artifact.files import save_weights
 
     torch.manual_seed(0)
     cfg = poster_model.variant_config("tiny", len(CLASSES))
@@ -102,7 +102,7 @@ def test_predict_uses_ingest_alignment_and_eval_preprocessing(weights, photos):
     import torch
 
     from pipeline.evaluate import load_model
-    from pipeline.evaluation import predict_logits
+    from pipeline.artifact.infer import predict_logits
     from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files, read_rgb
 

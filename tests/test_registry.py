@@ -191,7 +191,7 @@ def test_pyfunc_on_raw_image_bytes_matches_the_evaluator(flow, runs):
     from mlflow.pyfunc import scoring_server
 
     from pipeline.evaluate import iter_split_batches
-    from pipeline.evaluation import predict_logits
+    from pipeline.artifact.infer import predict_logits
     from pipeline.metrics import confusion_matrix
     from pipeline.modelpkg import load_torch_model
     from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image

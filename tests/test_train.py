@@ -76,7 +76,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
     # the model carries the framing of its training rows (manifest → tag, checkpoint, weights extra)
     assert info["manifest"]["framing"]["name"] == run.data.tags["poster.framing"] == "project"
-    from pipeline.checkpointing import load_file
+    from pipeline.artifact.files import load_file
     from pipeline.modelpkg import load_torch_model
 
     assert load_file(Path(out.checkpoint_path) / "checkpoint.pt")["framing"] == info["manifest"]["framing"]

@@ -11,7 +11,7 @@ The model is a registry/logged-model URI (``models:/NAME@ALIAS``, ``models:/NAME
 directory whose newest ``checkpoint_*`` is used; the best-epoch weights inside are evaluated),
 a ``weights.pt`` as logged with the pyfunc, or an official POSTER checkpoint (``--variant`` and
 ``--dataset`` give its architecture and label order). Rows are read with pyarrow (no Ray) and
-scored by ``pipeline.evaluation.evaluate_batches``, the code training evaluates with; metrics
+scored by ``pipeline.evaluate.shards.evaluate_batches``, the code training evaluates with; metrics
 come from ``pipeline.metrics.metrics_from_confusion``.
 
 ``--out`` receives ``metrics.json`` (metrics, confusion matrix, classes, model, shards and
@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.evaluation import EvalResult, evaluate_batches
+from pipeline.evaluate.shards import EvalResult, evaluate_batches
 from pipeline.metrics import HEADLINE
 from pipeline.schema import EVAL_COLUMNS
 
@@ -98,8 +98,8 @@ def _from_training_checkpoint(ck: dict[str, Any], source: str) -> LoadedModel:
 def load_model(spec: str, tracking_uri: str | None = None, variant: str = "large",
                dataset: str = "rafdb", classes: list[str] | None = None) -> LoadedModel:
     """Load any model form the project knows (see the module docstring)."""
-    from pipeline.checkpointing import CKPT_FILE, load_file
-    from pipeline.modelpkg import WEIGHTS, load_torch_model, load_weights_file
+    from pipeline.artifact.files import CKPT_FILE, WEIGHTS, load_file, load_weights_file
+    from pipeline.modelpkg import load_torch_model
 
     path = Path(spec)
     if not path.exists():

@@ -86,7 +86,7 @@ def rebuild(payload: dict[str, Any]) -> Any:
     """A ``LoadedModel`` (eval mode) from ``model_payload``'s output."""
     import poster_model
     from pipeline.evaluate.report import LoadedModel
-    from pipeline.modelpkg import poster_config_from_dict
+    from pipeline.artifact.files import poster_config_from_dict
 
     model = poster_model.build_poster(poster_config_from_dict(payload["poster_config"]))
     model.load_state_dict(payload["state"])
@@ -140,7 +140,7 @@ class ShardPredictor(_ModelActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         import torch
 
-        from pipeline.evaluation import predict_logits
+        from pipeline.artifact.infer import predict_logits
         from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image
 
         n, k = len(batch["sample_id"]), len(self.classes)

@@ -9,7 +9,7 @@ Each image goes through ``pipeline.faces.framing.prepare_face``: the detector in
 the *model's framing* (recorded in the model; ``--framing`` overrides it, and a framing without a
 detector recipe falls back to the project framing with a ``FramingWarning``). The model runs
 on the aligned 224 face and its 112 landmark crop with the evaluation
-preprocessing (``pipeline.evaluation.predict_logits``, honouring the model's ``bgr`` flag). The
+preprocessing (``pipeline.artifact.infer.predict_logits``, honouring the model's ``bgr`` flag). The
 model is anything ``pipeline.evaluate`` loads: a ``models:/`` URI, a training checkpoint, a
 ``weights.pt`` or (with ``--variant/--dataset``) an official checkpoint.
 
@@ -97,7 +97,7 @@ def classify(loaded: Any, preds: list[Prediction], faces: list[Any], batch_size:
     """Fill label and probabilities of the stubs that have a face."""
     import torch
 
-    from pipeline.evaluation import predict_logits
+    from pipeline.artifact.infer import predict_logits
 
     idx = [i for i, f in enumerate(faces) if f is not None]
     for s in range(0, len(idx), batch_size):
