@@ -239,7 +239,7 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
                   train: bool = True) -> dict:
     """The figure: per framing, own test accuracy and accuracy on set B's raw photos via predict."""
     from pipeline.faces.align import FaceProcessor
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
 
     out = Path(out).resolve()  # Ray Train storage must be absolute
     rows_a, rows_b = split_by_person(Path(data), limit)
@@ -259,8 +259,8 @@ def framing_cross(data: Path = DEFAULT_DATA, out: Path = REPO / "runs" / "bench"
         for row, opts in INGESTS.items():
             tag = row.split(" ")[0]
             shards = out / f"shards-{tag}"
-            rep = ingest("csv", str(shards), str(_shuffled_list(crops)), class_names=CLASSES,
-                         test_fraction=0.2, overwrite=True, progress=False, **opts)
+            rep = ingest(IngestOptions("csv", str(shards), str(_shuffled_list(crops)), class_names=CLASSES,
+                                       test_fraction=0.2, overwrite=True, progress=False, **opts))
             fig = _train_and_predict(shards, rows_b, out / f"train-{tag}", epochs, tag)
             fig["ingest_rejected"] = rep.rejected
             result["cross"][row] = fig

@@ -66,13 +66,14 @@ def per_core(csv_path: Path) -> tuple[float, int, int]:
     """Images/s of decode+detect+align+encode in this process, pinned to one CPU."""
     import pyarrow as pa
 
+    from pipeline.ingest import IngestOptions
     from pipeline.ingest.core import plan_records
     from pipeline.ingest.records import RECORD_SCHEMA
     from pipeline.ingest.stage import FaceStage, StageConfig
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    plan = plan_records("csv", str(csv_path), class_names=["happy", "neutral"])
+    plan = plan_records(IngestOptions("csv", "never-written", str(csv_path), class_names=["happy", "neutral"]))
     recs = [r for r in plan.records if not r["reason"]]
     for r in recs:  # read the files first: this measures compute, not the disk
         r["data"], r["path"] = Path(r["path"]).read_bytes(), ""
@@ -91,12 +92,13 @@ def loop(csv_path: Path, out: Path) -> float:
     import pyarrow.parquet as pq
 
     from pipeline import schema as S
+    from pipeline.ingest import IngestOptions
     from pipeline.ingest.core import plan_records
     from pipeline.ingest.records import RECORD_SCHEMA
     from pipeline.ingest.stage import FaceStage, StageConfig
 
     t = time.perf_counter()
-    plan = plan_records("csv", str(csv_path), class_names=["happy", "neutral"])
+    plan = plan_records(IngestOptions("csv", "never-written", str(csv_path), class_names=["happy", "neutral"]))
     stage = FaceStage(StageConfig(source="bench", classes=plan.classes, mode="detect"))
     table = stage(pa.Table.from_pylist(plan.records, schema=RECORD_SCHEMA))
     keep = table.filter(pa.compute.equal(table.column("reason"), ""))
@@ -132,7 +134,7 @@ def run_ray_vs_loop(csv_path: Path, k: int, tmp: Path) -> None:
     """Both ways at 1x and kx the list; the difference gives the steady-state (marginal) rate."""
     import ray
 
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
 
     sizes = {1: csv_path} if k <= 1 else {1: csv_path, k: repeat(csv_path, k, tmp)}
     n = {m: sum(1 for _ in open(p)) - 1 for m, p in sizes.items()}
@@ -144,9 +146,9 @@ def run_ray_vs_loop(csv_path: Path, k: int, tmp: Path) -> None:
     try:
         for m, p in sizes.items():
             t = time.perf_counter()
-            ingest("csv", str(tmp / f"ray{m}"), str(p), class_names=["happy", "neutral"], workers=2,
-                   actor_cpus=0.5, max_reject_fraction=1.0, progress=False,
-                   allow_outside_input=True)  # repeat() lists the images by absolute path
+            ingest(IngestOptions("csv", str(tmp / f"ray{m}"), str(p), class_names=["happy", "neutral"], workers=2,
+                                 actor_cpus=0.5, max_reject_fraction=1.0, progress=False,
+                                 allow_outside_input=True))  # repeat() lists the images by absolute path
             t_ray[m] = time.perf_counter() - t
     finally:
         ray.shutdown()

@@ -48,22 +48,22 @@ SETS = ("muxspace", "muxspace48", "synthetic")
 
 def build_split(name: str, work: Path, seed: int = 0) -> Path:
     """Shards of one set under ``work/name`` (reused when already there)."""
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
 
     out = work / name
     if (out / "_manifest.json").exists():
         return out
     t0 = time.perf_counter()
     if name == "muxspace":
-        rep = ingest("csv", str(out), str(MUXSPACE / "labels.csv"), class_names=["neutral", "happy"],
-                     test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed, progress=False)
+        rep = ingest(IngestOptions("csv", str(out), str(MUXSPACE / "labels.csv"), class_names=["neutral", "happy"],
+                                   test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed, progress=False))
     elif name == "muxspace48":
         folder = small_gray_folder(build_split("muxspace", work, seed), work / "muxspace48_raw")
-        rep = ingest("folder", str(out), str(folder), class_names=["neutral", "happy"],
-                     skip_detection=True, test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed,
-                     progress=False)
+        rep = ingest(IngestOptions("folder", str(out), str(folder), class_names=["neutral", "happy"],
+                                   skip_detection=True, test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed,
+                                   progress=False))
     elif name == "synthetic":
-        rep = ingest("synthetic", str(out), per_class=120, seed=seed, classes=7, progress=False)
+        rep = ingest(IngestOptions("synthetic", str(out), per_class=120, seed=seed, classes=7, progress=False))
     else:
         raise SystemExit(f"unknown set {name!r}; choose from {SETS}")
     print(f"[{name}] ingest {time.perf_counter() - t0:.0f} s\n{rep.summary()}", flush=True)

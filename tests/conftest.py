@@ -50,11 +50,11 @@ SMOKE_PER_CLASS = 80  # 7 classes x 80 → 448 train (≈380 after the val carve
 @pytest.fixture(scope="session")
 def synthetic_shards(ray_session, tmp_path_factory) -> Path:
     """Generated FER shards (7 classes, train + test) through the real Ray Data ingest."""
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
 
     out = tmp_path_factory.mktemp("shards") / "synthetic"
-    report = ingest("synthetic", str(out), per_class=SMOKE_PER_CLASS, seed=7, classes=7,
-                    progress=False)
+    report = ingest(IngestOptions("synthetic", str(out), per_class=SMOKE_PER_CLASS, seed=7, classes=7,
+                                  progress=False))
     assert report.reconciled, report.summary()
     return out
 

@@ -128,28 +128,28 @@ def crops_tree(tmp_path_factory) -> Path:
 
 
 def test_manifest_records_the_framing(ray_session, crops_tree, tmp_path, processor):
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
     from pipeline.schema import read_manifest
 
-    rep = ingest("folder", str(tmp_path / "re"), str(crops_tree), class_names=CLASSES, progress=False)
+    rep = ingest(IngestOptions("folder", str(tmp_path / "re"), str(crops_tree), class_names=CLASSES, progress=False))
     m = read_manifest(tmp_path / "re")
     assert m["framing"]["name"] == "project" and m["framing"]["origin"] == "detector"
     assert m["framing"]["border"] == "replicate" and rep.landmarks_from == {"detector": 12}
 
-    kept = ingest("folder", str(tmp_path / "kept"), str(crops_tree), class_names=CLASSES,
-                  keep_framing=True, progress=False)
+    kept = ingest(IngestOptions("folder", str(tmp_path / "kept"), str(crops_tree), class_names=CLASSES,
+                                keep_framing=True, progress=False))
     m = read_manifest(tmp_path / "kept")
     assert m["framing"]["name"] == "dataset-crop" and m["framing"]["origin"] == "dataset"
     assert m["source"]["options"]["keep_framing"] is True and kept.written == 12
     assert FR.record_of_manifest(m)["origin"] == "dataset"
 
-    named = ingest("folder", str(tmp_path / "named"), str(crops_tree), class_names=CLASSES,
-                   skip_detection=True, keep_framing="rafdb-aligned", progress=False)  # old alias too
+    named = ingest(IngestOptions("folder", str(tmp_path / "named"), str(crops_tree), class_names=CLASSES,
+                                 skip_detection=True, keep_framing="rafdb-aligned", progress=False))  # old alias too
     assert read_manifest(tmp_path / "named")["framing"]["name"] == "rafdb-aligned"
     with pytest.raises(ValueError, match="exclude each other"):
-        ingest("folder", str(tmp_path / "x"), str(crops_tree), keep_framing=True, detect=True)
+        ingest(IngestOptions("folder", str(tmp_path / "x"), str(crops_tree), keep_framing=True, detect=True))
     with pytest.raises(FR.FramingError):
-        ingest("folder", str(tmp_path / "y"), str(crops_tree), keep_framing="webcam")
+        ingest(IngestOptions("folder", str(tmp_path / "y"), str(crops_tree), keep_framing="webcam"))
 
 
 def _weights(tmp_path: Path, framing: dict | None) -> Path:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema as S
-from pipeline.ingest import IngestError, OutputExistsError, ingest
+from pipeline.ingest import IngestError, IngestOptions, OutputExistsError, ingest
 from pipeline.synth import generate
 
 pytestmark = pytest.mark.ray
@@ -77,14 +77,14 @@ def _shard_tables(out: Path) -> list:
 def test_bad_inputs_fail_then_reconcile(ray_session, bad_tree, tmp_path):
     out = tmp_path / "bad"
     with pytest.raises(IngestError, match="max-reject-fraction") as err:
-        ingest("folder", str(out), str(bad_tree), max_reject_fraction=0.2, progress=False)
+        ingest(IngestOptions("folder", str(out), str(bad_tree), max_reject_fraction=0.2, progress=False))
     print(f"\n{err.value}")
     assert not out.exists()  # nothing published
     failed = pq.read_table(str(out) + ".rejects.parquet").to_pylist()
     assert {r["source_ref"]: r["reason"] for r in failed} == EXPECTED_REJECTS
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging removed
 
-    report = ingest("folder", str(out), str(bad_tree), max_reject_fraction=0.5, progress=False)
+    report = ingest(IngestOptions("folder", str(out), str(bad_tree), max_reject_fraction=0.5, progress=False))
     print(report.summary())
     assert (report.read, report.written, report.rejected) == (20, 11, 9)
     assert report.reconciled and "[OK]" in report.summary()
@@ -113,9 +113,9 @@ def test_bad_inputs_fail_then_reconcile(ray_session, bad_tree, tmp_path):
 
     # idempotence: refuse to overwrite by default, identical content when asked to
     with pytest.raises(OutputExistsError, match="completed ingest"):
-        ingest("folder", str(out), str(bad_tree), max_reject_fraction=0.5, progress=False)
-    same = ingest("folder", str(out), str(bad_tree), max_reject_fraction=0.5, overwrite=True,
-                  progress=False)
+        ingest(IngestOptions("folder", str(out), str(bad_tree), max_reject_fraction=0.5, progress=False))
+    same = ingest(IngestOptions("folder", str(out), str(bad_tree), max_reject_fraction=0.5, overwrite=True,
+                                progress=False))
     assert same.content_hash == report.content_hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "bad.rejects.parquet"]
 
@@ -124,8 +124,8 @@ def test_synthetic_through_the_actor_pool(ray_session, tmp_path):
     """~300 generated images through the Ray Data actor pool, timed."""
     out = tmp_path / "synth"
     t = time.perf_counter()
-    report = ingest("synthetic", str(out), per_class=43, seed=4, workers=2, rows_per_shard=128,
-                    progress=False)
+    report = ingest(IngestOptions("synthetic", str(out), per_class=43, seed=4, workers=2, rows_per_shard=128,
+                                  progress=False))
     seconds = time.perf_counter() - t
     print(f"\n{report.summary()}\n{report.written / seconds:.1f} img/s on the pool "
           f"({seconds:.1f} s for {report.written} images, 2 actors x 0.5 CPU)")
@@ -180,16 +180,16 @@ def test_rows_outside_the_input_are_rejected_and_counted(ray_session, tmp_path):
                                    "imgs/2.jpg,neutral,test\n../secret.jpg,happy,train\n"
                                    f"{tmp_path / 'secret.jpg'},sad,test\n")
     out = tmp_path / "shards"
-    report = ingest("csv", str(out), str(root / "list.csv"), skip_detection=True,
-                    max_reject_fraction=1.0, progress=False)
+    report = ingest(IngestOptions("csv", str(out), str(root / "list.csv"), skip_detection=True,
+                                  max_reject_fraction=1.0, progress=False))
     assert (report.read, report.written, report.rejected) == (5, 3, 2) and report.reconciled
     assert report.rejects_by_reason == {"outside_input": 2}
     rejects = pq.read_table(out / S.REJECTS).to_pylist()
     assert {r["source_ref"] for r in rejects} == {"../secret.jpg", str(tmp_path / "secret.jpg")}
     assert all(b"TOPSECRET" not in json.dumps(r, default=str).encode() for r in rejects)
 
-    allowed = ingest("csv", str(tmp_path / "allowed"), str(root / "list.csv"), skip_detection=True,
-                     max_reject_fraction=1.0, progress=False, allow_outside_input=True)
+    allowed = ingest(IngestOptions("csv", str(tmp_path / "allowed"), str(root / "list.csv"), skip_detection=True,
+                                   max_reject_fraction=1.0, progress=False, allow_outside_input=True))
     assert allowed.rejects_by_reason == {"not_an_image": 2} and allowed.reconciled
     rejects = pq.read_table(tmp_path / "allowed" / S.REJECTS).to_pylist()
     assert all("TOPSECRET" not in (r["detail"] or "") for r in rejects)

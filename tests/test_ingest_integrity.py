@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray]
 def stray_ingest(ray_session, tmp_path_factory, request):
     """A synthetic ingest during which a re-executed write task's first attempt (a copy of a
     real train shard under another name) is dropped into staging just before finalize."""
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
 
     out = tmp_path_factory.mktemp("stray") / "shards"
     injected: list[str] = []
@@ -39,7 +39,7 @@ def stray_ingest(ray_session, tmp_path_factory, request):
     mp = pytest.MonkeyPatch()
     mp.setattr(O, "finalize", finalize_with_stray)
     try:
-        report = ingest("synthetic", str(out), per_class=4, seed=3, classes=7, progress=False)
+        report = ingest(IngestOptions("synthetic", str(out), per_class=4, seed=3, classes=7, progress=False))
     finally:
         mp.undo()
     return out, report, injected

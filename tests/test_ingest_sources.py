@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as S
+from pipeline.ingest import IngestOptions
 from pipeline.ingest.core import plan_records
 from pipeline.ingest.records import (AFFECTNET_ORDER, FER2013_ORDER, FERPLUS_ORDER, RAFDB_ORDER,
                                      RECORD_SCHEMA, map_label, parse_label_map, resolve_classes)
@@ -25,6 +26,11 @@ def face_jpeg(label: str = "happy", i: int = 0, size: int | None = None) -> byte
     if size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def plan_of(source: str, input: str | None = None, **options):
+    """The planning step alone (no Ray): it reads the input side of the options, never `out`."""
+    return plan_records(IngestOptions(source, "never-written", input, **options))
 
 
 def write(path, data: bytes | str) -> None:
@@ -75,7 +81,7 @@ def test_rafdb_layout(tmp_path):
           "train_00001.jpg 4\ntrain_00002.jpg 7\ntest_0001.jpg 1\ntest_0002.jpg 9\nval_0001.jpg 2\n")
     for name, lab in [("train_00001", "happy"), ("train_00002", "neutral"), ("test_0001", "surprise")]:
         write(root / f"Image/aligned/{name}_aligned.jpg", face_jpeg(lab, size=100))
-    plan = plan_records("rafdb", str(root))
+    plan = plan_of("rafdb", str(root))
     assert plan.classes == list(RAFDB_ORDER)
     recs = by_ref(plan.records)
     assert recs["Image/aligned/train_00001_aligned.jpg"]["label_name"] == "happy"
@@ -98,7 +104,7 @@ def test_affectnet_v1_layout(tmp_path):
     write(tmp_path / "train_set/train_annotations_7class.txt", "1.jpg 1\n2.jpg 8\n3.jpg 6\n")
     write(tmp_path / "train_set/train_annotations_8class.txt", "1.jpg 1\n2.jpg 8\n3.jpg 6\n4.jpg 7\n")
     write(tmp_path / "valid_set/valid_annotations_7class.txt", "10.jpg 0\n11.jpg 10\n12.jpg 9\n13.jpg 12\n")
-    plan7 = plan_records("affectnet", str(tmp_path))
+    plan7 = plan_of("affectnet", str(tmp_path))
     r = by_ref(plan7.records)
     assert plan7.classes == list(AFFECTNET_ORDER[:7])
     assert r["train_set/images/1.jpg"]["label_name"] == "happy"
@@ -109,7 +115,7 @@ def test_affectnet_v1_layout(tmp_path):
     assert r["valid_set/images/12.jpg"]["reason"] == "label_uncertain"
     assert r["valid_set/images/13.jpg"]["reason"] == "unknown_label"
     assert "train_set/images/4.jpg" not in r  # the 7-class file was preferred
-    plan8 = plan_records("affectnet", str(tmp_path), classes=8)
+    plan8 = plan_of("affectnet", str(tmp_path), classes=8)
     r8 = by_ref(plan8.records)
     assert r8["train_set/images/4.jpg"]["label_name"] == "contempt" and plan8.classes[7] == "contempt"
     assert r8["train_set/images/4.jpg"]["path"].endswith("train_set/images/4.jpg")
@@ -124,7 +130,7 @@ def test_affectnet_csv_layout_uses_known_landmarks(tmp_path):
     write(tmp_path / "training.csv", header + f"5/a.jpg,40,40,140,150,{lm},2,-0.5,0.2\n"
           + "5/b.jpg,0,0,10,10,,9,0,0\n")
     write(tmp_path / "validation.csv", header + "6/c.jpg,0,0,10,10,1;2,7,0,0\n")
-    plan = plan_records("affectnet", str(tmp_path))
+    plan = plan_of("affectnet", str(tmp_path))
     r = by_ref(plan.records)
     a = r["Manually_Annotated_Images/5/a.jpg"]
     assert a["label_name"] == "sad" and len(a["landmarks"]) == 136 and a["box"] == [40, 40, 140, 150]
@@ -149,7 +155,7 @@ def test_fer2013_csv(tmp_path):
     write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
           f"3,{_pixels(0)},Training\n6,{_pixels(1)},PublicTest\n0,{_pixels(2)},PrivateTest\n"
           "4,1 2 3,Training\n2,{0},Other\n9,{0},Training\n".replace("{0}", _pixels(3)))
-    plan = plan_records("fer2013", str(tmp_path))
+    plan = plan_of("fer2013", str(tmp_path))
     assert plan.classes == list(FER2013_ORDER)
     recs = plan.records
     assert [(r["split"], r["label_name"]) for r in recs[:3]] == [("train", "happy"), ("val", "neutral"),
@@ -160,7 +166,7 @@ def test_fer2013_csv(tmp_path):
     assert [r["label"] for r in rows] == [3, 6, 0]
     assert len({r["sample_id"] for r in rows}) == 3
     # the same file given directly works too
-    assert len(plan_records("fer2013", str(tmp_path / "fer2013.csv")).records) == 6
+    assert len(plan_of("fer2013", str(tmp_path / "fer2013.csv")).records) == 6
 
 
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
@@ -184,13 +190,13 @@ def test_ferplus_majority_vote_with_png_folders(tmp_path):
         folder = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}[usage]
         if name:
             write(tmp_path / folder / name, face_jpeg(size=48))
-    plan = plan_records("ferplus", str(tmp_path))
+    plan = plan_of("ferplus", str(tmp_path))
     assert plan.classes == list(FERPLUS_ORDER)  # 8 classes by default, FERPlus order
     reasons = [r["reason"] or r["label_name"] for r in plan.records]
     assert reasons == ["happy", "label_tie", "label_unknown", "label_not_face", "label_not_face", "contempt"]
     assert plan.records[0]["path"].endswith("FER2013Train/fer0000000.png")
     assert "neutral=4,happiness=4" in plan.records[1]["detail"]
-    plan7 = plan_records("ferplus", str(tmp_path), classes=7)
+    plan7 = plan_of("ferplus", str(tmp_path), classes=7)
     assert plan7.records[5]["reason"] == "class_excluded"
 
 
@@ -198,7 +204,7 @@ def test_ferplus_pixels_from_fer2013_csv(tmp_path):
     _ferplus_labels(tmp_path)
     write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
           + "".join(f"3,{_pixels(i)},{u}\n" for i, (u, _, _) in enumerate(FERPLUS_ROWS)))
-    plan = plan_records("ferplus", str(tmp_path))
+    plan = plan_of("ferplus", str(tmp_path))
     first = plan.records[0]
     assert first["label_name"] == "happy" and first["raw_shape"] == [48, 48] and first["path"] == ""
     (row,) = run_stage([first], plan.classes, mode="skip")
@@ -213,12 +219,12 @@ def test_ferplus_refuses_pixels_that_do_not_line_up(tmp_path):
     write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
           + "".join(f"3,{_pixels(i)},{u}\n" for i, u in enumerate(usages[:-1])))
     with pytest.raises(ValueError, match="has 6 rows but fer2013.csv has 5"):
-        plan_records("ferplus", str(tmp_path))
+        plan_of("ferplus", str(tmp_path))
     swapped = usages[:1] + [usages[2], usages[1]] + usages[3:]
     write(tmp_path / "fer2013.csv", "emotion,pixels,Usage\n"
           + "".join(f"3,{_pixels(i)},{u}\n" for i, u in enumerate(swapped)))
     with pytest.raises(ValueError, match="disagree on Usage at 2 row.*first at data row 1"):
-        plan_records("ferplus", str(tmp_path))
+        plan_of("ferplus", str(tmp_path))
 
 
 # --- generic layouts ----------------------------------------------------------------------------
@@ -229,14 +235,14 @@ def test_folder_with_and_without_splits(tmp_path):
     write(a / "train/angry/2.jpg", face_jpeg("anger"))
     write(a / "test/neutral/3.jpg", face_jpeg("neutral"))
     write(a / "test/neutral/.DS_Store", b"junk")  # dot files are skipped
-    plan = plan_records("folder", str(a))
+    plan = plan_of("folder", str(a))
     got = {r["source_ref"]: (r["split"], r["label_name"]) for r in plan.records}
     assert got == {"train/happiness/1.jpg": ("train", "happy"), "train/angry/2.jpg": ("train", "anger"),
                    "test/neutral/3.jpg": ("test", "neutral")}
     b = tmp_path / "flat"
     write(b / "4/x.jpg", face_jpeg())
     write(b / "1/y.jpg", face_jpeg("surprise"))
-    plan = plan_records("folder", str(b), label_map="rafdb")
+    plan = plan_of("folder", str(b), label_map="rafdb")
     assert {r["source_ref"]: (r["split"], r["label_name"]) for r in plan.records} == {
         "1/y.jpg": ("", "surprise"), "4/x.jpg": ("", "happy")}
     # without a split, the pool assigns one by content hash
@@ -249,7 +255,7 @@ def test_csv_list(tmp_path):
     write(tmp_path / "imgs/b.jpg", face_jpeg("sad"))
     write(tmp_path / "list.csv", "path,label,split\nimgs/a.jpg,happy,train\nimgs/b.jpg,2,valid\n"
           "imgs/c.jpg,happy,holdout\nimgs/d.jpg,bored,test\n")
-    plan = plan_records("csv", str(tmp_path / "list.csv"), label_map="affectnet")
+    plan = plan_of("csv", str(tmp_path / "list.csv"), label_map="affectnet")
     r = by_ref(plan.records)
     assert (r["imgs/a.jpg"]["split"], r["imgs/a.jpg"]["label_name"]) == ("train", "happy")
     assert (r["imgs/b.jpg"]["split"], r["imgs/b.jpg"]["label_name"]) == ("val", "sad")
@@ -267,21 +273,21 @@ def test_hf_save_to_disk_and_parquet(tmp_path):
         "train": datasets.Dataset.from_dict({"image": imgs, "label": [0, 1]}, features=feats),
         "validation": datasets.Dataset.from_dict({"image": imgs[:1], "label": [2]}, features=feats)})
     dd.save_to_disk(str(tmp_path / "disk"))
-    plan = plan_records("hf", str(tmp_path / "disk"))
+    plan = plan_of("hf", str(tmp_path / "disk"))
     got = sorted((r["source_ref"], r["split"], r["label_name"]) for r in plan.records)
     assert got == [("train[0]", "train", "anger"), ("train[1]", "train", "happy"),
                    ("validation[0]", "val", "neutral")]
     assert all(r["data"] for r in plan.records)
     (tmp_path / "pq").mkdir()
     dd["train"].to_parquet(str(tmp_path / "pq" / "train-00000-of-00001.parquet"))
-    plan = plan_records("hf", str(tmp_path / "pq"))
+    plan = plan_of("hf", str(tmp_path / "pq"))
     assert [(r["split"], r["label_name"]) for r in plan.records] == [("train", "anger"), ("train", "happy")]
     rows = run_stage(plan.records, plan.classes, mode="skip")
     assert [(r["reason"], r["label"]) for r in rows] == [("", 6), ("", 1)]
 
 
 def test_synthetic_source_plan():
-    plan = plan_records("synthetic", per_class=5, seed=3)
+    plan = plan_of("synthetic", per_class=5, seed=3)
     assert plan.classes == list(S.CANONICAL_CLASSES[:7])
     assert len(plan.records) == 35
     assert sum(r["split"] == "test" for r in plan.records) == 7  # 20 % of 5 per class
@@ -302,7 +308,7 @@ def test_stage_decode_reasons(tmp_path):
     recs = []
     for name, data in cases.items():
         write(tmp_path / name, data)
-        recs.append({**plan_records("csv", _one_csv(tmp_path, name)).records[0]})
+        recs.append({**plan_of("csv", _one_csv(tmp_path, name)).records[0]})
     recs.append({**recs[-1], "path": str(tmp_path / "missing.jpg"), "source_ref": "missing.jpg"})
     rows = {r["source_ref"]: r for r in run_stage(recs, list(S.CANONICAL_CLASSES[:7]), mode="skip")}
     assert {k: v["reason"] for k, v in rows.items()} == {
@@ -345,7 +351,7 @@ def test_csv_rows_outside_the_root_are_rejected(tmp_path):
     write(root / "list.csv", f"path,label\nimgs/a.jpg,happy\n../{name},happy\nimgs/../../{name},happy\n"
           f"{absolute},happy\ns3://other-bucket/x.jpg,happy\nfile://{absolute},happy\n"
           f"{root}/imgs/a.jpg,happy\nimgs/./sub/../a.jpg,happy\n")
-    plan = plan_records("csv", str(root / "list.csv"))
+    plan = plan_of("csv", str(root / "list.csv"))
     got = _outside_reasons(plan)
     assert got == {"imgs/a.jpg": "", f"../{name}": "outside_input", f"imgs/../../{name}": "outside_input",
                    absolute: "outside_input", "s3://other-bucket/x.jpg": "outside_input",
@@ -353,7 +359,7 @@ def test_csv_rows_outside_the_root_are_rejected(tmp_path):
                    "imgs/./sub/../a.jpg": ""}
     assert by_ref(plan.records)["imgs/./sub/../a.jpg"]["path"] == str(root / "imgs/a.jpg")
     # the flag restores the old reading of such rows
-    allowed = plan_records("csv", str(root / "list.csv"), allow_outside_input=True)
+    allowed = plan_of("csv", str(root / "list.csv"), allow_outside_input=True)
     r = by_ref(allowed.records)
     assert all(not x["reason"] for x in allowed.records)
     assert r[f"../{name}"]["path"] == absolute and r["s3://other-bucket/x.jpg"]["path"] == "s3://other-bucket/x.jpg"
@@ -365,7 +371,7 @@ def test_rafdb_names_outside_the_root_are_rejected(tmp_path):
     write(root / "EmoLabel/list_patition_label.txt",
           "train_00001.jpg 4\ntrain_/../../../../secret.txt 4\ntest_/../../../../../etc/passwd 1\n")
     write(root / "Image/aligned/train_00001_aligned.jpg", face_jpeg(size=100))
-    got = _outside_reasons(plan_records("rafdb", str(root)))
+    got = _outside_reasons(plan_of("rafdb", str(root)))
     assert sorted(got.values()) == ["", "outside_input", "outside_input"]
 
 
@@ -373,14 +379,14 @@ def test_affectnet_rows_outside_the_root_are_rejected(tmp_path):
     name, absolute = _outside(tmp_path)
     v1 = tmp_path / "v1"
     write(v1 / "train_set/train_annotations_7class.txt", f"1.jpg 1\n../../../{name} 1\n../../../../etc/passwd 2\n")
-    got = _outside_reasons(plan_records("affectnet", str(v1)))
+    got = _outside_reasons(plan_of("affectnet", str(v1)))
     assert sorted(got.values()) == ["", "outside_input", "outside_input"]
     old = tmp_path / "csvlayout"
     header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression\n"
     write(old / "training.csv", header + f"5/a.jpg,0,0,9,9,,1\n../../{name},0,0,9,9,,1\n"
           f"{absolute},0,0,9,9,,1\ngs://bucket/x.jpg,0,0,9,9,,1\n")
     write(old / "Manually_Annotated_Images/5/a.jpg", face_jpeg())
-    got = _outside_reasons(plan_records("affectnet", str(old)))
+    got = _outside_reasons(plan_of("affectnet", str(old)))
     assert sorted(got.values()) == ["", "outside_input", "outside_input", "outside_input"]
 
 
@@ -390,7 +396,7 @@ def test_ferplus_names_outside_the_root_are_rejected(tmp_path):
     write(root / "fer2013new.csv", FERPLUS_HEADER + "Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n"
           "Training,../../secret.txt,0,10,0,0,0,0,0,0,0,0\n")
     write(root / "FER2013Train/fer0000000.png", face_jpeg(size=48))
-    got = _outside_reasons(plan_records("ferplus", str(root)))
+    got = _outside_reasons(plan_of("ferplus", str(root)))
     assert sorted(got.values()) == ["", "outside_input"]
 
 
@@ -404,6 +410,39 @@ def test_hf_paths_outside_the_root_are_rejected(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(table, str(root / "train-00000.parquet"))
-    got = _outside_reasons(plan_records("hf", str(root)))
+    got = _outside_reasons(plan_of("hf", str(root)))
     assert got == {"train[0]": "", "train[1]": "outside_input", "train[2]": "outside_input",
                    "train[3]": "outside_input"}
+
+
+def test_ingest_options_are_checked_and_normalised_in_one_place():
+    """IngestOptions refuses bad or contradictory options at construction, naming the flag, and
+    every CLI flag lands in the field of the same name."""
+    from dataclasses import fields
+
+    from pipeline.ingest.cli import build_parser, options_of
+
+    for bad, needle in [({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
+                        ({"jpeg_quality": 101}, "--jpeg-quality"), ({"margin": float("nan")}, "--margin"),
+                        ({"test_fraction": 1.0}, "--test-fraction"), ({"max_reject_fraction": 1.5}, "--max-reject"),
+                        ({"group_regex": "("}, "not a valid regular expression"),
+                        ({"keep_framing": True, "detect": True}, "exclude each other"),
+                        ({"border": "wavy"}, "--border 'wavy'"), ({"keep_framing": "webcam"}, "unknown framing")]:
+        with pytest.raises(ValueError, match=needle):
+            IngestOptions("synthetic", "out", **bad)
+    with pytest.raises(ValueError, match="--source folder needs --input"):
+        IngestOptions("folder", "out")
+    o = IngestOptions("folder", "out", "raw", class_names="happy,neutral", skip_detection=True)
+    assert o.class_names == ("happy", "neutral") and o.keep_framing is True and o.mode == "skip"
+    assert o.test_fraction == 0.0 and IngestOptions("synthetic", "out").test_fraction == 0.2
+    assert o.recorded()["class_names"] == ["happy", "neutral"] and "workers" not in o.recorded()
+    with pytest.raises(AttributeError):
+        o.seed = 3  # frozen: what was checked is what runs
+
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions} - {"help"}
+    assert dests <= {f.name for f in fields(IngestOptions)}
+    args = parser.parse_args(["--source", "csv", "-i", "l.csv", "-o", "x", "--class-names", "sad,fear",
+                              "--keep-framing", "rafdb-aligned", "--rows-per-shard", "7", "--dedupe"])
+    assert options_of(args) == IngestOptions("csv", "x", "l.csv", class_names=("sad", "fear"),
+                                             keep_framing="rafdb-aligned", rows_per_shard=7, dedupe=True)

@@ -205,7 +205,7 @@ def test_ingest_of_a_class_sorted_tree_writes_mixed_shards_split_by_person(ray_s
     whatever the row order."""
     import cv2
 
-    from pipeline.ingest import ingest
+    from pipeline.ingest import IngestOptions, ingest
     from pipeline.synth import generate
 
     raw = tmp_path / "raw"
@@ -216,8 +216,8 @@ def test_ingest_of_a_class_sorted_tree_writes_mixed_shards_split_by_person(ray_s
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
     regex = r"([^/]+)_[0-9]+[.]jpg$"
-    reports = [ingest("folder", str(tmp_path / f"out{seed}"), str(raw), test_fraction=0.3,
-                      group_regex=regex, rows_per_shard=32, seed=seed, progress=False)
+    reports = [ingest(IngestOptions("folder", str(tmp_path / f"out{seed}"), str(raw), test_fraction=0.3,
+                                    group_regex=regex, rows_per_shard=32, seed=seed, progress=False))
                for seed in (0, 1)]
     assert reports[0].content_hash == reports[1].content_hash
     orders = []

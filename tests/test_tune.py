@@ -216,10 +216,10 @@ def tune_shards(request, ray_session, tmp_path_factory) -> str:
     try:
         return str(request.getfixturevalue("synthetic_shards"))
     except pytest.FixtureLookupError:
-        from pipeline.ingest import ingest
+        from pipeline.ingest import IngestOptions, ingest
 
         out = tmp_path_factory.mktemp("tune_shards") / "shards"
-        ingest("synthetic", str(out), per_class=24, seed=3, progress=False)
+        ingest(IngestOptions("synthetic", str(out), per_class=24, seed=3, progress=False))
         return str(out)
 
 

