@@ -6,10 +6,13 @@ Rows of the confusion matrix are true classes, columns predicted classes.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 # The metrics every report leads with (evaluate, review, model card), in this order.
 HEADLINE = ("accuracy", "mean_class_accuracy", "macro_f1")
@@ -133,3 +136,37 @@ class BatchMix:
     def metrics(self) -> dict[str, float]:
         n = max(self.batches, 1)
         return {"train_batch_classes": self.distinct / n, "train_batch_label_entropy": self.entropy / n}
+
+
+# --- choosing the best trial of a sweep --------------------------------------------------------
+# One rule for the sweep's own report (pipeline.tune.report) and `python -m pipeline.registry
+# register --best-of` (pipeline.registry.versions.best_trial_run), so both pick the same run.
+# A trial scores the best value its metric reached over all its reports, not the last one: each
+# trial checkpoints on the sweep metric and logs the weights of its best validation epoch as its
+# model (pipeline/checkpointing.py TrainState.best_state, pipeline/train/driver.py), so the best
+# value is the one that describes the model that gets registered.
+
+
+def trial_score(history: Iterable[float | None], mode: str) -> float | None:
+    """The best finite value of a metric's history (``max`` or ``min``); None when it has none."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    values = [float(v) for v in history if v is not None and math.isfinite(float(v))]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
+def rank_trials(trials: Iterable[T], score: Callable[[T], float | None], mode: str,
+                tiebreak: Callable[[T], Hashable] = lambda t: 0) -> list[T]:
+    """``trials`` best first by ``score`` (see ``trial_score``); unscored ones last; equal scores
+    in ``tiebreak`` order (both callers break ties by trial id)."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(t: T) -> tuple:
+        s = score(t)
+        return (s is None, sign * s if s is not None else 0.0, tiebreak(t))
+
+    return sorted(trials, key=key)

@@ -97,12 +97,12 @@ def test_tune_domains_round_trip() -> None:
 
 
 def test_concurrent_trials_refuse_sqlite() -> None:
-    from pipeline.tune import SweepCfg, SweepError, _check_concurrency
+    from pipeline.tune import SweepCfg, SweepError, check_concurrency
 
     with pytest.raises(SweepError, match="tracking.uri=http://127.0.0.1:5000"):
-        _check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=2))
-    _check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=1))
-    _check_concurrency("http://127.0.0.1:5000", SweepCfg(max_concurrent=2))
+        check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=2))
+    check_concurrency("sqlite:////tmp/x.db", SweepCfg(max_concurrent=1))
+    check_concurrency("http://127.0.0.1:5000", SweepCfg(max_concurrent=2))
 
 
 def test_random_search_keeps_the_concurrency_limit() -> None:

@@ -49,16 +49,23 @@ def find_logged_model(client: Any, run: Any, model_name: str = "model") -> Any:
 
 def best_trial_run(parent_run_id: str, tracking_uri: str | None = None, metric: str = "val_accuracy",
                    mode: str = "max") -> str:
-    """Run id of a sweep's best child run (by ``metric``) that has a logged model."""
+    """Run id of a sweep's best child run that has a logged model, by the sweep report's rule
+    (``pipeline.metrics.rank_trials``): the best value ``metric`` reached over the run's history
+    (the model is that epoch's weights), ties by trial id."""
+    from pipeline.metrics import rank_trials, trial_score
+
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
     parent = _get_run(client, parent_run_id)
-    order = "DESC" if mode == "max" else "ASC"
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                                  order_by=[f"metrics.`{metric}` {order}"], max_results=1000)
-    children = [r for r in children if metric in r.data.metrics]
-    for r in children:
+                                  max_results=1000)
+    scores = {r.info.run_id: trial_score((m.value for m in client.get_metric_history(r.info.run_id, metric)), mode)
+              for r in children if metric in r.data.metrics}
+    scored = [r for r in children if scores.get(r.info.run_id) is not None]
+    ranked = rank_trials(scored, lambda r: scores[r.info.run_id], mode,
+                         tiebreak=lambda r: r.data.tags.get("poster.trial_id") or r.info.run_id)
+    for r in ranked:
         try:
             find_logged_model(client, r)
             return r.info.run_id

@@ -2,4 +2,4 @@
 tune_spaces/), `search` (the sweep's settings, searcher and reporting), `report` (result table, best
 trial) and `cli` (`python -m pipeline.tune`)."""
 from pipeline.tune.search import SweepCfg, SweepError, trial_resources  # noqa: F401
-from pipeline.tune.sweep import SweepResult, _check_concurrency, check_fits, run_sweep  # noqa: F401
+from pipeline.tune.sweep import SweepResult, check_concurrency, check_fits, run_sweep  # noqa: F401

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.metrics import fmt
+from pipeline.metrics import fmt, rank_trials, trial_score
 from pipeline.tracking import MlflowTracker
 
 RESULT_METRICS = ("test_accuracy", "test_macro_f1", "test_mean_class_accuracy")
@@ -24,19 +23,12 @@ STATUS_ORDER = {"completed": 0, "stopped_early": 1, "unfinished": 2, "failed": 3
 class TrialRow:
     trial_id: str
     status: str  # completed | stopped_early | failed | unfinished
-    score: float | None  # best value of the sweep metric over the trial's reports
+    score: float | None  # best value of the sweep metric over the trial's reports (trial_score)
     epochs: int  # epochs the trial trained
     run_id: str | None
     params: dict[str, Any]  # the sampled point
     metrics: dict[str, float] = field(default_factory=dict)  # test_* of completed trials
     error: str = ""
-
-
-def _best(values: list[float], mode: str) -> float | None:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None
-    return max(vals) if mode == "max" else min(vals)
 
 
 def _child_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
@@ -47,7 +39,8 @@ def _child_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str
 
 def collect_rows(results: list[Any], trials: dict[str, Any], decode: Any, metric: str, mode: str,
                  client: Any, experiment_id: str, parent_run_id: str) -> list[TrialRow]:
-    """One row per Tune result (``tune.Result``), sorted best first, failed trials last.
+    """One row per Tune result (``tune.Result``), best first (``pipeline.metrics.rank_trials``, the
+    rule ``registry register --best-of`` uses too), failed trials last.
 
     ``trials`` maps trial id → Tune ``Trial`` (status, config), from ``ExperimentAnalysis``.
     """
@@ -58,7 +51,7 @@ def collect_rows(results: list[Any], trials: dict[str, Any], decode: Any, metric
         tid = res.metrics.get("trial_id", "")
         df = res.metrics_dataframe
         has = df is not None and len(df) > 0
-        score = _best(df[metric].tolist(), mode) if has and metric in df else None
+        score = trial_score(df[metric].tolist(), mode) if has and metric in df else None
         epochs = int(df["epoch"].max()) + 1 if has and "epoch" in df and df["epoch"].notna().any() else 0
         run = children.get(tid)
         run_status = run.info.status if run is not None else None
@@ -75,10 +68,8 @@ def collect_rows(results: list[Any], trials: dict[str, Any], decode: Any, metric
         rows.append(TrialRow(tid, status, score, epochs, run.info.run_id if run else None,
                              decode(res.config or getattr(trials.get(tid), "config", None) or {}),
                              metrics, error))
-    sign = -1.0 if mode == "max" else 1.0
-    rows.sort(key=lambda r: (r.status == "failed", r.score is None,
-                             sign * (r.score or 0.0), STATUS_ORDER[r.status], r.trial_id))
-    return rows
+    rows = rank_trials(rows, lambda r: r.score, mode, tiebreak=lambda r: (STATUS_ORDER[r.status], r.trial_id))
+    return sorted(rows, key=lambda r: r.status == "failed")  # stable: failed last, in rank order
 
 
 def _error_text(err: Any) -> str:
@@ -109,7 +100,8 @@ def fix_up_runs(rows: list[TrialRow], client: Any) -> None:
 
 
 def best_row(rows: list[TrialRow]) -> TrialRow | None:
-    """The best *completed* trial (the only ones with a logged model); rows are sorted already."""
+    """The best *completed* trial (the only ones with a logged model): the first in ``collect_rows``'
+    order, which is ``pipeline.metrics.rank_trials``'."""
     return next((r for r in rows if r.status == "completed" and r.score is not None), None)
 
 

@@ -136,7 +136,7 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _check_concurrency(uri: str, sweep: SweepCfg) -> None:
+def check_concurrency(uri: str, sweep: SweepCfg) -> None:
     if sweep.max_concurrent > 1 and uri.startswith("sqlite:"):
         raise SweepError(
             f"--max-concurrent {sweep.max_concurrent} with the sqlite tracking store {uri}: concurrent "
@@ -197,7 +197,7 @@ def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> Sweep
     num_classes = len(manifest["classes"])
     cfg = _prepare(base, sweep, space)
     check_space(space, cfg, num_classes)
-    _check_concurrency(cfg.tracking.uri, sweep)
+    check_concurrency(cfg.tracking.uri, sweep)
     check_fits(cfg, sweep)
     experiment = experiment_for(cfg, manifest)
     parent = _open_parent(cfg, sweep, space, experiment)
