@@ -259,46 +259,21 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     Raises ReviewRefused when a version's class order or training manifest does not match the
     shards (the latter unless ``allow_other_shards``), RegistryError for missing aliases.
     """
-    from pipeline.schema import read_manifest
-
     _check_options(metric, margin, force, reason)
     promote = promote or force
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
-    try:
-        manifest = read_manifest(shards)
-    except Exception as e:
-        raise RegistryError(f"--shards {shards}: {e}") from None
-    if metric.startswith("recall_") and metric[len("recall_"):] not in manifest["classes"]:
-        raise RegistryError(f"--metric {metric}: no class {metric[7:]!r} in {manifest['classes']}")
-    challenger_mv = _version_by_alias(client, name, CHALLENGER)
-    champion_mv = _version_by_alias(client, name, CHAMPION)
-    if challenger_mv is None:
-        raise RegistryError(f"{name} has no @{CHALLENGER}; register a run first "
-                            f"(python -m pipeline.registry register --run-id …)")
-    if champion_mv is not None and champion_mv.version == challenger_mv.version:
-        raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
+    manifest = _read_review_shards(shards, metric)
+    challenger_mv, champion_mv = _review_pair(client, name)
     user = user or current_user()
     when = utc_now()
     try:
-        if split in TRAINING_SPLITS:
-            raise ReviewRefused(f"--split {split}: the models were fitted on it, so it cannot rank them; "
-                                "review on test (or val)")
-        for mv in (champion_mv, challenger_mv):
-            if mv is not None:
-                _check_comparable(mv, manifest, shards, allow_other_shards)
-        ch = _evaluate_version(name, challenger_mv, CHALLENGER, uri, shards, split, manifest, batch_size)
-        champ = (_evaluate_version(name, champion_mv, CHAMPION, uri, shards, split, manifest, batch_size)
-                 if champion_mv is not None else None)
+        ch, champ = _evaluate_pair(name, challenger_mv, champion_mv, uri, shards, split, manifest,
+                                   batch_size, allow_other_shards)
     except ReviewRefused as e:  # recorded with or without --promote
-        record_review(client, uri, name, {
-            "decision": "refused", "reason": str(e), "decided_by": user, "decided_at": when, "promote": promote,
-            "split": split, "shards": str(shards), "metric": metric, "margin": float(margin),
-            "challenger_version": challenger_mv.version,
-            "champion_version": champion_mv.version if champion_mv is not None else "none"})
-        for k, v in {"decision": "refused", "decided_by": user, "decided_at": when,
-                     "reason": str(e)[:4900]}.items():
-            client.set_model_version_tag(name, challenger_mv.version, k, v)
+        context = {"decided_by": user, "decided_at": when, "promote": promote, "split": split,
+                   "shards": str(shards), "metric": metric, "margin": float(margin)}
+        _record_refusal(client, uri, name, e, context, challenger_mv, champion_mv)
         raise
     delta, wins, decision, why, forced = decide(ch, champ, metric, margin, promote, force, reason, user)
     result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
@@ -314,3 +289,56 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     if out_dir:
         write_review(out_dir, result)
     return result
+
+
+def _read_review_shards(shards: str, metric: str) -> dict[str, Any]:
+    """The manifest of the shards under review; a recall_<class> metric must name one of its classes."""
+    from pipeline.schema import read_manifest
+
+    try:
+        manifest = read_manifest(shards)
+    except Exception as e:
+        raise RegistryError(f"--shards {shards}: {e}") from None
+    if metric.startswith("recall_") and metric[len("recall_"):] not in manifest["classes"]:
+        raise RegistryError(f"--metric {metric}: no class {metric[7:]!r} in {manifest['classes']}")
+    return manifest
+
+
+def _review_pair(client: Any, name: str) -> tuple[Any, Any]:
+    """(@challenger, @champion or None) model versions; refuses a missing or doubly aliased challenger."""
+    challenger_mv = _version_by_alias(client, name, CHALLENGER)
+    champion_mv = _version_by_alias(client, name, CHAMPION)
+    if challenger_mv is None:
+        raise RegistryError(f"{name} has no @{CHALLENGER}; register a run first "
+                            f"(python -m pipeline.registry register --run-id …)")
+    if champion_mv is not None and champion_mv.version == challenger_mv.version:
+        raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
+    return challenger_mv, champion_mv
+
+
+def _evaluate_pair(name: str, challenger_mv: Any, champion_mv: Any, uri: str, shards: str, split: str,
+                   manifest: dict[str, Any], batch_size: int,
+                   allow_other_shards: bool) -> tuple[VersionEval, VersionEval | None]:
+    """Both versions on the same rows, after the checks that can refuse the review (ReviewRefused)."""
+    if split in TRAINING_SPLITS:
+        raise ReviewRefused(f"--split {split}: the models were fitted on it, so it cannot rank them; "
+                            "review on test (or val)")
+    for mv in (champion_mv, challenger_mv):
+        if mv is not None:
+            _check_comparable(mv, manifest, shards, allow_other_shards)
+    ch = _evaluate_version(name, challenger_mv, CHALLENGER, uri, shards, split, manifest, batch_size)
+    champ = (_evaluate_version(name, champion_mv, CHAMPION, uri, shards, split, manifest, batch_size)
+             if champion_mv is not None else None)
+    return ch, champ
+
+
+def _record_refusal(client: Any, uri: str, name: str, error: ReviewRefused, context: dict[str, Any],
+                    challenger_mv: Any, champion_mv: Any) -> None:
+    """A refused review goes to the review history and onto the challenger's tags."""
+    record_review(client, uri, name, {
+        "decision": "refused", "reason": str(error), **context,
+        "challenger_version": challenger_mv.version,
+        "champion_version": champion_mv.version if champion_mv is not None else "none"})
+    for k, v in {"decision": "refused", "decided_by": context["decided_by"],
+                 "decided_at": context["decided_at"], "reason": str(error)[:4900]}.items():
+        client.set_model_version_tag(name, challenger_mv.version, k, v)
