@@ -142,15 +142,20 @@ class BatchMix:
 # One rule for the sweep's own report (pipeline.tune.report) and `python -m pipeline.registry
 # register --best-of` (pipeline.registry.versions.best_trial_run), so both pick the same run.
 # A trial scores the best value its metric reached over all its reports, not the last one: each
-# trial checkpoints on the sweep metric and logs the weights of its best validation epoch as its
-# model (pipeline/checkpointing.py TrainState.best_state, pipeline/train/driver.py), so the best
-# value is the one that describes the model that gets registered.
+# trial checkpoints on the sweep metric, the training loop keeps the weights of its best
+# validation epoch and the driver logs those as the run's model, so the best value is the one that
+# describes the model that gets registered.
+
+
+def _sign(mode: str) -> float:
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    return -1.0 if mode == "max" else 1.0
 
 
 def trial_score(history: Iterable[float | None], mode: str) -> float | None:
     """The best finite value of a metric's history (``max`` or ``min``); None when it has none."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    _sign(mode)
     values = [float(v) for v in history if v is not None and math.isfinite(float(v))]
     if not values:
         return None
@@ -161,9 +166,7 @@ def rank_trials(trials: Iterable[T], score: Callable[[T], float | None], mode: s
                 tiebreak: Callable[[T], Hashable] = lambda t: 0) -> list[T]:
     """``trials`` best first by ``score`` (see ``trial_score``); unscored ones last; equal scores
     in ``tiebreak`` order (both callers break ties by trial id)."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    sign = -1.0 if mode == "max" else 1.0
+    sign = _sign(mode)
 
     def key(t: T) -> tuple:
         s = score(t)
