@@ -304,6 +304,9 @@ def test_sweep_names_the_best_completed_trial(sweep) -> None:
     assert parent.data.tags["poster.best_run_id"] == result.best.run_id
     assert parent.data.metrics[f"best_{cfg.metric}"] == pytest.approx(result.best.score)
     assert result.best.trial_id in result.markdown
+    from pipeline.registry import best_trial_run  # `register --best-of` picks the trial the sweep named
+
+    assert best_trial_run(result.parent_run_id, result.tracking_uri, cfg.metric, cfg.mode) == result.best.run_id
     try:
         from pipeline.registry import register_run  # noqa: F401  (written in parallel)
     except ImportError:
