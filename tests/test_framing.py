@@ -234,7 +234,7 @@ def test_pyfunc_detect_mode_cuts_the_models_framing(tmp_path, photo, processor):
 
 
 def test_training_checkpoint_carries_the_framing(tmp_path):
-    """checkpointing.save stores the framing; evaluate.load_model gives it back to predict."""
+    """checkpointing.save stores the framing; artifact.load.load_model gives it back to predict."""
     import poster_model
     import torch
 

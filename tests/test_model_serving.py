@@ -145,6 +145,27 @@ def _imports_of(path: Path) -> set[str]:
     return names
 
 
+def test_served_modules_follow_lazy_relative_and_package_imports(tmp_path, monkeypatch):
+    """The shipped set is the entry's import closure: lazy and relative imports are followed,
+    parent packages come along, a module nobody imports stays out."""
+    import pipeline.artifact.pyfunc as P
+
+    real = {p.relative_to(P.PIPELINE_ROOT).as_posix() for p in P.served_modules().values()}
+    assert {"artifact/pyfunc.py", "faces/align.py", "schema.py"} <= real
+    assert not {m for m in real if m.startswith(("train/", "tune/", "ingest/", "registry/")) or m == "config.py"}
+
+    root = tmp_path / "pipeline"
+    for rel, text in {"__init__.py": "", "sub/__init__.py": "", "other.py": "import yaml\n",
+                      "entry.py": "from pipeline.sub import a\n",
+                      "sub/a.py": "def f():\n    from . import b\n    from pipeline.c import NAME\n",
+                      "sub/b.py": "", "c.py": "NAME = 1\n"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    monkeypatch.setattr(P, "PIPELINE_ROOT", root)
+    got = {p.relative_to(root).as_posix() for p in P.served_modules("pipeline.entry").values()}
+    assert got == {"__init__.py", "entry.py", "sub/__init__.py", "sub/a.py", "sub/b.py", "c.py"}
+
+
 def test_served_model_ships_and_imports_no_training_code(logged_model, tmp_path):
     """A fresh process loads the logged model from its folder and predicts an aligned face (and a
     raw photo with ``detect``): no training/tuning/ingest/registry module, no Ray, no
