@@ -188,7 +188,7 @@ def probe_cross(crops: Path, rows_b, processor) -> dict[str, dict[str, float]]:
 
 def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str) -> dict[str, float]:
     from pipeline.config import load_config
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.faces.framing import FramingWarning
     from pipeline.predict import predict_files
     from pipeline.train import run_training

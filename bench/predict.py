@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default=str(DATA), help="folder with labels.csv (path,label) and the images")
     p.add_argument("--n", type=int, default=64, help="photos to predict (the first N of labels.csv)")
     p.add_argument("--variant", default="v2_tiny", help="untrained model variant when --model is not given")
-    p.add_argument("--model", help="any model pipeline.evaluate.report.load_model accepts")
+    p.add_argument("--model", help="any model pipeline.artifact.load.load_model accepts")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=0.5)
@@ -41,7 +41,7 @@ def load(args: argparse.Namespace, tmp: Path):
     import torch
 
     import poster_model
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.artifact.files import save_weights
 
     if args.model:

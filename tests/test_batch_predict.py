@@ -88,7 +88,7 @@ def test_folder_with_bad_files_reconciles_and_matches_few_files_mode(ray_session
 
 def test_shard_split_gives_one_row_per_shard_row(ray_session, synthetic_shards, v2_weights, tmp_path):
     from pipeline.predict.batch import run_batch
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.schema import read_manifest
 
     expected = sum(read_manifest(str(synthetic_shards))["counts"]["test"].values())

@@ -175,7 +175,7 @@ def test_predict_reproduces_a_kept_named_framing(tmp_path, photo, processor):
     """A model whose framing has a detector recipe is served in that framing, not the project's."""
     import torch
 
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.artifact.infer import predict_logits
     from pipeline.predict import predict_files, read_rgb
 
@@ -193,7 +193,7 @@ def test_predict_reproduces_a_kept_named_framing(tmp_path, photo, processor):
 
 
 def test_predict_warns_for_a_framing_without_recipe(tmp_path, photo, processor, capsys):
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.predict import predict_files
     from pipeline.predict.cli import main
 
@@ -218,7 +218,7 @@ def test_pyfunc_detect_mode_cuts_the_models_framing(tmp_path, photo, processor):
 
     from pipeline.artifact.infer import predict_logits
     from pipeline.artifact.files import load_weights_file
-    from pipeline.modelpkg import PosterPyfunc
+    from pipeline.artifact.pyfunc import PosterPyfunc
     from pipeline.predict import read_rgb
 
     py = PosterPyfunc()
@@ -234,12 +234,12 @@ def test_pyfunc_detect_mode_cuts_the_models_framing(tmp_path, photo, processor):
 
 
 def test_training_checkpoint_carries_the_framing(tmp_path):
-    """checkpointing.save stores the framing; evaluate.load_model gives it back to predict."""
+    """checkpointing.save stores the framing; artifact.load.load_model gives it back to predict."""
     import poster_model
     import torch
 
     from pipeline import checkpointing
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
 
     model = poster_model.build_poster(poster_model.variant_config("tiny", 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

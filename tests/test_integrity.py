@@ -57,7 +57,7 @@ def _constant_model_run(uri: str, manifest: dict, favour: int) -> str:
 
     from pipeline.config import load_config
     from pipeline.modeling import build_model, poster_config
-    from pipeline.modelpkg import log_poster_model
+    from pipeline.artifact.pyfunc import log_poster_model
     from pipeline.tracking import ensure_experiment
 
     classes = list(manifest["classes"])

@@ -1,6 +1,8 @@
 """The logged pyfunc is MLflow "models from code": no pickled object in the model, and
 ``mlflow models serve`` (local env manager, 127.0.0.1) answers a real ``/invocations`` request
-with an aligned face, with the probabilities the in-process model gives.
+with an aligned face, with the probabilities the in-process model gives. The model ships only the
+code it serves with: loaded in a fresh process it imports no training, tuning, ingest or registry
+code, no Ray and no pyarrow.dataset, and every project module comes from its own code folder.
 
 No Ray and no training: a randomly initialised POSTER-tiny is logged into a throwaway sqlite store.
 """
@@ -75,7 +77,8 @@ def logged_model(tmp_path_factory):
     import torch
     from mlflow.tracking import MlflowClient
 
-    from pipeline.modelpkg import log_poster_model, resolve_model_uri
+    from pipeline.artifact.load import resolve_model_uri
+    from pipeline.artifact.pyfunc import log_poster_model
     from poster_model import poster_tiny
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -103,9 +106,116 @@ def test_model_is_logged_from_code_not_pickled(logged_model):
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], sorted(files)
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert Path(flavor["model_code_path"]).name == "pyfunc_model.py"
-    assert (local / "pyfunc_model.py").is_file()
-    assert {"code/pipeline/modelpkg.py", "code/poster_model/__init__.py", "artifacts/weights.pt"} <= files
+    assert Path(flavor["model_code_path"]).name == "pyfunc_entry.py"
+    assert (local / "pyfunc_entry.py").is_file()
+    assert {"code/pipeline/artifact/pyfunc.py", "code/poster_model/__init__.py", "artifacts/weights.pt"} <= files
+
+
+# Run in a fresh interpreter: load the logged model the way a consumer does, predict, and report
+# what got imported and from where.
+_PROBE = r"""
+import json, sys
+import pandas as pd
+import mlflow.pyfunc
+local, face, photo = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+model = mlflow.pyfunc.load_model(local)
+out = {"aligned": model.predict(pd.DataFrame({"image": [face]})).to_dict("records")}
+if photo:  # raw photo: the detector and the framing code must come from the shipped code too
+    raw = open(photo, "rb").read()
+    out["detect"] = model.predict(pd.DataFrame({"image": [raw]}), params={"detect": True}).to_dict("records")
+out["modules"] = sorted(sys.modules)
+out["files"] = {n: getattr(m, "__file__", None) for n, m in sys.modules.items()
+                if n.split(".")[0] in ("pipeline", "poster_model")}
+print("PROBE " + json.dumps(out))
+"""
+NOT_SERVED = ("ray", "pipeline.config", "pipeline.train", "pipeline.tune", "pipeline.registry",
+              "pipeline.ingest", "pipeline.evaluate", "pipeline.predict", "pipeline.tracking",
+              "pyarrow.dataset")
+
+
+def _imports_of(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_served_modules_follow_lazy_relative_and_package_imports(tmp_path, monkeypatch):
+    """The shipped set is the entry's import closure: lazy and relative imports are followed,
+    parent packages come along, a module nobody imports stays out."""
+    import pipeline.artifact.pyfunc as P
+
+    real = {p.relative_to(P.PIPELINE_ROOT).as_posix() for p in P.served_modules().values()}
+    assert {"artifact/pyfunc.py", "faces/align.py", "schema.py"} <= real
+    assert not {m for m in real if m.startswith(("train/", "tune/", "ingest/", "registry/")) or m == "config.py"}
+
+    root = tmp_path / "pipeline"
+    for rel, text in {"__init__.py": "", "sub/__init__.py": "", "other.py": "import yaml\n",
+                      "entry.py": "from pipeline.sub import a\n",
+                      "sub/a.py": "def f():\n    from . import b\n    from pipeline.c import NAME\n",
+                      "sub/b.py": "", "c.py": "NAME = 1\n"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    monkeypatch.setattr(P, "PIPELINE_ROOT", root)
+    got = {p.relative_to(root).as_posix() for p in P.served_modules("pipeline.entry").values()}
+    assert got == {"__init__.py", "entry.py", "sub/__init__.py", "sub/a.py", "sub/b.py", "c.py"}
+
+
+def test_served_model_ships_and_imports_no_training_code(logged_model, tmp_path):
+    """A fresh process loads the logged model from its folder and predicts an aligned face (and a
+    raw photo with ``detect``): no training/tuning/ingest/registry module, no Ray, no
+    pyarrow.dataset is imported, and every project module is the model's shipped copy."""
+    import cv2
+    import importlib.util
+
+    import mlflow
+    import pandas as pd
+
+    from pipeline.artifact.pyfunc import PIPELINE_ROOT, served_modules
+    from pipeline.synth import generate
+
+    local, _, _ = logged_model
+    code = local / "code"
+    shipped = {p.relative_to(code / "pipeline").as_posix() for p in (code / "pipeline").rglob("*.py")}
+    assert shipped == {p.relative_to(PIPELINE_ROOT).as_posix() for p in served_modules().values()}
+    assert {"artifact/pyfunc.py", "artifact/infer.py", "artifact/files.py", "transforms.py", "schema.py",
+            "faces/framing.py"} <= shipped, sorted(shipped)
+    for absent in ("train", "tune", "ingest", "registry", "evaluate", "predict"):
+        assert not (code / "pipeline" / absent).exists(), absent
+    assert not {"config.py", "tracking.py", "runtime.py", "artifact/load.py"} & shipped
+    # yaml is imported by MLflow itself, so sys.modules cannot tell; the shipped code never asks
+    asked = set().union(*(_imports_of(p) for p in code.rglob("*.py")))
+    assert not {m for m in asked if m.split(".")[0] in ("yaml", "ray") or m == "pyarrow.dataset"}, asked
+
+    face_file = tmp_path / "face.jpg"
+    face_file.write_bytes(_aligned_face())
+    photo = ""
+    if importlib.util.find_spec("mediapipe") is not None:  # the detector: the ingest extra
+        photo = str(tmp_path / "photo.jpg")
+        cv2.imwrite(photo, cv2.cvtColor(generate("happy", 901, seed=5).image, cv2.COLOR_RGB2BGR))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the model's code
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(local), str(face_file), photo], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PROBE "))[6:])
+
+    loaded = [m for m in got["modules"] if any(m == f or m.startswith(f + ".") for f in NOT_SERVED)]
+    assert not loaded, loaded
+    assert {"pipeline.artifact.pyfunc", "pipeline.transforms", "poster_model"} <= set(got["files"])
+    outside = {n: f for n, f in got["files"].items() if f and not Path(f).resolve().is_relative_to(code.resolve())}
+    assert not outside, outside  # a module missing from the code folder would come from the checkout
+    want = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"image": [face_file.read_bytes()]}))
+    assert got["aligned"][0]["label"] == want.loc[0, "label"]
+    assert np.allclose([got["aligned"][0][f"prob_{c}"] for c in CLASSES],
+                       want[[f"prob_{c}" for c in CLASSES]].to_numpy()[0], atol=1e-5)
+    if photo:
+        assert "pipeline.faces.align" in got["files"] and "mediapipe" in got["modules"]
+        assert sum(got["detect"][0][f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_mlflow_models_serve_answers_invocations(logged_model, tmp_path):

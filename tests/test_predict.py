@@ -101,7 +101,7 @@ def test_predict_uses_ingest_alignment_and_eval_preprocessing(weights, photos):
     """The CLI's numbers equal FaceProcessor + predict_logits done by hand (no private copy)."""
     import torch
 
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.artifact.infer import predict_logits
     from pipeline.faces.align import FaceProcessor
     from pipeline.predict import predict_files, read_rgb

@@ -158,7 +158,7 @@ def test_review_numbers_come_from_the_evaluator(flow, runs):
 def test_version_tags_and_model_card(flow, runs):
     import mlflow
 
-    from pipeline.modelpkg import resolve_model_uri
+    from pipeline.artifact.load import resolve_model_uri
 
     uri, v2 = runs["uri"], flow["better"]["version"]
     t = flow["better"]["tags"]
@@ -193,7 +193,7 @@ def test_pyfunc_on_raw_image_bytes_matches_the_evaluator(flow, runs):
     from pipeline.evaluate import iter_split_batches
     from pipeline.artifact.infer import predict_logits
     from pipeline.metrics import confusion_matrix
-    from pipeline.modelpkg import load_torch_model
+    from pipeline.artifact.load import load_torch_model
     from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image
 
     uri, v2, shards = runs["uri"], flow["better"]["version"], runs["shards"]
@@ -235,7 +235,7 @@ def test_pyfunc_on_raw_image_bytes_matches_the_evaluator(flow, runs):
 def test_raw_torch_model_is_loadable(flow, runs):
     import torch
 
-    from pipeline.modelpkg import load_torch_model
+    from pipeline.artifact.load import load_torch_model
 
     model, classes, extra = load_torch_model(f"models:/{NAME}@champion", runs["uri"])
     assert isinstance(model, torch.nn.Module) and not model.training

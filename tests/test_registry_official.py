@@ -57,7 +57,7 @@ def test_synthetic_checkpoint_has_the_official_layout(imported):
 
 
 def test_import_registers_a_challenger_with_tags_and_card(imported):
-    from pipeline.official import file_sha256
+    from pipeline.artifact.official import file_sha256
     from pipeline.registry import client_for
 
     assert imported["rc"] == 0
@@ -82,7 +82,7 @@ def test_imported_model_equals_the_official_model_on_bgr_input(imported):
     import pandas as pd
     import poster_model
 
-    from pipeline.modelpkg import load_torch_model
+    from pipeline.artifact.load import load_torch_model
     from pipeline.transforms import to_model_inputs
 
     model, classes, extra = load_torch_model(f"models:/{NAME}@challenger", imported["uri"])

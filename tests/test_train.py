@@ -77,7 +77,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     # the model carries the framing of its training rows (manifest → tag, checkpoint, weights extra)
     assert info["manifest"]["framing"]["name"] == run.data.tags["poster.framing"] == "project"
     from pipeline.artifact.files import load_file
-    from pipeline.modelpkg import load_torch_model
+    from pipeline.artifact.load import load_torch_model
 
     assert load_file(Path(out.checkpoint_path) / "checkpoint.pt")["framing"] == info["manifest"]["framing"]
     assert load_torch_model(out.model_uri, out.tracking_uri)[2]["framing"]["name"] == "project"

@@ -44,9 +44,9 @@ def test_v2_tiny_trains_through_the_pipeline_step():
 def test_import_official_v2_registers_a_model_with_the_same_logits(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.evaluate import load_model
+    from pipeline.artifact.load import load_model
     from official_files import make_synthetic_official
-    from pipeline.official import OFFICIAL_CLASS_ORDER
+    from pipeline.artifact.official import OFFICIAL_CLASS_ORDER
     from pipeline.registry.cli import main
     from poster_model import load_official_checkpoint
 

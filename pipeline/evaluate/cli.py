@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.artifact.load import load_model
 from pipeline.cli import positive_int
 from pipeline.evaluate import report
-from pipeline.evaluate.report import (ClassOrderError, confusion_text, evaluate_model, load_model, metric_keys,
-                                      quiet_mlflow, write_outputs)
+from pipeline.evaluate.report import (ClassOrderError, confusion_text, evaluate_model, metric_keys, quiet_mlflow,
+                                      write_outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

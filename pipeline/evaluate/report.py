@@ -10,9 +10,10 @@ The model is a registry/logged-model URI (``models:/NAME@ALIAS``, ``models:/NAME
 ``models:/m-…``), a training checkpoint (``checkpoint.pt`` or its directory, or a Ray run
 directory whose newest ``checkpoint_*`` is used; the best-epoch weights inside are evaluated),
 a ``weights.pt`` as logged with the pyfunc, or an official POSTER checkpoint (``--variant`` and
-``--dataset`` give its architecture and label order). Rows are read with pyarrow (no Ray) and
-scored by ``pipeline.evaluate.shards.evaluate_batches``, the code training evaluates with; metrics
-come from ``pipeline.metrics.metrics_from_confusion``.
+``--dataset`` give its architecture and label order), all loaded by
+``pipeline.artifact.load.load_model``. Rows are read with pyarrow (no Ray) and scored by
+``pipeline.evaluate.shards.evaluate_batches``, the code training evaluates with; metrics come from
+``pipeline.metrics.metrics_from_confusion``.
 
 ``--out`` receives ``metrics.json`` (metrics, confusion matrix, classes, model, shards and
 manifest hash), ``confusion.json`` and ``confusion.png``. Exit codes: 0 evaluated, 2 bad input
@@ -21,122 +22,19 @@ manifest hash), ``confusion.json`` and ``confusion.png``. Exit codes: 0 evaluate
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
+from pipeline.artifact.load import LoadedModel
 from pipeline.evaluate.shards import EvalResult, evaluate_batches
 from pipeline.metrics import HEADLINE
 from pipeline.schema import EVAL_COLUMNS
 
 
-
 class ClassOrderError(ValueError):
     """The model's class order differs from the shards' manifest."""
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    classes: list[str]
-    extra: dict[str, Any]
-    source: str  # what was loaded, for reports
-    kind: str  # registry | checkpoint | weights | official
-
-    @property
-    def bgr(self) -> bool:
-        return bool(self.extra.get("bgr", False))
-
-    @property
-    def use_crop(self) -> bool:
-        return bool(self.extra.get("use_crop", True))
-
-    @property
-    def framing(self) -> Any:
-        """The framing the model was trained on (``pipeline.faces.framing``; older models: project)."""
-        from pipeline.faces.framing import of_extra
-
-        return of_extra(self.extra)
-
-    @property
-    def parameters(self) -> int:
-        return int(sum(p.numel() for p in self.model.parameters()))
-
-
-def is_model_uri(spec: str) -> bool:
-    return spec.startswith(("models:/", "runs:/", "m-")) or "://" in spec
-
-
-def _newest_checkpoint_dir(run_dir: Path) -> Path | None:
-    cands = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file()),
-                   key=lambda p: p.name)
-    return cands[-1] if cands else None
-
-
-def _from_training_checkpoint(ck: dict[str, Any], source: str) -> LoadedModel:
-    import poster_model
-    from pipeline.config import ModelCfg, from_dict
-    from pipeline.modeling import poster_config
-
-    classes = list(ck["classes"])
-    cfg = ck.get("config") or {}
-    mcfg = from_dict(ModelCfg, cfg.get("model", {}), "model.")
-    model = poster_model.build_poster(poster_config(mcfg, len(classes)))
-    state = ck.get("best_model") or ck["model"]
-    model.load_state_dict(state)
-    extra = {"bgr": bool(cfg.get("data", {}).get("bgr", False)), "use_crop": True,
-             "variant": mcfg.variant, "epoch": int(ck.get("epoch", -1)),
-             "best_epoch": int(ck.get("best_epoch", -1))}
-    if ck.get("framing"):
-        extra["framing"] = dict(ck["framing"])
-    return LoadedModel(model.eval(), classes, extra, source, "checkpoint")
-
-
-def load_model(spec: str, tracking_uri: str | None = None, variant: str = "large",
-               dataset: str = "rafdb", classes: list[str] | None = None) -> LoadedModel:
-    """Load any model form the project knows (see the module docstring)."""
-    from pipeline.artifact.files import CKPT_FILE, WEIGHTS, load_file, load_weights_file
-    from pipeline.modelpkg import load_torch_model
-
-    path = Path(spec)
-    if not path.exists():
-        if is_model_uri(spec):
-            from pipeline.tracking import default_tracking_uri
-
-            model, cls, extra = load_torch_model(spec, default_tracking_uri(tracking_uri or ""))
-            return LoadedModel(model, cls, extra, spec, "registry")
-        raise FileNotFoundError(f"model {spec!r}: no such file or directory, and not a models:/ URI")
-    if path.is_dir():
-        if (path / CKPT_FILE).is_file():
-            path = path / CKPT_FILE
-        elif (path / WEIGHTS).is_file():
-            path = path / WEIGHTS
-        elif (path / "artifacts" / WEIGHTS).is_file():  # a downloaded pyfunc directory
-            path = path / "artifacts" / WEIGHTS
-        elif (newest := _newest_checkpoint_dir(path)) is not None:
-            path = newest / CKPT_FILE
-        else:
-            raise FileNotFoundError(f"{spec}: no {CKPT_FILE}, {WEIGHTS} or checkpoint_*/ inside")
-    blob = load_file(path) if path.suffix in (".pt", ".pth", ".tar") else None
-    if blob is None:
-        raise ValueError(f"{path}: expected a .pt/.pth checkpoint")
-    if "poster_config" in blob:
-        model, cls, extra = load_weights_file(path)
-        return LoadedModel(model, cls, extra, str(path), "weights")
-    from pipeline.official import is_official_checkpoint, load_official, official_family
-
-    if is_official_checkpoint(blob):
-        if official_family(blob) == "v2":
-            variant = "v2"  # the file says which family it is; --variant only picks V1's size
-        model, cls, extra = load_official(path, variant, dataset, classes)
-        return LoadedModel(model, cls, extra, str(path), "official")
-    if "model" in blob and "classes" in blob:
-        return _from_training_checkpoint(blob, str(path))
-    raise ValueError(f"{path}: not a poster-ray checkpoint, weights.pt or official POSTER checkpoint "
-                     f"(keys: {sorted(blob)[:8]})")
 
 
 def split_exists(manifest: dict[str, Any], split: str) -> bool:

@@ -4,7 +4,7 @@
     python -m pipeline.predict --shards DIR [--split test] --out preds.parquet
         [--batch-size 16] [--actors 2] [--cpus-per-actor 0.5]
 
-The driver loads the model once (any form ``pipeline.evaluate.report.load_model`` knows) and puts its
+The driver loads the model once (any form ``pipeline.artifact.load.load_model`` knows) and puts its
 weights in the object store; ``map_batches`` runs an actor pool, each actor holding the model and,
 for photos, its own detector (``pipeline.faces.align.FaceProcessor``). A photo goes through
 ``pipeline.predict.files.preprocess_image`` (the few-files mode's own per-image step: read, detect,
@@ -85,8 +85,8 @@ def model_payload(loaded: Any) -> dict[str, Any]:
 def rebuild(payload: dict[str, Any]) -> Any:
     """A ``LoadedModel`` (eval mode) from ``model_payload``'s output."""
     import poster_model
-    from pipeline.evaluate.report import LoadedModel
     from pipeline.artifact.files import poster_config_from_dict
+    from pipeline.artifact.load import LoadedModel
 
     model = poster_model.build_poster(poster_config_from_dict(payload["poster_config"]))
     model.load_state_dict(payload["state"])

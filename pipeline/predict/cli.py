@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from pipeline.evaluate.report import load_model, quiet_mlflow
+    from pipeline.artifact.load import load_model
+    from pipeline.evaluate.report import quiet_mlflow
     from pipeline.faces.align import FaceProcessor
     from pipeline.faces.framing import FramingError, resolve_for_predict
 

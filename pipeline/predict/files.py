@@ -119,7 +119,7 @@ def predict_files(paths: list[str], model: str = DEFAULT_MODEL, tracking_uri: st
 
     Faces are cut in the model's framing (`framing` overrides it; see ``resolve_for_predict``).
     """
-    from pipeline.evaluate.report import load_model
+    from pipeline.artifact.load import load_model
     from pipeline.faces.align import FaceProcessor
     from pipeline.faces.framing import resolve_for_predict
 

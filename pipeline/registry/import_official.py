@@ -1,6 +1,6 @@
 """Official POSTER checkpoints as MLflow runs + registered models (``registry import-official``).
 
-``pipeline.official`` turns the file into a project model (label order, BGR, crop); this module
+``pipeline.artifact.official`` turns the file into a project model (label order, BGR, crop); this module
 records it like a trained run (tags, params, the pyfunc model) and registers it as a challenger,
 so the usual review decides whether it becomes the champion.
 """
@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.artifact.official import file_sha256, load_official
+from pipeline.artifact.pyfunc import log_poster_model
 from pipeline.config import digest_of
-from pipeline.modelpkg import log_poster_model
-from pipeline.official import file_sha256, load_official
 from pipeline.registry.names import CHALLENGER, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError, resolve_uri
 from pipeline.registry.versions import register_run
 from pipeline.tracking import MlflowTracker, end_run, start_or_resume_run

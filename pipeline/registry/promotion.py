@@ -89,8 +89,8 @@ def _check_comparable(mv: Any, manifest: dict[str, Any], shards: str, allow_othe
 
 def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, split: str,
                       manifest: dict[str, Any], batch_size: int) -> VersionEval:
-    from pipeline.evaluate.report import ClassOrderError, LoadedModel, evaluate_model
-    from pipeline.modelpkg import load_torch_model
+    from pipeline.artifact.load import LoadedModel, load_torch_model
+    from pipeline.evaluate.report import ClassOrderError, evaluate_model
 
     model, classes, extra = load_torch_model(f"models:/{name}/{mv.version}", uri)
     loaded = LoadedModel(model, classes, extra, f"models:/{name}/{mv.version}", "registry")

@@ -117,7 +117,7 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
     """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
     from pipeline.checkpointing import load_from_checkpoint
     from pipeline.modeling import poster_config
-    from pipeline.modelpkg import log_poster_model
+    from pipeline.artifact.pyfunc import log_poster_model
 
     if not cfg.tracking.log_model or result.checkpoint is None:
         return None

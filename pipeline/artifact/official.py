@@ -54,16 +54,15 @@ def official_order(dataset: str) -> tuple[str, ...]:
     return OFFICIAL_CLASS_ORDER[key]
 
 
-def is_official_checkpoint(blob: Any) -> bool:
-    return isinstance(blob, dict) and ("model_state_dict" in blob or official_family(blob) == "v2")
-
-
-def official_family(blob: Any) -> str:
-    """'v2' for a POSTER V2 ``main.py`` container (``state_dict`` with ``module.VIT.*`` keys), else 'v1'."""
-    state = blob.get("state_dict") if isinstance(blob, dict) else None
+def official_family(blob: Any) -> str | None:
+    """'v2' for a POSTER V2 ``main.py`` container (``state_dict`` with ``module.VIT.*`` keys), 'v1'
+    for a V1 ``rafdb_best.pth`` (``model_state_dict``), None for anything else."""
+    if not isinstance(blob, dict):
+        return None
+    state = blob.get("state_dict")
     if isinstance(state, dict) and any(str(k).startswith(("module.VIT.", "VIT.")) for k in state):
         return "v2"
-    return "v1"
+    return "v1" if "model_state_dict" in blob else None
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
