@@ -56,7 +56,7 @@ def _constant_model_run(uri: str, manifest: dict, favour: int) -> str:
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.modeling import build_model, poster_config
+    from pipeline.train.builders import build_model, poster_config
     from pipeline.modelpkg import log_poster_model
     from pipeline.tracking import ensure_experiment
 
@@ -203,7 +203,7 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.run_identity import ResumeRefused, check_or_record
+    from pipeline.train.identity import ResumeRefused, check_or_record
     from pipeline.schema import read_manifest
     from pipeline.train import run_training
     from shard_subsets import subset_test_rows

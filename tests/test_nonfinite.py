@@ -27,7 +27,7 @@ class _Batches:
 
 def _setup(max_nonfinite: int, poison: set[int]):
     from pipeline.config import load_config
-    from pipeline.modeling import build_loss, build_model, build_optimizer
+    from pipeline.train.builders import build_loss, build_model, build_optimizer
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"optim.max_nonfinite_steps={max_nonfinite}",
                                                         "schedule.epochs=2"])
@@ -52,7 +52,7 @@ def _setup(max_nonfinite: int, poison: set[int]):
 
 
 def test_a_nonfinite_step_is_skipped_and_counted():
-    from pipeline.loop import _train_epoch
+    from pipeline.train.worker import _train_epoch
 
     cfg, model, loss_fn, opt, batches, ctx = _setup(3, poison={1})
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -65,7 +65,7 @@ def test_a_nonfinite_step_is_skipped_and_counted():
 
 
 def test_n_nonfinite_steps_in_a_row_stop_cleanly():
-    from pipeline.loop import _train_epoch
+    from pipeline.train.worker import _train_epoch
 
     cfg, model, loss_fn, opt, batches, ctx = _setup(2, poison={0, 1, 2, 3})
     before = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -1,5 +1,5 @@
 """`scaling.*` speed settings: validated in the config, and every path of the training step
-(pipeline.loop._train_step with SAM, as configured by pipeline.modeling) runs and agrees with
+(pipeline.train.worker._train_step with SAM, as configured by pipeline.train.builders) runs and agrees with
 eager float32 within its tolerance."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.loop import _train_step
-from pipeline.modeling import (apply_precision, autocast_enabled, build_loss, build_optimizer,
+from pipeline.train.worker import _train_step
+from pipeline.train.builders import (apply_precision, autocast_enabled, build_loss, build_optimizer,
                                speed_up, unwrap)
 from poster_model import build_poster, variant_config
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from pipeline.config import load_config
-from pipeline.loop import _train_step
-from pipeline.modeling import build_loss, build_model, build_optimizer
+from pipeline.train.worker import _train_step
+from pipeline.train.builders import build_loss, build_model, build_optimizer
 from pipeline.transforms import to_model_inputs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -79,7 +79,7 @@ def _newest_checkpoint_dir(run_dir: Path) -> Path | None:
 def _from_training_checkpoint(ck: dict[str, Any], source: str) -> LoadedModel:
     import poster_model
     from pipeline.config import ModelCfg, from_dict
-    from pipeline.modeling import poster_config
+    from pipeline.train.builders import poster_config
 
     classes = list(ck["classes"])
     cfg = ck.get("config") or {}

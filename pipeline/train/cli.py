@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError, dump_yaml, load_config
-from pipeline.data import check_shards
-from pipeline.run_identity import ResumeRefused
+from pipeline.train.data import check_shards
+from pipeline.train.identity import ResumeRefused
 from pipeline.runtime import ensure_ray
 from pipeline.schema import read_manifest
 from pipeline.train import driver

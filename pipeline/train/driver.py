@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
-from pipeline.data import build_datasets, check_shards, class_weights
-from pipeline.run_identity import check_or_record, pop_stop
+from pipeline.train.data import build_datasets, check_shards, class_weights
+from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
@@ -72,7 +72,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.loop import train_fn_per_worker
+    from pipeline.train.worker import train_fn_per_worker
 
     classes = list(manifest["classes"])
     datasets = build_datasets(cfg, manifest)
@@ -115,8 +115,8 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
 def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
                      classes: list[str], framing: dict[str, Any]) -> str | None:
     """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
-    from pipeline.checkpointing import load_from_checkpoint
-    from pipeline.modeling import poster_config
+    from pipeline.train.checkpoint import load_from_checkpoint
+    from pipeline.train.builders import poster_config
     from pipeline.modelpkg import log_poster_model
 
     if not cfg.tracking.log_model or result.checkpoint is None:

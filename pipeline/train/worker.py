@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import checkpointing
+from pipeline.train import checkpoint as checkpointing
 from pipeline.config import TrainConfig, from_dict
-from pipeline.epochs import EpochBatches
+from pipeline.train.epochs import EpochBatches
 from pipeline.evaluate.shards import evaluate_batches
 from pipeline.train.rank_eval import allreduce_confusion, iter_partition
 from pipeline.metrics import BatchMix, metrics_from_confusion
-from pipeline.modeling import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
+from pipeline.train.builders import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
                                build_scheduler, speed_up, unwrap)
 from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
@@ -262,7 +262,7 @@ def _stop_nonfinite(metrics: dict[str, float], ctx: dict[str, Any], tracker) -> 
     if ctx["rank"] == 0:
         print(f"[poster] stopping: {ctx['stop_reason']}", flush=True)
         if ctx.get("run_dir"):  # Ray's Result only carries checkpointed reports: tell the driver here
-            from pipeline.run_identity import write_stop
+            from pipeline.train.identity import write_stop
             write_stop(ctx["run_dir"], ctx["stop_reason"])
     ray.train.report(metrics, checkpoint=None)
 

@@ -5,7 +5,7 @@
   on one side) → optional class-balanced resampling → decode + augment in ``map_batches`` (uint8
   into the object store) → split equally across workers by Ray Train (ranks with different batch
   counts would deadlock DDP); each worker's iterator then mixes rows in a local shuffle buffer
-  reseeded per epoch (pipeline.epochs). Class-sorted shards otherwise give one-class batches.
+  reseeded per epoch (pipeline.train.epochs). Class-sorted shards otherwise give one-class batches.
 - val / test: raw rows, *not* split by Ray Train; each worker decodes only the rows whose
   sample-id hash falls in its partition, so every row is evaluated exactly once and the
   confusion matrices can be all-reduced (an equal split would silently drop rows).
