@@ -196,9 +196,10 @@ def smoke(shards: str, overrides: list[str]) -> dict[str, list[float]]:
     """configs/smoke.yaml (plus ``overrides``) on ``shards``; its per-epoch MLflow metrics."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
-    out = run_training(load_config("configs/smoke.yaml", [f"data.shards={shards}", "tracking.log_model=false", *overrides]))
+    cfg = load_config("configs/smoke.yaml", [f"data.shards={shards}", "tracking.log_model=false", *overrides])
+    out = run_training(open_run(cfg), cfg)
     client = MlflowClient(out.tracking_uri)
     metrics = {}
     for key in ("data_wait_fraction", "data_wait_first_batch_s", "img_per_s", "epoch_seconds"):

@@ -112,7 +112,7 @@ def _timed(fn, device: str) -> float:
 
 
 def make_step(model, optimizer, x, y, sam: bool, autocast: bool):
-    """One optimiser step as the training loop takes it (pipeline.train.worker._train_step)."""
+    """One optimiser step as the training loop takes it (pipeline.train.step.train_step)."""
     def forward_backward() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, _ = model(x)
