@@ -3,7 +3,7 @@
     .venv/bin/python bench/data_pipeline.py --shards runs/data/synthetic [--repeat 4] [--smoke-run]
 
 Prints rows/s of (a) a single-process loop: pyarrow read → decode → augment, and (b) the training
-pipeline (pipeline.data.build_datasets) consumed through ``iter_torch_batches`` inside a Ray actor
+pipeline (pipeline.train.data.build_datasets) consumed through ``iter_torch_batches`` inside a Ray actor
 holding 0.5 CPU (what a Train worker gets on 2 cores), and their ratio (target >= 0.7 on 2 cores).
 ``--repeat N`` links the train files N times into a temporary shard set: every epoch re-runs the
 pipeline, and its start-up (~0.4-0.5 s on 2 cores) weighs on a 560-row epoch, much less on a
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import train_transform  # noqa: E402
+from pipeline.train.data import train_transform  # noqa: E402
 from pipeline.schema import read_manifest  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def rates(passes: list[tuple[int, int, float, float]]) -> tuple[float, float]:
 
     A pass is (rows, rows in its first batch, seconds, seconds to its first batch). The second
     figure leaves out start-up: the training loop overlaps the next epoch's start-up with
-    validation and checkpointing (pipeline.epochs), so steady state is what its steps see."""
+    validation and checkpointing (pipeline.train.epochs), so steady state is what its steps see."""
     whole = max(rows / t for rows, _, t, _ in passes)
     steady = max((rows - first_rows) / (t - t_first) for rows, first_rows, t, t_first in passes)
     return whole, steady
@@ -96,14 +96,14 @@ def ray_pipeline(root: str, epochs: int, cfg, consumer_cpus: float = 0.5) -> tup
     Train worker holds), one pass per epoch."""
     import ray
 
-    from pipeline.data import build_datasets
+    from pipeline.train.data import build_datasets
 
     ds = build_datasets(cfg, read_manifest(root))["train"]
 
     @ray.remote(num_cpus=consumer_cpus)
     class Consumer:  # stands in for a Train worker: the loop's own EpochBatches, same 0.5 CPU
         def run(self, it, batch_size: int, prefetch: int) -> tuple[int, int, float, float]:
-            from pipeline.epochs import EpochBatches
+            from pipeline.train.epochs import EpochBatches
 
             batches = EpochBatches(it, batch_size, prefetch)
             rows, first_rows, t0 = 0, 0, time.perf_counter()
@@ -196,9 +196,10 @@ def smoke(shards: str, overrides: list[str]) -> dict[str, list[float]]:
     """configs/smoke.yaml (plus ``overrides``) on ``shards``; its per-epoch MLflow metrics."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
-    out = run_training(load_config("configs/smoke.yaml", [f"data.shards={shards}", "tracking.log_model=false", *overrides]))
+    cfg = load_config("configs/smoke.yaml", [f"data.shards={shards}", "tracking.log_model=false", *overrides])
+    out = run_training(open_run(cfg), cfg)
     client = MlflowClient(out.tracking_uri)
     metrics = {}
     for key in ("data_wait_fraction", "data_wait_first_batch_s", "img_per_s", "epoch_seconds"):

@@ -191,7 +191,7 @@ def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str)
     from pipeline.artifact.load import load_model
     from pipeline.faces.framing import FramingWarning
     from pipeline.predict import predict_files
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
     import shutil
 
@@ -201,7 +201,7 @@ def _train_and_predict(shards: Path, rows_b, work: Path, epochs: int, name: str)
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"schedule.epochs={epochs}",
         "tracking.log_model=false"])
     t0 = time.perf_counter()
-    out = run_training(cfg)
+    out = run_training(open_run(cfg), cfg)
     loaded = load_model(out.checkpoint_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

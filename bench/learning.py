@@ -111,7 +111,7 @@ def train_pipeline(shards: Path, work: Path, overrides: list[str]) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.config import load_config
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
     first = sorted((shards / "train").glob("*.parquet"))[0]
     grouped = "group" in pq.read_schema(first).names
@@ -121,7 +121,7 @@ def train_pipeline(shards: Path, work: Path, overrides: list[str]) -> dict:
         f"tracking.uri=sqlite:///{run / 'mlflow.db'}", "tracking.log_model=false",
         *(["data.group_column=group"] if grouped else []), *overrides])
     t0 = time.perf_counter()
-    out = run_training(cfg)
+    out = run_training(open_run(cfg), cfg)
     wall = time.perf_counter() - t0
     return {"test_accuracy": out.metrics.get("test_accuracy", float("nan")),
             "val_accuracy": out.metrics.get("best_val_accuracy", float("nan")),

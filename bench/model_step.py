@@ -12,7 +12,7 @@ two forward+backward passes, as `optim.sam`), the median of `--iters` timed step
 `--warmup` (CUDA: events around each step), peak device memory, and MFU = model FLOPs/s over
 the peak rate (`--peak-tflops`; 0 measures a large bf16 matmul on CUDA, float32 on CPU). Model
 FLOPs are counted once per model with FlopCounterMode (matmul/conv/attention, forward+backward).
-The settings go through the training loop's own code (pipeline.modeling: apply_precision,
+The settings go through the training loop's own code (pipeline.train.builders: apply_precision,
 speed_up, build_optimizer, autocast_enabled), so a row is what `scaling.*` gives the loop.
 Models built with the same settings are timed alternately (load drifts hit both). With
 `--budget-s`, configurations that would start after the budget are listed as skipped. Not a test.
@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import OptimCfg, ScalingCfg  # noqa: E402
-from pipeline.modeling import apply_precision, autocast_enabled, build_optimizer, speed_up  # noqa: E402
+from pipeline.train.builders import apply_precision, autocast_enabled, build_optimizer, speed_up  # noqa: E402
 from poster_model import build_poster, variant_config  # noqa: E402
 
 
@@ -112,7 +112,7 @@ def _timed(fn, device: str) -> float:
 
 
 def make_step(model, optimizer, x, y, sam: bool, autocast: bool):
-    """One optimiser step as the training loop takes it (pipeline.loop._train_step)."""
+    """One optimiser step as the training loop takes it (pipeline.train.step.train_step)."""
     def forward_backward() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, _ = model(x)

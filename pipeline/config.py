@@ -64,9 +64,9 @@ class DataCfg:
     decode_cpus: float = 0.25  # CPUs per Ray Data decode task
     decode_concurrency: int = 0  # cap on concurrent decode tasks (0: as many as CPUs allow)
     prefetch_batches: int = 4  # batches each worker's iterator fetches ahead of the step loop
-    # rows per read block, i.e. per decode task (0: Ray's default). See pipeline.data.read_split.
+    # rows per read block, i.e. per decode task (0: Ray's default). See pipeline.train.data.read_split.
     read_rows_per_block: int = 128
-    parquet_reader: str = "v1"  # v1 | v2 (Ray 2.60's default, see pipeline.data.read_split)
+    parquet_reader: str = "v1"  # v1 | v2 (Ray 2.60's default, see pipeline.train.data.read_split)
     seed: int = 123
 
 
@@ -121,7 +121,7 @@ class ScalingCfg:
     cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
     gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
     torch_threads: int = 1
-    # Speed knobs (pipeline.modeling.apply_precision / speed_up; bench/model_step.py times each):
+    # Speed knobs (pipeline.train.builders.apply_precision / speed_up; bench/model_step.py times each):
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | tf32 | bf16 (autocast)
     # off | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
     # YAML reads a bare `off` as false and `on`/`true` as true: both are accepted.

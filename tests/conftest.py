@@ -69,7 +69,7 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
     from fault_injection import FAIL_AT_EPOCH, kill_rank0_once
     from pipeline.config import load_config
     from pipeline.schema import read_manifest
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
     tmp = tmp_path_factory.mktemp("smoke_run")
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
@@ -77,7 +77,7 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
         "schedule.epochs=8",
         f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ])
-    out = run_training(cfg, step_hook=kill_rank0_once(FAIL_AT_EPOCH))
+    out = run_training(open_run(cfg), cfg, step_hook=kill_rank0_once(FAIL_AT_EPOCH))
     manifest = read_manifest(str(synthetic_shards))
     info = {
         "content_hash": manifest["content_hash"],

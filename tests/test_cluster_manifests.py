@@ -480,7 +480,7 @@ def runtime_env() -> dict:
     ("data/rafdb/train/part-0.parquet", True), ("mlruns/0/meta.yaml", True), ("scratch.db", True),
     ("pipeline/__pycache__/train.cpython-311.pyc", True), ("bench/results/step.json", True),
     ("ir50.pth", True), ("rafdb_best.pth.tar", True),
-    ("pipeline/train/driver.py", False), ("pipeline/data.py", False), ("configs/smoke.yaml", False),
+    ("pipeline/train/driver.py", False), ("pipeline/train/data.py", False), ("configs/smoke.yaml", False),
     ("cluster/runtime_env.yaml", False), ("poster_model/__init__.py", False),
     ("tune_spaces/__init__.py", False), ("pyproject.toml", False), ("bench/model_step.py", False),
 ])

@@ -1,4 +1,4 @@
-"""The Ray Data pipelines of pipeline.data on real shards: parallel read blocks, every row once."""
+"""The Ray Data pipelines of pipeline.train.data on real shards: parallel read blocks, every row once."""
 from __future__ import annotations
 
 import collections
@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data import build_datasets, carve_fraction, read_split
+from pipeline.train.data import build_datasets, carve_fraction, read_split
 from pipeline.schema import read_manifest
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.epochs import EpochBatches
+from pipeline.train.epochs import EpochBatches
 
 
 def _dataset(n: int):

@@ -238,7 +238,7 @@ def test_training_checkpoint_carries_the_framing(tmp_path):
     import poster_model
     import torch
 
-    from pipeline import checkpointing
+    from pipeline.train import checkpoint as checkpointing
     from pipeline.artifact.load import load_model
 
     model = poster_model.build_poster(poster_model.variant_config("tiny", 2))

@@ -47,7 +47,7 @@ def stray_ingest(ray_session, tmp_path_factory, request):
 
 def test_finalize_removes_a_stray_shard_and_readers_never_see_it(stray_ingest):
     from pipeline.config import load_config
-    from pipeline.data import build_datasets
+    from pipeline.train.data import build_datasets
     from pipeline.evaluate import iter_split_batches
 
     out, report, injected = stray_ingest
@@ -66,7 +66,7 @@ def test_finalize_removes_a_stray_shard_and_readers_never_see_it(stray_ingest):
 def test_readers_follow_the_manifest_not_the_folder(stray_ingest, tmp_path):
     """A file dropped into a published output later (a stray copy) is not read either."""
     from pipeline.config import load_config
-    from pipeline.data import read_split
+    from pipeline.train.data import read_split
     from pipeline.evaluate import iter_split_batches
 
     out, _, _ = stray_ingest

@@ -56,7 +56,7 @@ def _constant_model_run(uri: str, manifest: dict, favour: int) -> str:
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.modeling import build_model, poster_config
+    from pipeline.train.builders import build_model, poster_config
     from pipeline.artifact.pyfunc import log_poster_model
     from pipeline.tracking import ensure_experiment
 
@@ -203,9 +203,9 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.run_identity import ResumeRefused, check_or_record
+    from pipeline.train.identity import ResumeRefused, check_or_record
     from pipeline.schema import read_manifest
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
     from shard_subsets import subset_test_rows
 
     storage = tmp_path / "ray"
@@ -239,7 +239,7 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
 
     t = threading.Thread(target=outage)
     t.start()
-    out = run_training(cfg)
+    out = run_training(open_run(cfg), cfg)
     t.join(timeout=600)
     print("outage events", events, {k: v - times["down"] for k, v in times.items()})
     assert events["stopped_at_checkpoints"] < 3, events  # the server went down before the last epoch
@@ -260,7 +260,7 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
     # Resume with other shards (another content hash): refused before any Ray work, naming it.
     other = subset_test_rows(synthetic_shards, tmp_path / "other", 2, content_hash="0" * 64)
     with pytest.raises(ResumeRefused, match="dataset content_hash"):
-        run_training(load_config(REPO / "configs" / "smoke.yaml", overrides + [f"data.shards={other}"]))
+        open_run(load_config(REPO / "configs" / "smoke.yaml", overrides + [f"data.shards={other}"]))
     changed = load_config(REPO / "configs" / "smoke.yaml", overrides + ["model.overrides={depth: 1}"])
     with pytest.raises(ResumeRefused, match="model.overrides"):
         check_or_record(changed, read_manifest(str(synthetic_shards)), "outage")

@@ -27,7 +27,7 @@ class _Batches:
 
 def _setup(max_nonfinite: int, poison: set[int]):
     from pipeline.config import load_config
-    from pipeline.modeling import build_loss, build_model, build_optimizer
+    from pipeline.train.builders import build_loss, build_model, build_optimizer
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"optim.max_nonfinite_steps={max_nonfinite}",
                                                         "schedule.epochs=2"])
@@ -46,31 +46,33 @@ def _setup(max_nonfinite: int, poison: set[int]):
     batches = [{"image": torch.randint(0, 255, (2, 224, 224, 3), dtype=torch.uint8, generator=g),
                 "crop": torch.randint(0, 255, (2, 112, 112, 3), dtype=torch.uint8, generator=g),
                 "label": torch.tensor([0, 2])} for _ in range(4)]
-    ctx = {"cfg": cfg, "classes": ["a", "b", "c"], "use_crop": True, "device": torch.device("cpu"), "autocast": False, "epoch": 0,
-           "step": 0, "rank": 0, "world": 1, "marker_dir": "/nonexistent", "dist_device": "cpu"}
-    return cfg, model, loss_fn, opt, _Batches(batches), ctx
+    from pipeline.train.context import RankContext, WorkerJob
+
+    ctx = RankContext(job=WorkerJob(cfg=cfg, classes=["a", "b", "c"], marker_dir="/nonexistent"),
+                      model=model, loss_fn=loss_fn, optimizer=opt, train_batches=_Batches(batches))
+    return cfg, model, ctx
 
 
 def test_a_nonfinite_step_is_skipped_and_counted():
-    from pipeline.loop import _train_epoch
+    from pipeline.train.worker import run_epoch
 
-    cfg, model, loss_fn, opt, batches, ctx = _setup(3, poison={1})
+    cfg, model, ctx = _setup(3, poison={1})
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    m = _train_epoch(model, loss_fn, opt, None, batches, ctx)
+    m = run_epoch(ctx)
     assert m["nonfinite_steps"] == 1.0 and m["train_steps"] == 3.0
-    assert "stop_reason" not in ctx
+    assert ctx.progress.stop_reason is None and ctx.progress.nonfinite_in_row == 0
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # good steps trained
     assert torch.isfinite(torch.tensor(m["train_loss"]))
 
 
 def test_n_nonfinite_steps_in_a_row_stop_cleanly():
-    from pipeline.loop import _train_epoch
+    from pipeline.train.worker import run_epoch
 
-    cfg, model, loss_fn, opt, batches, ctx = _setup(2, poison={0, 1, 2, 3})
+    cfg, model, ctx = _setup(2, poison={0, 1, 2, 3})
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    m = _train_epoch(model, loss_fn, opt, None, batches, ctx)  # returns, does not raise
+    m = run_epoch(ctx)  # returns, does not raise
     assert m["nonfinite_steps"] == 2.0 and m["train_steps"] == 0.0
-    assert "2 non-finite losses in a row" in ctx["stop_reason"]
+    assert "2 non-finite losses in a row" in ctx.progress.stop_reason
     # no optimiser step was applied (BatchNorm running stats move in any train-mode forward)
     assert all(torch.equal(before[k], v) for k, v in model.named_parameters())

@@ -35,7 +35,7 @@ NAME = "poster-fer-regtest"
 @pytest.fixture(scope="module")
 def runs(smoke_run, ray_session, tmp_path_factory):
     from pipeline.config import load_config
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
     good, cfg, info = smoke_run
     tmp = tmp_path_factory.mktemp("regtest")
@@ -44,7 +44,7 @@ def runs(smoke_run, ray_session, tmp_path_factory):
         "optim.lr=0.0000001", "data.max_train_rows=64", f"run.storage_path={tmp / 'ray'}",
         f"tracking.uri={good.tracking_uri}", f"tracking.experiment={good.experiment}",
     ])
-    weak = run_training(weak_cfg)
+    weak = run_training(open_run(weak_cfg), weak_cfg)
     out = {"good": good, "weak": weak, "uri": good.tracking_uri, "full_shards": str(cfg.data.shards),
            "info": info, "tmp": tmp}
     # Reviews run on 3 test rows per class of the same shards (same manifest hash): POSTER-tiny

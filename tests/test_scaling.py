@@ -1,5 +1,5 @@
 """`scaling.*` speed settings: validated in the config, and every path of the training step
-(pipeline.loop._train_step with SAM, as configured by pipeline.modeling) runs and agrees with
+(pipeline.train.step.train_step with SAM, as configured by pipeline.train.builders) runs and agrees with
 eager float32 within its tolerance."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.loop import _train_step
-from pipeline.modeling import (apply_precision, autocast_enabled, build_loss, build_optimizer,
+from pipeline.train.context import RankContext, WorkerJob
+from pipeline.train.step import train_step
+from pipeline.train.builders import (apply_precision, autocast_enabled, build_loss, build_optimizer,
                                speed_up, unwrap)
 from poster_model import build_poster, variant_config
 
@@ -52,12 +53,12 @@ def _run(overrides: list[str], steps: int = 2):
         if cfg.scaling.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         target = torch.randint(0, 7, (4,), generator=g)
-        ctx = {"cfg": cfg, "use_crop": True, "device": device, "epoch": 0,
-               "autocast": autocast_enabled(cfg.scaling, device)}
+        ctx = RankContext(job=WorkerJob(cfg=cfg, classes=[]), device=device, model=model, loss_fn=loss_fn,
+                          optimizer=opt, autocast=autocast_enabled(cfg.scaling, device))
         losses = []
         for step in range(steps):
-            ctx["step"] = step
-            losses.append(_train_step(model, loss_fn, opt, image, crop, target, ctx)["loss"])
+            ctx.progress.step = step
+            losses.append(train_step(ctx, image, crop, target)["loss"])
         with torch.no_grad():
             logits = unwrap(model).eval()(image, crop)[0]
     finally:

@@ -20,8 +20,8 @@ from PIL import Image
 
 from pipeline import schema as S
 from pipeline.config import load_config
-from pipeline.data import balanced_weights, build_datasets, carve_fraction, resample
-from pipeline.epochs import EpochBatches
+from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, resample
+from pipeline.train.epochs import EpochBatches
 from pipeline.metrics import BatchMix
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]

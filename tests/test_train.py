@@ -98,13 +98,15 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
 
 
 def test_resume_interrupted_run_by_name(ray_session, synthetic_shards, tmp_path):
-    from pipeline.train import run_training
+    from pipeline.train import open_run, run_training
 
     base = [f"data.shards={synthetic_shards}", "data.max_train_rows=96", "run.name=resume-me",
             f"run.storage_path={tmp_path / 'ray'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "tracking.log_model=false"]
-    first = run_training(load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=1"]))
-    second = run_training(load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=2"]))
+    cfg1 = load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=1"])
+    first = run_training(open_run(cfg1), cfg1)
+    cfg2 = load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=2"])
+    second = run_training(open_run(cfg2), cfg2)
     assert second.run_id == first.run_id  # same MLflow run continues
     steps = {m.step for m in MlflowClient(second.tracking_uri).get_metric_history(second.run_id, "train_loss")}
     assert steps == {0, 1}
@@ -113,7 +115,7 @@ def test_resume_interrupted_run_by_name(ray_session, synthetic_shards, tmp_path)
 
 
 def test_wrong_schema_fails_naming_the_column(ray_session, synthetic_shards, tmp_path):
-    from pipeline.train import run_training
+    from pipeline.train import open_run
 
     bad = tmp_path / "bad"
     shutil.copytree(synthetic_shards, bad)
@@ -121,5 +123,5 @@ def test_wrong_schema_fails_naming_the_column(ray_session, synthetic_shards, tmp
         pq.write_table(pq.read_table(f).drop(["landmark_crop"]), f)
     cfg = load_config(CONFIGS / "smoke.yaml", [f"data.shards={bad}", f"run.storage_path={tmp_path}",
                                                f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
-    with pytest.raises(SchemaError, match="landmark_crop"):
-        run_training(cfg)
+    with pytest.raises(SchemaError, match="landmark_crop"):  # before any MLflow run or Ray work
+        open_run(cfg)

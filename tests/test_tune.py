@@ -331,7 +331,7 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep) -> None:
 
 
 def test_family_space_searches_v1_sizes_and_v2_with_the_loss_mixture() -> None:
-    from pipeline.modeling import build_model
+    from pipeline.train.builders import build_model
 
     family, loss = load_space("family"), load_space("loss_mix")
     assert family["model.variant"]["choice"] == ["small", "base", "large", "v2"]

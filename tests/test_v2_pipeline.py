@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from pipeline.config import load_config
-from pipeline.loop import _train_step
-from pipeline.modeling import build_loss, build_model, build_optimizer
+from pipeline.train.context import RankContext, WorkerJob
+from pipeline.train.step import train_step
+from pipeline.train.builders import build_loss, build_model, build_optimizer
 from pipeline.transforms import to_model_inputs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -27,13 +28,14 @@ def test_v2_tiny_trains_through_the_pipeline_step():
     image, crop = to_model_inputs(rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8),
                                   rng.integers(0, 255, (8, 112, 112, 3), dtype=np.uint8), "cpu")
     target = torch.arange(8) % 7
-    ctx = {"cfg": cfg, "use_crop": True, "device": torch.device("cpu"), "autocast": False, "epoch": 0, "step": 0}
+    ctx = RankContext(job=WorkerJob(cfg=cfg, classes=[str(i) for i in range(7)]), model=model, loss_fn=loss_fn,
+                      optimizer=optimizer)
     frozen = model.face_landback.conv1.conv.weight.clone()
     head = model.head.linear.weight.clone()
     losses = []
     for step in range(6):
-        ctx["step"] = step
-        out = _train_step(model, loss_fn, optimizer, image, crop, target, ctx)
+        ctx.progress.step = step
+        out = train_step(ctx, image, crop, target)
         assert set(out) >= {"loss", "loss_ce", "loss_lsce"}
         losses.append(out["loss"])
     assert losses[-1] < losses[0] - 0.05, losses  # fits a fixed batch

@@ -109,7 +109,7 @@ def test_pipeline_model_config_loads_local_backbone_weights(tmp_path):
     import torchvision
 
     from pipeline.config import ModelCfg
-    from pipeline.modeling import build_model
+    from pipeline.train.builders import build_model
     full = torchvision.models.resnet18(weights=None)
     cfg = ModelCfg(overrides={"image_backbone": "resnet18", "depth": 1},
                    image_backbone_weights=str(save(tmp_path, full.state_dict())))

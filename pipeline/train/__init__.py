@@ -1,4 +1,5 @@
-"""Training: `driver` (one Ray Train run, tracked in MLflow) and `cli` (`python -m pipeline.train`).
-The per-worker loop is `pipeline.loop`."""
-from pipeline.train.driver import (TrainingStopped, TrainOutcome, experiment_for, run_name_for,  # noqa: F401
-                                   run_training, start_tracking)
+"""Training: `driver` (open an MLflow run, fit one Ray Train run into it) and `cli`
+(`python -m pipeline.train`). The per-rank loop is `worker`; `data` and `epochs` feed it, `builders`
+makes its model, loss and optimiser, `checkpoint` and `identity` keep and guard its resume state."""
+from pipeline.train.driver import (TrainingStopped, TrainOutcome, TrainRun, experiment_for,  # noqa: F401
+                                   open_run, run_name_for, run_training)

@@ -5,12 +5,12 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError, dump_yaml, load_config
-from pipeline.data import check_shards
-from pipeline.run_identity import ResumeRefused
+from pipeline.train.data import check_shards
+from pipeline.train.identity import ResumeRefused
 from pipeline.runtime import ensure_ray
 from pipeline.schema import read_manifest
 from pipeline.train import driver
-from pipeline.train.driver import TrainingStopped, run_training
+from pipeline.train.driver import TrainingStopped, open_run, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = ensure_ray()
     try:
-        out = run_training(cfg)
+        run = open_run(cfg)  # a rerun of the same run.name resumes its MLflow run (or is refused)
+        out = run_training(run, cfg)
     except ResumeRefused as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3

@@ -11,15 +11,18 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
-from pipeline.data import build_datasets, check_shards, class_weights
-from pipeline.run_identity import check_or_record, pop_stop
+from pipeline.train.data import build_datasets, check_shards, class_weights
+from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
+
+if TYPE_CHECKING:
+    from pipeline.train.context import StepHook
 
 
 class TrainingStopped(RuntimeError):
@@ -48,11 +51,31 @@ def experiment_for(cfg: TrainConfig, manifest: dict[str, Any]) -> str:
     return cfg.tracking.experiment or f"poster-fer/{name or 'dataset'}"
 
 
-def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
-                    parent_run_id: str | None) -> tuple[str, str, str]:
+@dataclass(frozen=True)
+class TrainRun:
+    """An open MLflow run, with what it was opened under: ``run_training`` logs to it."""
+
+    run_id: str
+    name: str  # the Ray Train run name: checkpoints live under <run.storage_path>/<name>
+    tracking_uri: str
+    experiment: str
+
+
+def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
+             tags: dict[str, Any] | None = None) -> TrainRun:
+    """Open (or, for a rerun of the same name, resume) the MLflow run a training logs to.
+
+    The one way runs are opened, by ``python -m pipeline.train`` and by every Tune trial: the
+    shards are checked, the name is settled against the checkpoints already under it (resume,
+    a new ``<name>-<hash>`` or ResumeRefused, see ``identity``), and the run gets the dataset tags,
+    the flattened config as params and ``config.yaml`` verbatim, plus ``tags`` (set on a resumed
+    run too)."""
+    manifest = read_manifest(cfg.data.shards)
+    check_shards(cfg.data.shards, manifest)
+    name = check_or_record(cfg, manifest, run_name or run_name_for(cfg))
     uri = default_tracking_uri(cfg.tracking.uri)
     experiment = experiment_for(cfg, manifest)
-    tags = {
+    created_with = {
         "poster.dataset_hash": manifest.get("content_hash", ""),
         "poster.variant": cfg.model.variant,
         "poster.config_hash": cfg.digest(),
@@ -60,39 +83,43 @@ def start_tracking(cfg: TrainConfig, manifest: dict[str, Any], name: str,
         "poster.classes": ",".join(manifest["classes"]),
         "poster.framing": framing_of_manifest(manifest).name,
     }
-    run_id = start_or_resume_run(uri, experiment, name, parent_run_id, tags)
+    run_id = start_or_resume_run(uri, experiment, name, parent_run_id, created_with)
     tracker = MlflowTracker(uri, run_id)
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config.yaml")  # verbatim, for reproduction
-    return uri, experiment, run_id
+    if tags:
+        tracker.set_tags(tags)
+    return TrainRun(run_id, name, uri, experiment)
 
 
-def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[str, Any],
-                  name: str, callbacks: list[Any] | None = None) -> Any:
+def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
+                  callbacks: list[Any] | None = None, step_hook: StepHook | None = None) -> Any:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.loop import train_fn_per_worker
+    # lazy: pipeline.train's __init__ imports this module, and the worker pulls in the model code
+    from pipeline.train.context import WorkerJob
+    from pipeline.train.worker import train_fn_per_worker
 
     classes = list(manifest["classes"])
     datasets = build_datasets(cfg, manifest)
-    storage = cfg.run.storage_path
-    loop_config = {
-        "cfg": cfg.to_dict(), "classes": classes, "has_val": "val" in datasets,
-        "has_test": "test" in datasets,
-        "class_weights": class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
-        "marker_dir": f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
-        "framing": record_of_manifest(manifest),  # saved in every checkpoint
-        "run_dir": f"{storage.rstrip('/')}/{name}",
-        **loop_extra,
-    }
+    storage, name = cfg.run.storage_path, run.name
+    job = WorkerJob(
+        cfg=cfg, classes=classes, tracking_uri=run.tracking_uri, run_id=run.run_id,
+        has_val="val" in datasets, has_test="test" in datasets,
+        class_weights=class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
+        marker_dir=f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
+        run_dir=f"{storage.rstrip('/')}/{name}",
+        framing=record_of_manifest(manifest),  # saved in every checkpoint
+        step_hook=step_hook,
+    )
     use_gpu = cfg.scaling.gpus_per_worker > 0
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},  # Ray Train wants a dict; the TrainConfig object rides in the job as is
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         datasets=datasets,
@@ -115,8 +142,8 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], loop_extra: dict[s
 def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
                      classes: list[str], framing: dict[str, Any]) -> str | None:
     """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
-    from pipeline.checkpointing import load_from_checkpoint
-    from pipeline.modeling import poster_config
+    from pipeline.train.checkpoint import load_from_checkpoint
+    from pipeline.train.builders import poster_config
     from pipeline.artifact.pyfunc import log_poster_model
 
     if not cfg.tracking.log_model or result.checkpoint is None:
@@ -128,26 +155,23 @@ def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
                                                classes, extra), f"log model to run {run_id}")
 
 
-def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
-                 callbacks: list[Any] | None = None, run_name: str | None = None,
-                 step_hook: Callable[[int, int, int, str], None] | None = None) -> TrainOutcome:
-    """Fit, then log the model; the MLflow run ends FINISHED or FAILED with the fit.
+def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None = None,
+                 step_hook: StepHook | None = None) -> TrainOutcome:
+    """Fit ``cfg`` into the open ``run`` (``open_run``), then log the model; the MLflow run ends
+    FINISHED or FAILED with the fit.
 
     `step_hook(epoch, step, rank, scratch_dir)` runs on every worker before each train step (it is
     pickled to the workers); the tests use it to kill a worker mid-epoch (tests/fault_injection.py).
     """
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
-    check_shards(cfg.data.shards, manifest)
-    name = check_or_record(cfg, manifest, run_name or run_name_for(cfg))
-    uri, experiment, run_id = start_tracking(cfg, manifest, name, parent_run_id)
-    trainer = build_trainer(cfg, manifest, {"tracking_uri": uri, "mlflow_run_id": run_id, "step_hook": step_hook},
-                            name, callbacks)
+    uri, run_id = run.tracking_uri, run.run_id
     try:
+        trainer = build_trainer(cfg, manifest, run, callbacks, step_hook)
         result = trainer.fit()
-        stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{name}")
+        stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{run.name}")
         if stopped:  # the loop stopped on non-finite losses: a clean stop, not a crash to retry
-            raise TrainingStopped(f"run {name} stopped: {stopped}")
+            raise TrainingStopped(f"run {run.name} stopped: {stopped}")
         model_uri = _log_final_model(cfg, result, uri, run_id, classes,
                                      record_of_manifest(manifest))
     except BaseException:
@@ -155,7 +179,7 @@ def run_training(cfg: TrainConfig, parent_run_id: str | None = None,
         raise
     end_run(uri, run_id, "FINISHED")
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainOutcome(run_id, name, uri, experiment, _final_metrics(result, uri, run_id), ckpt,
+    return TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
                         model_uri, classes)
 
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:  # before Ray starts: a missing shards folder is a one-line answer
-        from pipeline.data import check_shards
+        from pipeline.train.data import check_shards
         from pipeline.schema import SchemaError, read_manifest
 
         check_shards(base.data.shards, read_manifest(base.data.shards))

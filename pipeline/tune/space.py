@@ -149,9 +149,10 @@ def _check_override_type(key: str, value: Any) -> None:
 
 
 def config_for_trial(base: TrainConfig, sample: dict[str, Any], num_classes: int = 7) -> TrainConfig:
-    """``base`` with the sampled values set; raises ConfigError/ValueError when they do not fit,
-    including when the model config would not build (e.g. num_heads not dividing a width)."""
-    from pipeline.modeling import poster_config
+    """``base`` with the sampled values set: a trial's one ``TrainConfig``, which goes down to the
+    workers as is. Raises ConfigError/ValueError when the values do not fit, including when the
+    model config would not build (e.g. num_heads not dividing a width)."""
+    from pipeline.train.builders import poster_config
 
     tree = base.to_dict()
     for key, value in sample.items():

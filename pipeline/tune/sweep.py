@@ -46,34 +46,46 @@ class SweepResult:
 
 # --- Tune side -----------------------------------------------------------------------------
 
-def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """One trial: base config + sampled point → ``run_training`` in a nested MLflow run."""
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares (Tune ships it to each trial via ``with_parameters``)."""
+
+    sweep: str
+    space: dict[str, Any]
+    base: TrainConfig  # the prepared base config; each trial puts its sampled point on top
+    num_classes: int
+    uri: str
+    experiment: str
+    parent_run_id: str
+
+
+def trial_driver(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One trial: base config + sampled point → one ``TrainConfig`` → ``run_training`` in a
+    nested MLflow run. That object goes down to the workers as is (Ray pickles it)."""
     from ray import tune
 
-    from pipeline.schema import read_manifest
-    from pipeline.train import TrainingStopped, start_tracking, run_training
+    from pipeline.train import TrainingStopped, open_run, run_training
 
     trial_id = tune.get_context().get_trial_id()
-    name = f"{ctx['sweep']}-{trial_id}"
-    sample = decode_sample(config, ctx["space"])
+    name = f"{ctx.sweep}-{trial_id}"
+    sample = decode_sample(config, ctx.space)
     params = {f"tune.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in sample.items()}
-    tags = {"poster.sweep": ctx["sweep"], "poster.trial_id": trial_id, "poster.trial_status": "running"}
+    tags = {"poster.sweep": ctx.sweep, "poster.trial_id": trial_id, "poster.trial_status": "running"}
     try:
-        cfg = config_for_trial(from_dict(TrainConfig, ctx["base"]), sample, ctx["num_classes"])
+        # built once: this object is logged (config.yaml), trained and saved in the checkpoints
+        cfg = config_for_trial(ctx.base, {**sample, "run.name": name}, ctx.num_classes)
     except (ConfigError, ValueError, TypeError) as e:  # recorded as a failed child run, then raised
-        run_id = start_or_resume_run(ctx["uri"], ctx["experiment"], name, ctx["parent_run_id"], tags)
-        tracker = MlflowTracker(ctx["uri"], run_id)
+        run_id = start_or_resume_run(ctx.uri, ctx.experiment, name, ctx.parent_run_id, tags)
+        tracker = MlflowTracker(ctx.uri, run_id)
         tracker.log_params(params)
         tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
-        end_run(ctx["uri"], run_id, "FAILED")
+        end_run(ctx.uri, run_id, "FAILED")
         raise
-    cfg.run.name = name
-    _, _, run_id = start_tracking(cfg, read_manifest(cfg.data.shards), name, ctx["parent_run_id"])
-    tracker = MlflowTracker(ctx["uri"], run_id)
+    run = open_run(cfg, run_name=name, parent_run_id=ctx.parent_run_id, tags=tags)
+    tracker = MlflowTracker(run.tracking_uri, run.run_id)
     tracker.log_params(params)
-    tracker.set_tags(tags)
     try:
-        run_training(cfg, parent_run_id=ctx["parent_run_id"], callbacks=[report_callback()], run_name=name)
+        run_training(run, cfg, callbacks=[report_callback()])
     except TrainingStopped as e:  # e.g. non-finite losses: deterministic, so no Tune retry either
         tracker.set_tags({"poster.trial_status": "stopped", "poster.trial_error": str(e)[:300]})
         return
@@ -103,7 +115,7 @@ def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
     raise SweepError(msg)
 
 
-def _tuner(ctx: dict[str, Any], sweep: SweepCfg, space: dict[str, Any], exp_dir: Path,
+def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], exp_dir: Path,
            epochs: int, resume: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -205,10 +217,8 @@ def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> Sweep
         exp_dir.mkdir(parents=True, exist_ok=True)
         spec = {"base": cfg.to_dict(), "sweep": dataclasses.asdict(sweep), "space": space}
         (exp_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
-    ctx = {"sweep": sweep.name, "space": space, "base": cfg.to_dict(), "num_classes": num_classes,
-           "uri": cfg.tracking.uri, "experiment": experiment, "parent_run_id": parent}
     cfg.run.storage_path = str(exp_dir / "train")  # the trials' Train runs live inside the sweep
-    ctx["base"] = cfg.to_dict()
+    ctx = TrialContext(sweep.name, space, cfg, num_classes, cfg.tracking.uri, experiment, parent)
     try:
         grid = _tuner(ctx, sweep, space, exp_dir, cfg.schedule.epochs, resume).fit()
     except BaseException:

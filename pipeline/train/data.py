@@ -5,7 +5,7 @@
   on one side) → optional class-balanced resampling → decode + augment in ``map_batches`` (uint8
   into the object store) → split equally across workers by Ray Train (ranks with different batch
   counts would deadlock DDP); each worker's iterator then mixes rows in a local shuffle buffer
-  reseeded per epoch (pipeline.epochs). Class-sorted shards otherwise give one-class batches.
+  reseeded per epoch (pipeline.train.epochs). Class-sorted shards otherwise give one-class batches.
 - val / test: raw rows, *not* split by Ray Train; each worker decodes only the rows whose
   sample-id hash falls in its partition, so every row is evaluated exactly once and the
   confusion matrices can be all-reduced (an equal split would silently drop rows).
@@ -20,8 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipeline.config import TrainConfig
-from pipeline.schema import (EVAL_COLUMNS, digest_fraction, hash_fraction, shard_files,  # noqa: F401
-                             text_sha256, validate_schema)
+from pipeline.schema import (CROP_SIZE, EVAL_COLUMNS, IMAGE_SIZE, digest_fraction, hash_fraction,  # noqa: F401
+                             shard_files, text_sha256, validate_schema)
 from pipeline.transforms import augment_batch, decode_batch
 
 
@@ -125,8 +125,8 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]
         # majority rows every epoch. Row order is seeded (shuffle), the draw is not.
         batch = resample(batch, weights, np.random.default_rng())
     if len(batch["label"]) == 0:
-        return {"image": np.zeros((0, 224, 224, 3), np.uint8), "crop": np.zeros((0, 112, 112, 3), np.uint8),
-                "label": np.zeros((0,), np.int64)}
+        return {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+                "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
     out = decode_batch(batch)
     return augment_batch(out, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
                          cfg["gaussian_noise"], cfg["crop_area_min"], cfg["rotation"])

@@ -1,0 +1,87 @@
+"""What a training rank holds: the ``WorkerJob`` the driver sends every rank, and the typed
+``RankContext`` that ``pipeline.train.worker.setup`` builds from it for the phases to share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.tracking import NullTracker, Tracker
+from pipeline.train.builders import unwrap
+from pipeline.train.checkpoint import TrainState
+from pipeline.train.epochs import EpochBatches
+
+# (epoch, step, rank, scratch_dir), called on every rank before each train step: the tests kill a
+# worker with it (tests/fault_injection.py); production passes none.
+StepHook = Callable[[int, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What the driver hands every rank (Ray pickles it once per worker-group start)."""
+
+    cfg: TrainConfig
+    classes: list[str]
+    tracking_uri: str = ""
+    run_id: str | None = None  # the open MLflow run rank 0 logs to (None: no tracking)
+    has_val: bool = False
+    has_test: bool = False
+    class_weights: list[float] | None = None  # inverse-frequency loss weights (data.class_balanced_loss)
+    marker_dir: str = ""  # scratch folder handed to the step hook
+    run_dir: str | None = None  # <storage>/<name>: where rank 0 leaves a stop reason for the driver
+    framing: dict[str, Any] | None = None  # saved in every checkpoint
+    step_hook: StepHook | None = None
+
+
+@dataclass
+class Progress:
+    """Where the loop is, and the non-finite-loss bookkeeping that may stop it."""
+
+    epoch: int = 0
+    step: int = 0
+    nonfinite_steps: int = 0  # skipped steps over the whole run (a metric)
+    nonfinite_in_row: int = 0  # reset by every good step; optim.max_nonfinite_steps of them stop the run
+    stop_reason: str | None = None  # set when the run stops cleanly (no exception, so no Ray retry)
+
+
+@dataclass(kw_only=True)
+class RankContext:
+    """Everything one rank holds for the run, built once by ``setup``.
+
+    The fields after ``optimizer`` have defaults only so that unit tests can drive ``train_step``
+    and ``run_epoch`` by hand without Ray; ``setup`` always sets them."""
+
+    job: WorkerJob
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dist_device: torch.device | str = "cpu"  # where collective tensors live: the GPU under nccl, CPU under gloo
+    autocast: bool = False  # bf16 autocast of forward + loss (scaling.precision)
+    use_crop: bool = True  # feed the landmark crop (the trained model always takes it)
+    model: torch.nn.Module  # DDP-wrapped (and maybe compiled); unwrap() gives the bare module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    state: TrainState = field(default_factory=TrainState)  # resume point and best weights so far
+    tracker: Tracker = field(default_factory=NullTracker)  # MLflow on rank 0, no-op elsewhere
+    train_batches: EpochBatches | None = None
+    val_it: Any = None  # Ray DataIterator of the val split (every rank reads it, keeps its own rows)
+    val_cache: list[dict[str, np.ndarray]] = field(default_factory=list)  # this rank's val rows after epoch 0
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.job.cfg
+
+    @property
+    def classes(self) -> list[str]:
+        return self.job.classes
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and kept as "best": the EMA average when enabled."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)

@@ -1,0 +1,256 @@
+"""The per-worker training function run by Ray Train's TorchTrainer (one per DDP rank).
+
+A recipe in named phases (torchtune style): ``setup`` builds one typed ``RankContext``
+(``pipeline.train.context``: placement, model, optimiser, EMA, loss, data iterators, tracker,
+resume state), then every epoch runs ``run_epoch`` (steps from ``pipeline.train.step``) →
+``validate`` → ``report_epoch``, and ``finish`` tests the best weights. Everything a rank needs
+arrives in one ``WorkerJob`` (no closures but the optional test hook), so the same function
+serves ``pipeline.train``, Tune trials and restarts after a worker dies.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.evaluate.shards import evaluate_batches
+from pipeline.metrics import BatchMix, metrics_from_confusion
+from pipeline.runtime import quiet_train_worker
+from pipeline.tracking import tracker_for
+from pipeline.train import checkpoint
+from pipeline.train.builders import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
+                                     build_scheduler, speed_up, unwrap)
+from pipeline.train.context import RankContext, WorkerJob
+from pipeline.train.epochs import EpochBatches
+from pipeline.train.identity import write_stop
+from pipeline.train.rank_eval import allreduce_confusion, iter_partition
+from pipeline.train.step import skip_nonfinite, train_step
+from pipeline.transforms import to_model_inputs
+
+
+# --- the recipe ----------------------------------------------------------------------------
+
+def train_fn_per_worker(loop_config: dict[str, WorkerJob]) -> None:
+    """Ray Train's entry point (its ``train_loop_config`` must be a dict: ``{"job": WorkerJob}``)."""
+    ctx = setup(loop_config["job"])
+    for epoch in range(ctx.state.start_epoch, ctx.cfg.schedule.epochs):
+        ctx.progress.epoch = epoch
+        metrics = run_epoch(ctx)
+        if ctx.progress.stop_reason:  # a clean stop: no exception, so Ray does not retry it
+            stop(ctx, metrics)
+            break
+        metrics["lr"] = ctx.scheduler.get_last_lr()[0]  # the lr this epoch ran with
+        ctx.scheduler.step()
+        metrics.update(validate(ctx))
+        report_epoch(ctx, metrics)
+    finish(ctx)
+
+
+def setup(job: WorkerJob) -> RankContext:
+    """Place this rank, build its model, loss and optimiser, restore the checkpoint Ray hands over
+    (after a crash or a rerun) and open the data shards."""
+    import ray.train
+    import ray.train.torch
+
+    quiet_train_worker()
+    cfg = job.cfg
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    _seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
+    device = ray.train.torch.get_device()
+    apply_precision(cfg.scaling)
+    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
+    model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
+    loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
+    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
+    ema = (torch.optim.swa_utils.AveragedModel(
+        unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay))
+        if cfg.optim.ema_decay > 0 else None)
+    state = checkpoint.restore(ray.train.get_checkpoint(), unwrap(model), optimizer, scheduler, ema)
+    tracker = tracker_for(rank, job.tracking_uri, job.run_id)
+    if state.start_epoch > 0:
+        tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
+    train_batches = EpochBatches(ray.train.get_dataset_shard("train"), cfg.data.batch_size,
+                                 cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
+                                 seed=cfg.data.seed, rank=rank, start_epoch=state.start_epoch)
+    return RankContext(
+        job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
+        autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
+        scheduler=scheduler, ema=ema, state=state, tracker=tracker, train_batches=train_batches,
+        val_it=ray.train.get_dataset_shard("val") if job.has_val else None)
+
+
+def run_epoch(ctx: RankContext) -> dict[str, float]:
+    """Train one epoch; returns its ``train_*`` and throughput metrics. Sets
+    ``ctx.progress.stop_reason`` (and returns early) after too many non-finite losses in a row."""
+    ctx.model.train()
+    batches = ctx.train_batches
+    sums: dict[str, float] = {}
+    mix = BatchMix(len(ctx.classes))  # label mix of the batches: one-class batches show here
+    rows, steps, wait = 0, 0, 0.0
+    t_start = time.perf_counter()
+    for batch, waited in _timed(batches.epoch()):
+        wait += waited
+        image, crop = to_model_inputs(batch["image"], batch["crop"], ctx.device, ctx.cfg.data.bgr)
+        target = batch["label"].to(ctx.device)
+        mix.add(batch["label"])
+        ctx.progress.step = steps
+        if ctx.job.step_hook is not None:  # tests kill a worker here (tests/fault_injection.py)
+            ctx.job.step_hook(ctx.progress.epoch, steps, ctx.rank, ctx.job.marker_dir)
+        out = train_step(ctx, image, crop, target)
+        if out is None:
+            if skip_nonfinite(ctx):
+                break
+            continue
+        ctx.progress.nonfinite_in_row = 0
+        if ctx.ema is not None:
+            ctx.ema.update_parameters(unwrap(ctx.model))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        rows += len(target)
+        steps += 1
+    elapsed = time.perf_counter() - t_start
+    if ctx.progress.epoch + 1 < ctx.cfg.schedule.epochs and not ctx.progress.stop_reason:
+        batches.start_next()  # next epoch's pipeline start-up overlaps eval and checkpointing
+    metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+    metrics.update({
+        "train_steps": float(steps),
+        "img_per_s": rows * ctx.world / max(elapsed, 1e-9),
+        "data_wait_fraction": wait / max(elapsed, 1e-9),
+        "data_wait_first_batch_s": batches.first_wait_s,
+        "epoch_seconds": elapsed,
+        "nonfinite_steps": float(ctx.progress.nonfinite_steps),
+    })
+    metrics.update(mix.metrics())
+    return metrics
+
+
+def validate(ctx: RankContext) -> dict[str, float]:
+    """``val_*`` metrics of the evaluation weights over the whole val split ({} without one)."""
+    if ctx.val_it is None:
+        return {}
+    cm = _evaluate(ctx, ctx.eval_model, ctx.val_it, ctx.val_cache)
+    return {f"val_{k}": v for k, v in metrics_from_confusion(cm, ctx.classes).items()}
+
+
+def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
+    """Keep the best weights, log the epoch, and report it to Ray with a checkpoint (rank 0 writes it)."""
+    cfg, state, epoch = ctx.cfg, ctx.state, ctx.progress.epoch
+    state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, ctx.eval_model, epoch)
+    metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
+                    f"best_{cfg.checkpoint.metric}": state.best_metric})
+    ctx.tracker.log_metrics(metrics, step=epoch)
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if ctx.rank == 0:
+            checkpoint.save(d, epoch, unwrap(ctx.model), ctx.optimizer, ctx.scheduler, ctx.ema, state,
+                            cfg.to_dict(), ctx.classes, ctx.job.framing)
+            ckpt = _ray_checkpoint(d)
+        _ray_report(metrics, ckpt)
+    if ctx.rank == 0:
+        print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
+              f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
+              f"{metrics['img_per_s']:.1f} img/s wait {metrics['data_wait_fraction']:.1%}", flush=True)
+
+
+def stop(ctx: RankContext, metrics: dict[str, float]) -> None:
+    """End the run cleanly after non-finite losses: log why, tell the driver, report (no checkpoint)."""
+    reason, epoch = ctx.progress.stop_reason, ctx.progress.epoch
+    metrics.update({"epoch": epoch, "stopped_nonfinite": 1.0})
+    ctx.tracker.log_metrics(metrics, step=epoch)
+    ctx.tracker.set_tags({"poster.stop_reason": reason})
+    if ctx.rank == 0:
+        print(f"[poster] stopping: {reason}", flush=True)
+        if ctx.job.run_dir:  # Ray's Result only carries checkpointed reports: tell the driver here
+            write_stop(ctx.job.run_dir, reason)
+    _ray_report(metrics, None)
+
+
+def finish(ctx: RankContext) -> None:
+    """Stop the data pipeline, test the best weights (unless the run stopped), flush MLflow."""
+    ctx.train_batches.close()
+    if not ctx.progress.stop_reason and ctx.job.has_test:
+        _final_test(ctx)
+    ctx.tracker.close()  # sends what an MLflow outage held back (waits for the server, bounded)
+
+
+# --- evaluation and Ray plumbing -------------------------------------------------------------
+
+def _final_test(ctx: RankContext) -> None:
+    """Evaluate the best weights on the test split across all ranks; rank 0 logs the artifacts."""
+    import ray.train
+
+    from pipeline.tracking import log_confusion
+
+    eval_model, state = ctx.eval_model, ctx.state
+    if state.best_state is not None:
+        eval_model.load_state_dict(state.best_state)
+    cm = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
+    final = {f"test_{k}": v for k, v in metrics_from_confusion(cm, ctx.classes).items()}
+    metric = ctx.cfg.checkpoint.metric
+    # Tune/ASHA read the configured metric from every result, the last one included.
+    final[metric] = final[f"best_{metric}"] = state.best_metric
+    final["best_epoch"] = float(state.best_epoch)
+    ctx.tracker.log_metrics(final, step=ctx.cfg.schedule.epochs)
+    if ctx.rank == 0:
+        log_confusion(ctx.tracker, cm, ctx.classes, "test")
+    _ray_report({**final, "final_report": 1.0}, None)  # "done" is reserved by Tune
+
+
+def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
+              cache: list | None = None) -> np.ndarray:
+    """All-reduced confusion matrix. With ``cache`` (a list), this rank's encoded rows are kept
+    after the first pass, so later epochs skip re-reading the split through Ray Data (each rank
+    holds only its own 1/world of the rows, still JPEG-encoded)."""
+    if cache:
+        batches: Iterator[dict[str, np.ndarray]] = iter(cache)
+    else:
+        batches = iter_partition(iterator, ctx.rank, ctx.world, ctx.cfg.data.eval_batch_size)
+        if cache is not None:
+            batches = _tee_into(batches, cache)
+    res = evaluate_batches(eval_model, batches, ctx.classes, ctx.device, ctx.cfg.data.bgr,
+                           ctx.use_crop, ctx.autocast)
+    return allreduce_confusion(res.confusion, ctx.dist_device)
+
+
+def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list) -> Iterator[dict[str, np.ndarray]]:
+    for b in batches:
+        cache.append(b)
+        yield b
+
+
+def _timed(it: Iterator[Any]) -> Iterator[tuple[Any, float]]:
+    """Each item with the seconds spent waiting for it (the data wait of the step loop)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - t0
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _ray_checkpoint(directory: str) -> Any:
+    import ray.train
+
+    return ray.train.Checkpoint.from_directory(directory)
+
+
+def _ray_report(metrics: dict[str, float], ckpt: Any) -> None:
+    """Every rank reports each round (Ray Train waits for all of them); only rank 0 has a checkpoint."""
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=ckpt)
