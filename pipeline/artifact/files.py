@@ -1,7 +1,7 @@
 """The two model file formats, both loadable with ``torch.load(weights_only=True)``:
 
 - ``checkpoint.pt``: one per reported training epoch (model, optimizer, scheduler, EMA, RNG, config,
-  classes, best weights); written by ``pipeline.checkpointing``.
+  classes, best weights); written by ``pipeline.train.checkpoint``.
 - ``weights.pt``: ``{"model", "poster_config", "classes", "extra"}``, the weights a logged model carries.
 
 A ``PosterConfig`` is built here and only here, from a variant name + overrides or from a saved dict.
