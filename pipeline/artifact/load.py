@@ -23,8 +23,6 @@ import torch
 from pipeline.artifact.files import (CKPT_FILE, WEIGHTS, load_file, load_weights_file,
                                      poster_config_for)
 
-DEFAULT_VARIANT = "tiny"  # ModelCfg.variant's default, for a checkpoint whose config omits it
-
 
 @dataclass
 class LoadedModel:
@@ -121,7 +119,10 @@ def _from_training_checkpoint(ck: dict[str, Any], source: str) -> LoadedModel:
     classes = list(ck["classes"])
     cfg = ck.get("config") or {}
     mcfg = cfg.get("model") or {}
-    variant = mcfg.get("variant", DEFAULT_VARIANT)
+    variant = mcfg.get("variant")
+    if not variant:  # the loop saves the whole config tree, so only a hand-made file lacks it
+        raise ValueError(f"{source}: training checkpoint without config.model.variant; re-save it with "
+                         "the run's config (pipeline.train.checkpoint.save) or load its weights.pt")
     model = poster_model.build_poster(poster_config_for(variant, mcfg.get("overrides"), len(classes)))
     model.load_state_dict(ck.get("best_model") or ck["model"])
     extra = {"bgr": bool(cfg.get("data", {}).get("bgr", False)), "use_crop": True,
