@@ -5,10 +5,9 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError, dump_yaml, load_config
-from pipeline.train.data import check_shards
+from pipeline.train.data import shards_refusal
 from pipeline.train.identity import ResumeRefused
 from pipeline.runtime import ensure_ray
-from pipeline.schema import read_manifest
 from pipeline.train import driver
 from pipeline.train.driver import TrainingStopped, open_run, run_training
 
@@ -32,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
-    try:  # before Ray starts: a missing or foreign shards folder is a one-line answer
-        check_shards(cfg.data.shards, read_manifest(cfg.data.shards))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: data.shards={cfg.data.shards}: {e}; run `python -m pipeline.ingest` first "
-              "or point data.shards=<ingest output>", file=sys.stderr)
+    if (refusal := shards_refusal(cfg.data.shards)) is not None:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     started = ensure_ray()
     try:

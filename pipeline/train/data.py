@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from pipeline.config import TrainConfig
 from pipeline.schema import (CROP_SIZE, EVAL_COLUMNS, IMAGE_SIZE, digest_fraction, hash_fraction,  # noqa: F401
-                             shard_files, text_sha256, validate_schema)
+                             read_manifest, shard_files, text_sha256, validate_schema)
 from pipeline.transforms import augment_batch, decode_batch
 
 
@@ -48,6 +48,17 @@ def check_shards(root: str, manifest: dict[str, Any]) -> None:
     for split in ("train", "val", "test"):
         if has_split(manifest, split):
             check_split_schema(root, split, manifest)
+
+
+def shards_refusal(shards: str) -> str | None:
+    """Why ``shards`` cannot be trained on, as one line for a command line, or None. The train and
+    tune CLIs ask before Ray starts, so a missing or foreign folder is an answer, not a traceback."""
+    try:
+        check_shards(shards, read_manifest(shards))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        return (f"data.shards={shards}: {e}; run `python -m pipeline.ingest` first "
+                "or point data.shards=<ingest output>")
+    return None
 
 
 def read_blocks(manifest: dict[str, Any], split: str, rows_per_block: int) -> int | None:

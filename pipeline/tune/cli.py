@@ -61,14 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    try:  # before Ray starts: a missing shards folder is a one-line answer
-        from pipeline.train.data import check_shards
-        from pipeline.schema import SchemaError, read_manifest
+    from pipeline.train.data import shards_refusal
 
-        check_shards(base.data.shards, read_manifest(base.data.shards))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: data.shards={base.data.shards}: {e}; run `python -m pipeline.ingest` first "
-              "or point data.shards=<ingest output>", file=sys.stderr)
+    if (refusal := shards_refusal(base.data.shards)) is not None:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     started = ensure_ray()
     try:
