@@ -23,14 +23,14 @@ from torch import nn
 
 from .ir50 import IR50
 
-GRID = 14  # feature-map side before tokenisation; 14x14 -> 7x7 = 49 tokens
+GRID = 14  # feature-map side before tokenisation at the official 112 input; 14x14 -> 7x7 = 49 tokens
 
 # channels of the stride-16 map of each torchvision backbone
 TV_CHANNELS = {"resnet18": 256, "resnet50": 1024, "efficientnet_b0": 112}
 
 
 def tokenize(fmap: torch.Tensor, mode: str) -> torch.Tensor:
-    """[B,C,14,14] -> [B,49,4C].
+    """[B,C,14,14] -> [B,49,4C]; any even side 2g: [B,C,2g,2g] -> [B,g*g,4C].
 
     "raw" is the official `view(-1, 49, 1024)` of the contiguous (C,H,W) buffer: each token is a run of
     4C consecutive values (spanning parts of several channel planes), not a spatial patch. It must be
@@ -39,7 +39,8 @@ def tokenize(fmap: torch.Tensor, mode: str) -> torch.Tensor:
     """
     b, c, h, w = fmap.shape
     if mode == "raw":
-        return fmap.contiguous().view(b, 49, c * h * w // 49)
+        n = (h // 2) * (w // 2)
+        return fmap.contiguous().view(b, n, c * h * w // n)
     x = fmap.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // 2) * (w // 2), 4 * c)
 
@@ -47,9 +48,10 @@ def tokenize(fmap: torch.Tensor, mode: str) -> torch.Tensor:
 class TorchvisionBackbone(nn.Module):
     """A torchvision classifier cut at stride 16, with torchvision's own module names (for loading)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, grid: int = GRID) -> None:
         super().__init__()
         self.name = name
+        self.grid = grid
         net = getattr(torchvision.models, name)(weights=None)
         if name.startswith("resnet"):
             for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"):
@@ -64,15 +66,16 @@ class TorchvisionBackbone(nn.Module):
             x = self.layer3(self.layer2(self.layer1(x)))
         else:
             x = self.features(x)
-        if x.shape[-2:] != (GRID, GRID):
-            x = F.adaptive_avg_pool2d(x, GRID)
+        if x.shape[-2:] != (self.grid, self.grid):
+            x = F.adaptive_avg_pool2d(x, self.grid)
         return x
 
 
-def build_image_backbone(name: str, ir_units: tuple, ir_channels: tuple) -> nn.Module:
-    """The image backbone of `PosterConfig.image_backbone`; `.out_channels` is C of its 14x14 map."""
+def build_image_backbone(name: str, ir_units: tuple, ir_channels: tuple, input_size: int = 112) -> nn.Module:
+    """The image backbone of `PosterConfig.image_backbone`; `.out_channels` is C of its map, whose side
+    is input_size/8 (14 at the official 112)."""
     if name == "ir50":
-        return IR50(ir_units, ir_channels)
+        return IR50(ir_units, ir_channels, input_size)
     if name in TV_CHANNELS:
-        return TorchvisionBackbone(name)
+        return TorchvisionBackbone(name, input_size // 8)
     raise ValueError(f"unknown image backbone {name!r}")

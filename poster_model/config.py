@@ -18,8 +18,8 @@ class PosterConfig:
     those of its ViT (official 2 / 768 / 8 / 4), `ir_channels` are the widths of the three window
     cross-attention scales, `window_heads` their head counts, and `drop_path` is the end of
     `linspace(0, drop_path, 5)` whose first three values are the per-scale FFN drop-path rates
-    (official 0.5 -> 0 / 0.125 / 0.25). V1-only fields (pyramid_levels, tokenizer, image_backbone)
-    are ignored by V2.
+    (official 0.5 -> 0 / 0.125 / 0.25). V1-only fields (pyramid_levels, tokenizer, image_backbone,
+    input_size) are ignored by V2, which always runs at 112.
     """
 
     arch: str = "v1"  # "v1" = POSTER, "v2" = POSTER V2 / POSTER++
@@ -44,6 +44,10 @@ class PosterConfig:
     # V2: also build the official modules that never run (IR-50 output_layer, ViT patch_embed, CON1,
     # IRLinear1/2, eca_block, blocks.*.conv; 14,466,637 parameters) for parameter-count parity
     official_dead_modules: bool = False
+    # V1 only: side S of the square input both nets see (the model resizes to it). 112 is the official
+    # model (7x7 = 49 tokens per stream); S/16 tokens a side otherwise. A smaller S is the CPU lever:
+    # 64 costs about a third of 112, and small sources (48x48 FER crops) lose nothing by it.
+    input_size: int = 112
 
     def __post_init__(self) -> None:
         # YAML gives lists; normalise to tuples so the config stays hashable and comparable.
@@ -68,6 +72,9 @@ class PosterConfig:
             raise ValueError(f"PosterConfig.ir_units needs 3 positive ints, got {self.ir_units}")
         if len(self.ir_channels) != 3 or any(int(c) < 1 for c in self.ir_channels):
             raise ValueError(f"PosterConfig.ir_channels needs 3 positive ints, got {self.ir_channels}")
+        if not isinstance(self.input_size, int) or self.input_size < 32 or self.input_size % 16:
+            raise ValueError(f"PosterConfig.input_size must be a multiple of 16 and >= 32 (112 official), "
+                             f"got {self.input_size!r}")
 
     def _check_choices(self) -> None:
         if self.arch not in ARCHS:
@@ -116,6 +123,11 @@ class PosterConfig:
     def from_dict(cls, values: dict) -> "PosterConfig":
         """The config saved with a model (``dataclasses.asdict``, through JSON)."""
         return cls(**cls.fields_from(values))
+
+    @property
+    def tokens_per_stream(self) -> int:
+        """Image (and landmark) tokens without the cls token: 49 at the official 112 input."""
+        return (self.input_size // 16) ** 2
 
     @property
     def levels(self) -> tuple:

@@ -1,6 +1,7 @@
 """POSTER V1 cross-fusion "pyramid" transformer (official name `pyramid_fuse`).
 
-Token layout everywhere: 100 tokens = [image cls, 49 image tokens, landmark cls, 49 landmark tokens].
+Token layout everywhere: 100 tokens = [image cls, 49 image tokens, landmark cls, 49 landmark tokens]
+(at the official 112 input; `PosterConfig.input_size` S gives (S/16)^2 tokens per stream).
 The pyramid levels l/m/s differ in *embedding width* (C, C/2, C/4), made by Conv1d over the embedding
 axis with the 100 tokens as channels; every layer fuses them top-down with ConvTranspose1d.
 Module names follow the official checkpoint (`blocks.i.block_l.attn_img.kv`, `upsample_s`, ...).
@@ -13,9 +14,13 @@ from torch import nn
 
 from .config import LEVEL_DIVISOR, PosterConfig
 
-N_TOKENS = 49  # per stream, without the cls token
-HALF = N_TOKENS + 1
-TOKENS = 2 * HALF
+N_TOKENS = 49  # per stream at the official 112 input, without the cls token
+
+
+def token_layout(cfg: PosterConfig) -> tuple[int, int]:
+    """(tokens per stream with its cls token, tokens of both streams) for `cfg.input_size`."""
+    half = cfg.tokens_per_stream + 1
+    return half, 2 * half
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -106,31 +111,33 @@ def token_mix(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """One cross-fusion layer at one width: image update, landmark update, 1x1 token-mixing conv."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
+                 half: int = N_TOKENS + 1) -> None:
         super().__init__()
+        self.half = half
         hidden = int(dim * mlp_ratio)
         self.norm1, self.norm2, self.norm3, self.norm4 = (layer_norm(dim) for _ in range(4))
         self.attn_img = CrossAttention(dim, num_heads, qkv_bias)
         self.attn_lm = CrossAttention(dim, num_heads, qkv_bias)
         self.mlp1, self.mlp2 = Mlp(dim, hidden), Mlp(dim, hidden)
         self.drop_path = DropPath(drop_path)
-        self.conv = nn.Conv1d(TOKENS, TOKENS, 1)  # mixes all 100 tokens (channels) at each position
+        self.conv = nn.Conv1d(2 * half, 2 * half, 1)  # mixes all 100 tokens (channels) at each position
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # split, not two slices: its backward is one cat instead of two zero-filled full-size grads
-        x_img, x_lm = x.split(HALF, dim=1)
+        x_img, x_lm = x.split(self.half, dim=1)
         # both updates read the layer *input* x (the landmark update does not see the new x_img)
-        n_img, n_lm = self.norm1(x).split(HALF, dim=1)
+        n_img, n_lm = self.norm1(x).split(self.half, dim=1)
         x_img = x_img + self.drop_path(self.attn_img(n_lm, n_img))
         x_img = x_img + self.drop_path(self.mlp1(self.norm2(x_img)))
-        n_img, n_lm = self.norm3(x).split(HALF, dim=1)
+        n_img, n_lm = self.norm3(x).split(self.half, dim=1)
         x_lm = x_lm + self.drop_path(self.attn_lm(n_img, n_lm))
         x_lm = x_lm + self.drop_path(self.mlp2(self.norm4(x_lm)))
         return token_mix(self.conv, torch.cat((x_img, x_lm), dim=1))
 
 
-def up_conv(factor: int) -> nn.ConvTranspose1d:
-    return nn.ConvTranspose1d(TOKENS, TOKENS, factor, factor)
+def up_conv(factor: int, tokens: int) -> nn.ConvTranspose1d:
+    return nn.ConvTranspose1d(tokens, tokens, factor, factor)
 
 
 class PyramidBlock(nn.Module):
@@ -143,16 +150,17 @@ class PyramidBlock(nn.Module):
     def __init__(self, cfg: PosterConfig, drop_path: float) -> None:
         super().__init__()
         self.levels = cfg.levels
+        half, tokens = token_layout(cfg)
         for level in self.levels:
             dim = cfg.embed_dim // LEVEL_DIVISOR[level]
-            block = Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, drop_path)
+            block = Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, drop_path, half)
             self.add_module(f"block_{level}", block)
         if "m" in self.levels:
-            self.upsample_m = up_conv(2)
+            self.upsample_m = up_conv(2, tokens)
             if "s" in self.levels:
-                self.upsample_s = up_conv(2)
+                self.upsample_s = up_conv(2, tokens)
         elif "s" in self.levels:
-            self.upsample_s = up_conv(4)
+            self.upsample_s = up_conv(4, tokens)
 
     def forward(self, xs: list) -> list:
         xs = [getattr(self, f"block_{level}")(x) for level, x in zip(self.levels, xs)]
@@ -172,11 +180,12 @@ class PyramidFusion(nn.Module):
     def __init__(self, cfg: PosterConfig) -> None:
         super().__init__()
         self.levels = cfg.levels
-        self.pos_embed = nn.Parameter(torch.zeros(1, HALF, cfg.embed_dim))  # image stream only
+        half, tokens = token_layout(cfg)
+        self.pos_embed = nn.Parameter(torch.zeros(1, half, cfg.embed_dim))  # image stream only
         if "m" in self.levels:
-            self.downsample_m = nn.Conv1d(TOKENS, TOKENS, 2, 2)
+            self.downsample_m = nn.Conv1d(tokens, tokens, 2, 2)
         if "s" in self.levels:
-            self.downsample_s = nn.Conv1d(TOKENS, TOKENS, 4, 4)
+            self.downsample_s = nn.Conv1d(tokens, tokens, 4, 4)
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.Sequential(*[PyramidBlock(cfg, r) for r in rates])
         self.norm = layer_norm(cfg.embed_dim)

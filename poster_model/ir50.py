@@ -15,9 +15,17 @@ BACKBONE_SIZE = 112  # the official forward resizes every input to 112x112 (near
 
 def resize_112(x: torch.Tensor) -> torch.Tensor:
     """The official `F.interpolate(x, size=112)`: nearest-neighbour; a no-op at 112 input."""
-    if x.shape[-2:] == (BACKBONE_SIZE, BACKBONE_SIZE):
+    return resize_input(x, BACKBONE_SIZE)
+
+
+def resize_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to the model's input side: a no-op at that size; the official nearest resize to 112;
+    an antialiased bilinear resize to any other side (nearest down from 112 would alias)."""
+    if x.shape[-2:] == (size, size):
         return x
-    return F.interpolate(x, size=BACKBONE_SIZE)
+    if size == BACKBONE_SIZE:
+        return F.interpolate(x, size=size)
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 class Subsample(nn.Module):
@@ -75,14 +83,17 @@ def ir50_output_layer() -> nn.Sequential:
 
 
 class IR50(nn.Module):
-    """Stages 1-3 of IR-50: [B,3,H,W] -> (resize to 112) -> [B,C3,14,14] (C3=256 for the real model).
+    """Stages 1-3 of IR-50: [B,3,H,W] -> (resize to `input_size`, 112 officially) -> [B,C3,S/8,S/8]
+    ([B,256,14,14] for the real model).
 
     `units` / `channels` give the unit count and width of each stage; (3,4,14) / (64,128,256) is the
     official network, narrower values give the CPU smoke variant with the same code.
     """
 
-    def __init__(self, units: tuple = (3, 4, 14), channels: tuple = (64, 128, 256)) -> None:
+    def __init__(self, units: tuple = (3, 4, 14), channels: tuple = (64, 128, 256),
+                 input_size: int = BACKBONE_SIZE) -> None:
         super().__init__()
+        self.input_size = input_size
         self.input_layer = ir50_stem(channels[0])
         self.body = nn.Sequential(*[u for stage in ir_stages(units, channels) for u in stage])
         self.out_channels = channels[-1]
@@ -93,7 +104,7 @@ class IR50(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last: oneDNN's NHWC convolutions (and cuDNN's with bf16) are faster than NCHW;
         # the values are the same, and the raw tokenizer makes the output contiguous NCHW again
-        x = resize_112(x).contiguous(memory_format=torch.channels_last)
+        x = resize_input(x, self.input_size).contiguous(memory_format=torch.channels_last)
         return self.body(self.input_layer(x))
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from .backbones import build_image_backbone, tokenize
 from .config import PosterConfig
 from .fusion import ClassificationHead, PyramidFusion, SEBlock
-from .ir50 import resize_112
+from .ir50 import resize_input
 from .mobilefacenet import MobileFaceNet
 
 LANDMARK_DIM = 512  # channels of MobileFaceNet's conv_6_sep map
@@ -31,7 +31,7 @@ class Poster(nn.Module):
     def __init__(self, cfg: PosterConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        backbone = build_image_backbone(cfg.image_backbone, cfg.ir_units, cfg.ir_channels)
+        backbone = build_image_backbone(cfg.image_backbone, cfg.ir_units, cfg.ir_channels, cfg.input_size)
         # `ir_back` is the official key; torchvision backbones get their own name (other weights)
         self.image_key = "ir_back" if cfg.image_backbone == "ir50" else "tv_back"
         self.add_module(self.image_key, backbone)
@@ -64,7 +64,8 @@ class Poster(nn.Module):
         return self
 
     def landmark_tokens(self, crop_112: torch.Tensor) -> torch.Tensor:
-        """[B,3,112,112] -> [B,49,embed_dim] (row-major 7x7 grid of conv_6_sep)."""
+        """[B,3,112,112] -> [B,49,embed_dim] (row-major 7x7 grid of conv_6_sep); at input side S,
+        [B,(S/16)^2,embed_dim]."""
         if self.cfg.landmark_trainable:
             fmap = self.face_landback(crop_112)
         else:
@@ -74,8 +75,9 @@ class Poster(nn.Module):
         return tokens if self.lm_proj is None else self.lm_proj(tokens)
 
     def forward(self, image: torch.Tensor, landmark_crop: torch.Tensor | None = None):
-        small = resize_112(image)  # the official nearest resize; shared by both nets
-        crop = small if landmark_crop is None else resize_112(landmark_crop)
+        size = self.cfg.input_size
+        small = resize_input(image, size)  # the official nearest resize to 112; shared by both nets
+        crop = small if landmark_crop is None else resize_input(landmark_crop, size)
         x_lm = self.landmark_tokens(crop)
         backbone = getattr(self, self.image_key)
         # IR-50 would resize to 112 itself; giving it `small` saves a second identical resize

@@ -69,6 +69,7 @@ def test_variant_depths(variant):
     {"image_backbone": "efficientnet_b0", "depth": 1}, {"tokenizer": "patch"},
     {"pyramid_levels": ("l",)}, {"pyramid_levels": ("l", "m")}, {"pyramid_levels": ("s", "l")},
     {"proj_dim": 32}, {"num_classes": 8, "mlp_ratio": 4.0, "drop_path": 0.0, "num_heads": 2},
+    {"input_size": 64}, {"input_size": 96, "tokenizer": "patch"}, {"input_size": 64, "image_backbone": "resnet18"},
 ])
 def test_shapes_for_backbones_and_options(overrides):
     model = tiny(**overrides).eval()
@@ -146,6 +147,7 @@ def test_tiny_is_small_and_deterministic_in_eval():
     ({"pyramid_levels": ("m", "s")}, "contain 'l'"), ({"image_backbone": "vit"}, "image_backbone"),
     ({"tokenizer": "conv"}, "tokenizer"), ({"embed_dim": 100}, "divisible by num_heads"),
     ({"depth": 0}, "depth"), ({"drop_path": 1.5}, "drop_path"), ({"ir_units": (1, 1)}, "ir_units"),
+    ({"input_size": 60}, "multiple of 16"), ({"input_size": 16}, "multiple of 16"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -155,3 +157,39 @@ def test_config_validation(bad, match):
 def test_config_accepts_yaml_lists():
     cfg = PosterConfig(pyramid_levels=["l", "s"], ir_units=[1, 1, 1], ir_channels=[8, 16, 32])
     assert cfg.pyramid_levels == ("l", "s") and cfg.levels == ("l", "s") and cfg.ir_units == (1, 1, 1)
+
+
+def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        model(x)[0].sum().backward()
+    return counter.get_total_flops()
+
+
+def test_input_size_sets_the_token_grid_and_cuts_the_cost():
+    """`input_size` S: both nets see SxS, (S/16)^2 tokens a stream, a fraction of the 112 model's FLOPs;
+    the backbones keep their shapes, so pretrained IR-50 / MobileFaceNet files still load."""
+    small, full = tiny(input_size=64, drop_path=0.0).train(), tiny().train()
+    assert small.cfg.tokens_per_stream == 16 and full.cfg.tokens_per_stream == 49
+    assert small.pyramid_fuse.pos_embed.shape == (1, 17, small.cfg.embed_dim)
+    assert small.pyramid_fuse.blocks[0].block_l.conv.weight.shape[:2] == (34, 34)
+    x = images(batch=2, size=112)
+    assert _flops(small, x) < 0.45 * _flops(full, x)  # (64/112)^2 = 0.33 of the convolutions
+    for name, p in small.named_parameters():  # every trainable tensor learns at the new grid
+        assert (p.grad is not None) == p.requires_grad, name
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    for key, value in small.state_dict().items():
+        if key.startswith(("ir_back.", "face_landback.")):
+            assert value.shape == shapes[key], key
+
+
+def test_input_size_resizes_inside_the_model_with_antialiasing():
+    """The model owns its resize: a 112 image and its antialiased 64x64 resize give the same logits,
+    so stored 112 crops train and serve the same model unchanged."""
+    model = tiny(input_size=64).eval()
+    x = images(batch=2, size=112)
+    x64 = torch.nn.functional.interpolate(x, size=64, mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], model(x64)[0], rtol=0, atol=0)
+        nearest = torch.nn.functional.interpolate(x, size=64)
+        assert not torch.allclose(model(x)[0], model(nearest)[0])
