@@ -43,9 +43,9 @@ class DataCfg:
     gaussian_noise: float = 0.0  # official V1 dataset-level aug: p of adding N(0, var 30) noise
     # Not in the official recipes: a random square crop of this much of the face area or more,
     # resized back (1.0: off), and a rotation within +-`rotation` degrees, the same box and angle
-    # on face and landmark crop. Measured once each (README, bench/learning.py): real faces by
-    # person 0.882 -> 0.905, the synthetic set 0.75 -> 0.43; so off by default and out of
-    # configs/smoke.yaml.
+    # on face and landmark crop. Measured (README, bench/learning.py): real faces by person gained
+    # in every paired run (0.882 -> 0.905, 0.852 -> 0.888), generated faces lost (0.714 -> 0.393);
+    # so off here, on in configs/smoke.yaml, and off again for generated faces (pipeline.synth).
     crop_area_min: float = 1.0
     rotation: float = 0.0
     bgr: bool = False  # official RAF-DB model was trained on BGR input

@@ -69,12 +69,13 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
     from fault_injection import FAIL_AT_EPOCH, kill_rank0_once
     from pipeline.config import load_config
     from pipeline.schema import read_manifest
+    from pipeline.synth import TRAIN_OVERRIDES
     from pipeline.train import open_run, run_training
 
     tmp = tmp_path_factory.mktemp("smoke_run")
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={synthetic_shards}", "run.name=smoke-crash-once",
-        "schedule.epochs=8",
+        "schedule.epochs=8", *TRAIN_OVERRIDES,  # generated faces: no random crop / rotation
         f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ])
     out = run_training(open_run(cfg), cfg, step_hook=kill_rank0_once(FAIL_AT_EPOCH))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.cli import positive_int
 from pipeline.config import REPO_ROOT, RUNS_DIR
+from pipeline.synth import TRAIN_OVERRIDES
 
 
 def step(title: str, argv: list[str], env: dict[str, str], allow_fail: bool = False) -> int:
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
            "POSTER_RUNS_DIR": str(out)}
     py = sys.executable
     raw, shards = out / f"raw-{tag}", out / f"shards-{tag}"
-    common = [f"data.shards={shards}", f"run.storage_path={out / 'ray'}", "tracking.experiment=poster-fer/demo"]
+    common = [f"data.shards={shards}", f"run.storage_path={out / 'ray'}", "tracking.experiment=poster-fer/demo",
+              *TRAIN_OVERRIDES]  # generated faces: no random crop / rotation (pipeline.synth)
     # A champion left by an earlier demo was trained on other shards; review then scores both
     # versions on this run's test shards, which the registry only does when asked explicitly.
     other = ["--allow-other-shards"]
