@@ -14,7 +14,8 @@ accuracies, wall times and their ratios. Sets:
 - ``muxspace48``: a proxy of a small lab set like CK+48: the aligned muxspace faces downscaled to
   48x48 grayscale, written as a class-sorted ``<label>/`` folder tree and ingested again
   (``--skip-detection``), split by person.
-- ``synthetic``: the generator's 7 classes (pipeline.synth), split by content hash.
+- ``synthetic``: the generator's 7 classes (pipeline.synth), split by content hash; trained with
+  ``pipeline.synth.TRAIN_OVERRIDES`` (no random crop / rotation), as the demo does.
 
 Structure: ``build_split`` / ``train_pipeline`` / ``train_baseline`` / ``report``; a new section
 is one more entry in ``SETS`` or one more function called from ``main``.
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipeline.runtime import ensure_ray
+    from pipeline.synth import TRAIN_OVERRIDES
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -207,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             base = ({"test_accuracy": float("nan"), "seconds": float("nan"), "train_rows": 0,
                      "test_rows": 0, "majority": float("nan")} if args.skip_baseline
                     else train_baseline(shards, args.cnn_epochs))
-            results[name] = {"baseline": base, "pipeline": train_pipeline(shards, work, args.override)}
+            # generated faces train without the profile's random crop / rotation, as in the demo
+            extra = list(TRAIN_OVERRIDES) if name == "synthetic" else []
+            results[name] = {"baseline": base, "pipeline": train_pipeline(shards, work, extra + args.override)}
             print(f"[{name}] {results[name]}", flush=True)
         if args.cross:
             import framing_cross  # bench/framing_cross.py, beside this file
