@@ -51,7 +51,9 @@ def test_loss_weight_key_sets_one_entry() -> None:
     base = load_config(REPO_ROOT / "configs/smoke.yaml")  # weights {ce: 1, lsce: 2}
     cfg = config_for_trial(base, {"loss.weights.supcon": 0.3, "model.overrides.pyramid_levels": ["l", "s"]})
     assert cfg.loss.weights == {"ce": 1.0, "lsce": 2.0, "supcon": 0.3}
-    assert cfg.model.overrides == {"pyramid_levels": ["l", "s"]}
+    # one entry set, the base config's other overrides (smoke.yaml's input_size) kept
+    assert cfg.model.overrides == {**base.model.overrides, "pyramid_levels": ["l", "s"]}
+    assert cfg.model.overrides["input_size"] == 64
     assert base.loss.weights == {"ce": 1.0, "lsce": 2.0}  # the base is not modified
 
 
