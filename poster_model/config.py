@@ -46,7 +46,7 @@ class PosterConfig:
     official_dead_modules: bool = False
     # V1 only: side S of the square input both nets see (the model resizes to it). 112 is the official
     # model (7x7 = 49 tokens per stream); S/16 tokens a side otherwise. A smaller S is the CPU lever:
-    # 64 costs about a third of 112, and small sources (48x48 FER crops) lose nothing by it.
+    # 64 costs about a quarter of 112's step time, and small sources (48x48 FER crops) lose nothing by it.
     input_size: int = 112
 
     def __post_init__(self) -> None:

@@ -14,11 +14,9 @@ from torch import nn
 
 from .config import LEVEL_DIVISOR, PosterConfig
 
-N_TOKENS = 49  # per stream at the official 112 input, without the cls token
-
-
 def token_layout(cfg: PosterConfig) -> tuple[int, int]:
-    """(tokens per stream with its cls token, tokens of both streams) for `cfg.input_size`."""
+    """(tokens per stream with its cls token, tokens of both streams) for `cfg.input_size`:
+    (50, 100) at the official 112."""
     half = cfg.tokens_per_stream + 1
     return half, 2 * half
 
@@ -112,7 +110,7 @@ class Block(nn.Module):
     """One cross-fusion layer at one width: image update, landmark update, 1x1 token-mixing conv."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 half: int = N_TOKENS + 1) -> None:
+                 half: int) -> None:
         super().__init__()
         self.half = half
         hidden = int(dim * mlp_ratio)

@@ -80,7 +80,7 @@ class Poster(nn.Module):
         crop = small if landmark_crop is None else resize_input(landmark_crop, size)
         x_lm = self.landmark_tokens(crop)
         backbone = getattr(self, self.image_key)
-        # IR-50 would resize to 112 itself; giving it `small` saves a second identical resize
+        # IR-50 would resize to input_size itself; giving it `small` saves a second identical resize
         fmap = backbone(small if self.image_key == "ir_back" else image)
         x_img = self.ir_layer(tokenize(fmap, self.cfg.tokenizer))
         feat = self.se_block(self.pyramid_fuse(x_img, x_lm))
