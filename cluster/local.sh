@@ -100,7 +100,10 @@ load_state() {
   done
 }
 alive() {  # running, and not a zombie waiting to be reaped
-  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]
+  # One ps call decides: a zombie reaped between two probes (kill -0, then ps) printed nothing and
+  # read as alive, and `down` then failed with "still running" on a process already gone.
+  local state
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && state="$(ps -o stat= -p "$1" 2>/dev/null)" && [[ -n "$state" && "$state" != Z* ]]
 }
 started() { ps -o lstart= -p "$1" 2>/dev/null | tr -s ' '; }  # with the PID, identifies a process
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
