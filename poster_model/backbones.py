@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from .ir50 import IR50
@@ -52,6 +51,9 @@ class TorchvisionBackbone(nn.Module):
         super().__init__()
         self.name = name
         self.grid = grid
+        import torchvision.models  # here, not at the top: importing it pulls in torch._dynamo (~3 s per
+        # process on 2 cores), a cost every Ray worker, CLI and served model paid for an IR-50 model
+
         net = getattr(torchvision.models, name)(weights=None)
         if name.startswith("resnet"):
             for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"):
