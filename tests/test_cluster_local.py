@@ -256,3 +256,38 @@ def test_token_reaches_curl_on_stdin_not_argv(tmp_path):
         assert "ray     up" in out.stdout, out.stdout + out.stderr
     finally:
         server.shutdown()
+
+
+def _alive_sh(pid: str, path: str) -> bool:
+    """local.sh's own ``alive`` (cut out of the script, not a copy), run with ``path`` as PATH."""
+    script = LOCAL_SH.read_text()
+    body = re.search(r"^alive\(\) \{.*?^\}\n", script, re.S | re.M)
+    assert body, "cluster/local.sh has no alive() function"
+    out = subprocess.run(["bash", "-c", body.group(0) + 'alive "$1"', "alive", pid],
+                         env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=10)
+    return out.returncode == 0
+
+
+def test_alive_is_false_for_a_zombie_and_for_a_process_gone_mid_check(tmp_path):
+    """`down` once failed with "still running" on a process already gone: a zombie reaped between
+    `kill -0` and `ps` printed no state, and no state read as alive. One `ps` answer decides now."""
+    path = os.environ["PATH"]
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert _alive_sh(str(sleeper.pid), path)
+        sleeper.kill()
+        time.sleep(0.3)  # not reaped yet: a zombie
+        assert Path(f"/proc/{sleeper.pid}").exists() and not alive(sleeper.pid)
+        assert not _alive_sh(str(sleeper.pid), path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not _alive_sh(str(sleeper.pid), path)  # reaped: gone
+    assert not _alive_sh("", path) and not _alive_sh("12x", path)
+    # The race, made certain: the process exists for `kill -0` (this test's own PID), while `ps`
+    # finds nothing, as when it is reaped between the two calls.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "ps").write_text("#!/bin/sh\nexit 1\n")
+    (shim / "ps").chmod(0o755)
+    assert not _alive_sh(str(os.getpid()), f"{shim}:{path}")
