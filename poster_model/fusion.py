@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import LEVEL_DIVISOR, PosterConfig
 
+
 def token_layout(cfg: PosterConfig) -> tuple[int, int]:
     """(tokens per stream with its cls token, tokens of both streams) for `cfg.input_size`:
     (50, 100) at the official 112."""
