@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from fault_injection import wait_for_file
 from mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "poster-fer-race"
+SERVER_DOWN = ".tracking_server_down"  # written by the outage test once its server is stopped
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +231,7 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
         events["seen_checkpoints"] = checkpoints()
         server.stop(crash=True)
         times["down"] = time.time() * 1000
+        (storage / "outage" / SERVER_DOWN).write_text("")  # releases epoch 1 (wait_for_file)
         events["stopped_at_checkpoints"] = down_at = checkpoints()
         deadline = time.monotonic() + 180
         while checkpoints() < down_at + 1 and time.monotonic() < deadline:  # an epoch ends while down
@@ -239,7 +242,9 @@ def test_training_survives_a_tracking_outage_and_refuses_a_changed_resume(server
 
     t = threading.Thread(target=outage)
     t.start()
-    out = run_training(open_run(cfg), cfg)
+    # Epoch 1 waits for the stop: at 64 rows an epoch takes ~2 s, and once the stop itself took
+    # longer than the rest of epoch 1, which was then measured before the server went down.
+    out = run_training(open_run(cfg), cfg, step_hook=wait_for_file(1, SERVER_DOWN))
     t.join(timeout=600)
     print("outage events", events, {k: v - times["down"] for k, v in times.items()})
     assert events["stopped_at_checkpoints"] < 3, events  # the server went down before the last epoch
