@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,29 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,code,needle", CASES, ids=[" ".join(c[0][:2] + c[0][-2:]) for c in CASES])
-def test_cli_refuses_bad_input_without_traceback(argv, code, needle, tmp_path):
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    needle = needle.replace("{tmp}", str(tmp_path))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "POSTER_RUNS_DIR": str(tmp_path / "runs")}
+def _run_case(argv: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    argv = [a.replace("{tmp}", str(tmp)) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "POSTER_RUNS_DIR": str(tmp / "runs")}
     env.pop("POSTER_DEBUG", None)
-    p = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    return subprocess.run([sys.executable, "-m", *argv], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[int, tuple[subprocess.CompletedProcess, Path]]:
+    """Every case's process, three at a time: each is a fresh interpreter that spends seconds
+    importing torch/Ray/MLflow before it refuses (one after another: ~50 s of CI)."""
+    tmps = {i: tmp_path_factory.mktemp(f"cli{i}") for i in range(len(CASES))}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {i: pool.submit(_run_case, CASES[i][0], tmps[i]) for i in tmps}
+        return {i: (f.result(), tmps[i]) for i, f in futures.items()}
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(c[0][:2] + c[0][-2:]) for c in CASES])
+def test_cli_refuses_bad_input_without_traceback(index, outcomes):
+    p, tmp = outcomes[index]
+    _, code, needle = CASES[index]
+    needle = needle.replace("{tmp}", str(tmp))
     assert p.returncode == code, (p.returncode, p.stderr[-2000:])
     assert "Traceback" not in p.stderr, p.stderr
     assert needle in p.stderr, p.stderr

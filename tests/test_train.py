@@ -99,23 +99,6 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert list(pred.columns[:2]) == ["label", "label_index"] and len(pred) == 4
 
 
-def test_resume_interrupted_run_by_name(ray_session, synthetic_shards, tmp_path):
-    from pipeline.train import open_run, run_training
-
-    base = [f"data.shards={synthetic_shards}", "data.max_train_rows=96", "run.name=resume-me",
-            f"run.storage_path={tmp_path / 'ray'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "tracking.log_model=false"]
-    cfg1 = load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=1"])
-    first = run_training(open_run(cfg1), cfg1)
-    cfg2 = load_config(CONFIGS / "smoke.yaml", base + ["schedule.epochs=2"])
-    second = run_training(open_run(cfg2), cfg2)
-    assert second.run_id == first.run_id  # same MLflow run continues
-    steps = {m.step for m in MlflowClient(second.tracking_uri).get_metric_history(second.run_id, "train_loss")}
-    assert steps == {0, 1}
-    tags = MlflowClient(second.tracking_uri).get_run(second.run_id).data.tags
-    assert tags["poster.resumed_from_epoch"] == "1"
-
-
 def test_wrong_schema_fails_naming_the_column(ray_session, synthetic_shards, tmp_path):
     from pipeline.train import open_run
 
@@ -127,3 +110,23 @@ def test_wrong_schema_fails_naming_the_column(ray_session, synthetic_shards, tmp
                                                f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
     with pytest.raises(SchemaError, match="landmark_crop"):  # before any MLflow run or Ray work
         open_run(cfg)
+
+
+def test_bad_model_config_fails_on_the_driver_before_the_workers_start(ray_session, synthetic_shards, tmp_path,
+                                                                      capsys):
+    """embed_dim=48 with 8 heads (a level width of 12) is refused by the train CLI before any run
+    is opened, and by build_trainer for callers that skip the CLI, not by the workers after Ray
+    Train's ~30 s start-up of the worker group."""
+    from pipeline.schema import read_manifest
+    from pipeline.train.cli import main
+    from pipeline.train.driver import TrainRun, build_trainer
+
+    over = [f"data.shards={synthetic_shards}", f"run.storage_path={tmp_path}",
+            f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", "model.overrides={input_size: 64, embed_dim: 48, num_heads: 8}"]
+    assert main(["--config", str(CONFIGS / "smoke.yaml"), *over]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: model:") and "divisible by num_heads=8" in err, err
+    assert not (tmp_path / "m.db").exists()  # refused before an MLflow run was opened
+    cfg = load_config(CONFIGS / "smoke.yaml", over)
+    with pytest.raises(ValueError, match="divisible by num_heads=8"):
+        build_trainer(cfg, read_manifest(str(synthetic_shards)), TrainRun("no-run", "bad-widths", "", "e"))

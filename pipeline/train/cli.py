@@ -8,6 +8,7 @@ from pipeline.config import ConfigError, dump_yaml, load_config
 from pipeline.train.data import shards_refusal
 from pipeline.train.identity import ResumeRefused
 from pipeline.runtime import ensure_ray
+from pipeline.schema import read_manifest
 from pipeline.train import driver
 from pipeline.train.driver import TrainingStopped, open_run, run_training
 
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (refusal := shards_refusal(cfg.data.shards)) is not None:
         print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        driver.check_model_config(cfg, read_manifest(cfg.data.shards))
+    except ValueError as e:
+        print(f"config error: model: {e}", file=sys.stderr)
         return 2
     started = ensure_ray()
     try:

@@ -92,6 +92,15 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
     return TrainRun(run_id, name, uri, experiment)
 
 
+def check_model_config(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
+    """Raise ValueError if the model config would not build (say a width that num_heads does not
+    divide): in milliseconds on the driver, where the workers would find it only after Ray Train
+    has started them (~30 s on 2 cores)."""
+    from pipeline.train.builders import poster_config
+
+    poster_config(cfg.model, len(manifest["classes"]))
+
+
 def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
                   callbacks: list[Any] | None = None, step_hook: StepHook | None = None) -> Any:
     import ray.train
@@ -102,6 +111,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
     from pipeline.train.worker import train_fn_per_worker
 
     classes = list(manifest["classes"])
+    check_model_config(cfg, manifest)
     datasets = build_datasets(cfg, manifest)
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
