@@ -117,7 +117,7 @@ def test_local_cluster_end_to_end(ray_session, tmp_path):
                 client[key] = value
         uri = client["MLFLOW_TRACKING_URI"]
 
-        # The shards come from the session's Ray, in-process: an ingest job cost ~45 s of CI for
+        # The shards come from the session's Ray, in-process: an ingest job cost ~40 s of CI for
         # a driver start-up that test_ingest's RAY_ADDRESS test covers; the job here is training.
         t0 = time.monotonic()
         assert ingest(IngestOptions("synthetic", str(shards), per_class=8, seed=0, progress=False)).reconciled
