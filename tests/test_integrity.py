@@ -262,3 +262,38 @@ def test_training_survives_a_tracking_outage_resumes_by_name_and_refuses_a_chang
     assert new_name.startswith("outage-") and (storage / new_name / "poster_run.json").is_file()
     same = check_or_record(cfg, read_manifest(str(synthetic_shards)), "outage")
     assert same == "outage"  # unchanged config: resumes as before
+
+
+def test_lock_taken_again_when_the_holder_releases_during_our_create():
+    """MLflow's store answers a duplicate create by reading the existing model back; when the
+    holder deletes it in between, the create fails with RESOURCE_DOES_NOT_EXIST (seen in CI with
+    two concurrent reviews). That means "held a moment ago": registry_lock must try again, not
+    fail the review. Other errors still propagate. A scripted client replays the race, which the
+    real server shows only by chance."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+
+    from pipeline.registry.history import registry_lock
+
+    class Racing:
+        def __init__(self, first_error: int):
+            self.errors, self.created, self.deleted = [first_error], 0, 0
+
+        def create_registered_model(self, name, tags=None, description=None):
+            if self.errors:
+                raise MlflowException(f"{name}: create failed", error_code=self.errors.pop())
+            self.created += 1
+
+        def get_registered_model(self, name):
+            raise MlflowException(f"Registered Model with name={name} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+
+        def delete_registered_model(self, name):
+            self.deleted += 1
+
+    client = Racing(RESOURCE_DOES_NOT_EXIST)
+    with registry_lock(client, "m", timeout_s=5):
+        assert client.created == 1
+    assert client.deleted == 1
+    with pytest.raises(MlflowException, match="create failed"):
+        with registry_lock(Racing(PERMISSION_DENIED), "m", timeout_s=5):
+            pass

@@ -36,6 +36,14 @@ def _already_exists(e: Exception) -> bool:
     return "RESOURCE_ALREADY_EXISTS" in str(getattr(e, "error_code", "")) or "already exists" in str(e)
 
 
+def _lock_was_held(e: Exception) -> bool:
+    """Creating the lock failed because another holder has it, or had it a moment ago: MLflow's
+    store answers the duplicate insert by reading the existing model back for its message, and
+    when the holder has just deleted it that read fails with RESOURCE_DOES_NOT_EXIST (seen in CI
+    with two concurrent reviews). Either way ours was not created: wait and try again."""
+    return _already_exists(e) or "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", ""))
+
+
 @contextlib.contextmanager
 def registry_lock(client: Any, name: str, timeout_s: float = 120.0) -> Iterator[None]:
     """Hold ``<name>.review-lock`` for a block (alias re-read + decision record + move)."""
@@ -50,7 +58,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = 120.0) -> Iterator[
                                            description="transient lock held by pipeline.registry.promotion")
             break
         except MlflowException as e:
-            if not _already_exists(e):
+            if not _lock_was_held(e):
                 raise
             _break_if_stale(client, lock)
             if time.monotonic() > deadline:
