@@ -107,20 +107,16 @@ def load_rows(shards: Path, split: str, size: int = 48) -> tuple[np.ndarray, np.
 # --- training --------------------------------------------------------------------------------
 
 def train_pipeline(shards: Path, work: Path, overrides: list[str]) -> dict:
-    """``configs/smoke.yaml`` through pipeline.train (Ray Train), val carved by person when the
-    shards have a group column."""
-    import pyarrow.parquet as pq
-
+    """``configs/smoke.yaml`` through pipeline.train (Ray Train); the val carve is by person when
+    the shards have a group column (``data.group_column=auto``, the default)."""
     from pipeline.config import load_config
     from pipeline.train import open_run, run_training
 
-    first = sorted((shards / "train").glob("*.parquet"))[0]
-    grouped = "group" in pq.read_schema(first).names
     run = work / f"run-{shards.name}-{int(time.time())}"
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={shards}", f"run.storage_path={run / 'ray'}",
         f"tracking.uri=sqlite:///{run / 'mlflow.db'}", "tracking.log_model=false",
-        *(["data.group_column=group"] if grouped else []), *overrides])
+        *overrides])
     t0 = time.perf_counter()
     out = run_training(open_run(cfg), cfg)
     wall = time.perf_counter() - t0

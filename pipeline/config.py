@@ -59,7 +59,9 @@ class DataCfg:
     shuffle: str = "auto"
     full_shuffle_max_rows: int = 100_000
     shuffle_buffer: int = 1024  # rows per worker mixed by iter_torch_batches (0: off)
-    group_column: str = ""  # val carve by hash of this column (e.g. "group" from --group-regex)
+    # Val carve by hash of this column, so a person stays on one side. "auto": the shards' `group`
+    # column when the ingest wrote one (--group-regex), else by sample id; "": by sample id.
+    group_column: str = "auto"
     max_train_rows: int = 0  # 0 = all; cap for smoke runs
     decode_cpus: float = 0.25  # CPUs per Ray Data decode task
     decode_concurrency: int = 0  # cap on concurrent decode tasks (0: as many as CPUs allow)

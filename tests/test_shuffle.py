@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline import schema as S
 from pipeline.config import load_config
-from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, resample
+from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, group_column, resample
 from pipeline.train.epochs import EpochBatches
 from pipeline.metrics import BatchMix
 
@@ -238,3 +238,46 @@ def test_ingest_of_a_class_sorted_tree_writes_mixed_shards_split_by_person(ray_s
 def test_group_column_must_exist(ray_session, sorted_shards):
     with pytest.raises(ValueError, match="re-ingest with --group-regex"):
         _train(sorted_shards, "data.val_fraction=0.2", "data.group_column=group")
+
+
+def _copy(shards: Path, out: Path, groups: bool) -> Path:
+    """A copy of ``shards`` with sha256 sample ids (as the ingest writes them: the carve reads
+    their hex digits) and, with ``groups``, the ``group`` column an ingest --group-regex writes
+    (p<k>: 5 rows a person, read from source_ref)."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(shards, out)
+    for f in sorted((out / "train").glob("*.parquet")):
+        t = pq.read_table(f)
+        ids = [hashlib.sha256(i.encode()).hexdigest()[:32] for i in t.column(S.SAMPLE_ID).to_pylist()]
+        t = t.set_column(t.schema.get_field_index(S.SAMPLE_ID), S.SAMPLE_ID, pa.array(ids, pa.string()))
+        if groups:
+            people = [ref.split("/")[1].split("_")[0] for ref in t.column(S.SOURCE_REF).to_pylist()]
+            t = t.append_column(S.GROUP_FIELD, pa.array(people, pa.string()))
+        pq.write_table(t.cast(S.shard_schema(t.column_names)), f)
+    return out
+
+
+def _val_groups(shards: Path, *overrides: str) -> tuple[set[str], set[str]]:
+    """(groups of the val rows, groups of the train rows) of build_datasets' carve."""
+    cfg = load_config(None, [f"data.shards={shards}", "data.val_fraction=0.3", *overrides])
+    ds = build_datasets(cfg, json.loads((shards / S.MANIFEST).read_text()))
+    val_ids = {r[S.SAMPLE_ID] for r in ds["val"].take_all()}
+    rows = pq.read_table(shards / "train", columns=[S.SAMPLE_ID, S.SOURCE_REF]).to_pylist()
+    person = {r[S.SAMPLE_ID]: r[S.SOURCE_REF].split("/")[1].split("_")[0] for r in rows}
+    return ({person[i] for i in val_ids}, {p for i, p in person.items() if i not in val_ids})
+
+
+def test_val_carve_is_by_person_by_default_when_the_ingest_wrote_groups(ray_session, sorted_shards, tmp_path):
+    """data.group_column=auto (the default): shards with a group column are carved by person with
+    no flag (checked on the rows build_datasets carves); without one, by sample id; "" forces the
+    sample id; a named column must exist."""
+    grouped = _copy(sorted_shards, tmp_path / "grouped", groups=True)
+    val, train = _val_groups(grouped)
+    assert val and train and not val & train, f"people on both sides: {sorted(val & train)}"
+    plain = _copy(sorted_shards, tmp_path / "plain", groups=False)
+    assert [group_column(str(grouped), c) for c in ("auto", "", "group")] == ["group", "", "group"]
+    assert group_column(str(plain), "auto") == ""
+    with pytest.raises(ValueError, match="no such column"):
+        group_column(str(plain), "person")

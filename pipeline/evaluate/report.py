@@ -100,7 +100,7 @@ def confusion_text(cm: np.ndarray, classes: list[str]) -> str:
 def metric_keys(classes: list[str], metrics: dict[str, Any]) -> list[str]:
     keys = list(HEADLINE)
     keys += [f"recall_{c}" for c in classes if f"recall_{c}" in metrics]
-    keys += [k for k in ("latency_ms_per_image", "parameters", "num_samples") if k in metrics]
+    keys += [k for k in ("log_loss", "latency_ms_per_image", "parameters", "num_samples") if k in metrics]
     return keys
 
 

@@ -22,10 +22,19 @@ class EvalResult:
     confusion: np.ndarray
     classes: list[str]
     seconds: float = 0.0
+    # summed cross-entropy of the true class (natural log): log_loss = this / rows. Unlike
+    # accuracy it moves when the ranking of equally accurate checkpoints does (TrainState)
+    nll_sum: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def quality(self) -> dict[str, float]:
+        """The confusion matrix's metrics plus ``log_loss`` (what training validates with)."""
+        metrics = metrics_from_confusion(self.confusion, self.classes)
+        metrics["log_loss"] = self.nll_sum / max(metrics["num_samples"], 1.0)
+        return metrics
+
     def finish(self) -> "EvalResult":
-        self.metrics = metrics_from_confusion(self.confusion, self.classes)
+        self.metrics = self.quality()
         n = max(self.metrics["num_samples"], 1.0)
         self.metrics["latency_ms_per_image"] = 1000.0 * self.seconds / n
         return self
@@ -34,11 +43,12 @@ class EvalResult:
 def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict[str, np.ndarray]],
                      classes: list[str], device: torch.device | str = "cpu", bgr: bool = False,
                      use_crop: bool = True, autocast: bool = False) -> EvalResult:
-    """Confusion matrix over encoded shard rows (``image``/``landmark_crop`` bytes + ``label``)."""
+    """Confusion matrix and summed log loss over encoded shard rows (``image``/``landmark_crop``
+    bytes + ``label``)."""
     was_training = model.training
     model.eval()
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    seconds = 0.0
+    seconds, nll = 0.0, 0.0
     for batch in batches:
         if len(batch["label"]) == 0:
             continue
@@ -47,6 +57,8 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict[str, np.ndar
         t0 = time.perf_counter()
         logits = predict_logits(model, images, crops, device, bgr, use_crop, autocast)
         seconds += time.perf_counter() - t0
-        cm += confusion_matrix(batch["label"], logits.argmax(1).numpy(), len(classes))
+        labels = np.asarray(batch["label"], dtype=np.int64)
+        cm += confusion_matrix(labels, logits.argmax(1).numpy(), len(classes))
+        nll += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels), reduction="sum"))
     model.train(was_training)
-    return EvalResult(cm, list(classes), seconds)
+    return EvalResult(cm, list(classes), seconds, nll)

@@ -82,8 +82,8 @@ def _splits_and_rejects(g) -> None:
     g.add_argument("--group-regex",
                    help="regex on each input's source_ref whose first capture group (or whole "
                         "match) names its person/sequence; writes a 'group' column, the test "
-                        "split (--test-fraction) hashes it, and training's val carve can too "
-                        "(data.group_column=group), so a person never straddles splits. LFW-style "
+                        "split (--test-fraction) hashes it, and so does training's val carve "
+                        "(data.group_column, 'auto' by default), so a person never straddles splits. LFW-style "
                         "names: '([^/]+)_[0-9]+[.][a-z]+$'")
     g.add_argument("--dedupe", action="store_true",
                    help="also drop duplicate images within a split (across splits they are always rejected)")

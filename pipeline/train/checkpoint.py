@@ -25,14 +25,22 @@ class TrainState:
     best_metric: float = float("nan")
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
+    best_tiebreak: float = float("inf")  # val log loss of the best epoch
 
-    def update_best(self, value: float | None, mode: str, eval_model: torch.nn.Module, epoch: int) -> bool:
+    def update_best(self, value: float | None, mode: str, eval_model: torch.nn.Module, epoch: int,
+                    tiebreak: float | None = None) -> bool:
+        """Keep ``eval_model``'s weights if ``value`` beats the best so far, or equals it with a
+        lower ``tiebreak`` (the val log loss). Why the tie-break: accuracy over a small val split
+        moves in steps of 1/rows and often repeats over the last epochs, or sits at 1.0 when the
+        same people are on both sides; the first such epoch was kept, often an under-trained one."""
         if value is None:  # no validation split: the latest weights are the best we know
             value = float(epoch)
             mode = "max"
-        better = self.best_epoch < 0 or (value > self.best_metric if mode == "max" else value < self.best_metric)
+        tb = float("inf") if tiebreak is None else float(tiebreak)
+        better = (self.best_epoch < 0 or (value > self.best_metric if mode == "max" else value < self.best_metric)
+                  or (value == self.best_metric and tb < self.best_tiebreak))
         if better:
-            self.best_metric, self.best_epoch = float(value), epoch
+            self.best_metric, self.best_epoch, self.best_tiebreak = float(value), epoch, tb
             self.best_state = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
         return better
 
@@ -65,6 +73,7 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
         "ema": ema.state_dict() if ema is not None else None,
         "best_metric": state.best_metric,
         "best_epoch": state.best_epoch,
+        "best_tiebreak": state.best_tiebreak,
         "best_model": state.best_state,
         "rng": _rng_state(),
         "config": copy.deepcopy(cfg),
@@ -95,4 +104,5 @@ def restore(checkpoint: Any, model: torch.nn.Module, optimizer, scheduler, ema) 
         ema.load_state_dict(ck["ema"])
     _set_rng_state(ck["rng"])
     return TrainState(start_epoch=ck["epoch"] + 1, best_metric=ck["best_metric"],
-                      best_epoch=ck["best_epoch"], best_state=ck["best_model"])
+                      best_epoch=ck["best_epoch"], best_state=ck["best_model"],
+                      best_tiebreak=ck.get("best_tiebreak", float("inf")))  # older checkpoints: none

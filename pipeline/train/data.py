@@ -2,7 +2,7 @@
 
 - train: file shuffle + block order (or a full row shuffle) reseeded every epoch → carve out val
   rows (by sample-id hash, or by the hash of ``data.group_column`` so a person or sequence stays
-  on one side) → optional class-balanced resampling → decode + augment in ``map_batches`` (uint8
+  on one side; by default the ingest's ``group`` column when it wrote one) → optional class-balanced resampling → decode + augment in ``map_batches`` (uint8
   into the object store) → split equally across workers by Ray Train (ranks with different batch
   counts would deadlock DDP); each worker's iterator then mixes rows in a local shuffle buffer
   reseeded per epoch (pipeline.train.epochs). Class-sorted shards otherwise give one-class batches.
@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipeline.config import TrainConfig
-from pipeline.schema import (CROP_SIZE, EVAL_COLUMNS, IMAGE_SIZE, digest_fraction, hash_fraction,  # noqa: F401
+from pipeline.schema import (CROP_SIZE, EVAL_COLUMNS, GROUP, IMAGE_SIZE, digest_fraction, hash_fraction,  # noqa: F401
                              read_manifest, shard_files, text_sha256, validate_schema)
 from pipeline.transforms import augment_batch, decode_batch
 
@@ -167,13 +168,21 @@ def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle:
         ctx.use_datasource_v2 = previous
 
 
-def check_group_column(root: str, column: str) -> None:
-    """``data.group_column`` must name a column of the train shards (fail before any Ray work)."""
+def group_column(root: str, column: str) -> str:
+    """``data.group_column`` resolved against the train shards: "auto" is the ``group`` column
+    when the ingest wrote one (``--group-regex``), else none (carve by sample id); a named column
+    must exist (fail before any Ray work); "" is none."""
+    if not column:
+        return ""
     path = split_path(root, "train")
     fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    if column not in pads.dataset(inner, filesystem=fs, format="parquet").schema.names:
+    names = pads.dataset(inner, filesystem=fs, format="parquet").schema.names
+    if column == "auto":
+        return GROUP if GROUP in names else ""
+    if column not in names:
         raise ValueError(f"data.group_column={column!r}: no such column in {path}; re-ingest with "
                          "--group-regex (writes 'group') or set data.group_column=''")
+    return column
 
 
 def shuffle_mode(d: Any, manifest: dict[str, Any]) -> str:
@@ -205,9 +214,8 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str
     d = cfg.data
     root = d.shards
     carve = 0.0 if has_split(manifest, "val") else d.val_fraction
-    cols = EVAL_COLUMNS + ([d.group_column] if d.group_column and carve > 0 else [])
-    if len(cols) > len(EVAL_COLUMNS):
-        check_group_column(root, d.group_column)
+    d = dataclasses.replace(d, group_column=group_column(root, d.group_column) if carve > 0 else "")
+    cols = EVAL_COLUMNS + ([d.group_column] if d.group_column else [])
     train = read_split(root, "train", d, manifest, columns=cols,
                        shuffle=FileShuffleConfig(seed=d.seed, reseed_after_execution=True))
     if d.max_train_rows > 0:

@@ -1,5 +1,6 @@
 """Evaluation inside DDP workers: each rank scores a disjoint share of the rows (by sample-id hash)
-and the confusion matrices are summed over ranks, so every row counts exactly once."""
+and the confusion matrices (and log-loss sums) are summed over ranks, so every row counts
+exactly once."""
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -25,10 +26,11 @@ def iter_partition(iterator: Any, rank: int, world: int, batch_size: int) -> Ite
         yield partition_rows(batch, rank, world)
 
 
-def allreduce_confusion(cm: np.ndarray, device: torch.device | str) -> np.ndarray:
-    """Sum confusion matrices over all DDP ranks (no-op without a process group)."""
+def allreduce_sum(x: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """Sum an array (a confusion matrix, a loss sum) over all DDP ranks, dtype kept (no-op
+    without a process group)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return cm
-    t = torch.as_tensor(cm, dtype=torch.int64, device=device)
+        return x
+    t = torch.as_tensor(np.asarray(x), device=device)
     torch.distributed.all_reduce(t)
     return t.cpu().numpy()

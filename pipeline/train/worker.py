@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.evaluate.shards import evaluate_batches
-from pipeline.metrics import BatchMix, metrics_from_confusion
+from pipeline.evaluate.shards import EvalResult, evaluate_batches
+from pipeline.metrics import BatchMix
 from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
 from pipeline.train import checkpoint
@@ -26,7 +26,7 @@ from pipeline.train.builders import (apply_precision, autocast_enabled, build_lo
 from pipeline.train.context import RankContext, WorkerJob
 from pipeline.train.epochs import EpochBatches
 from pipeline.train.identity import write_stop
-from pipeline.train.rank_eval import allreduce_confusion, iter_partition
+from pipeline.train.rank_eval import allreduce_sum, iter_partition
 from pipeline.train.step import skip_nonfinite, train_step
 from pipeline.transforms import to_model_inputs
 
@@ -134,14 +134,15 @@ def validate(ctx: RankContext) -> dict[str, float]:
     """``val_*`` metrics of the evaluation weights over the whole val split ({} without one)."""
     if ctx.val_it is None:
         return {}
-    cm = _evaluate(ctx, ctx.eval_model, ctx.val_it, ctx.val_cache)
-    return {f"val_{k}": v for k, v in metrics_from_confusion(cm, ctx.classes).items()}
+    _, metrics = _evaluate(ctx, ctx.eval_model, ctx.val_it, ctx.val_cache)
+    return {f"val_{k}": v for k, v in metrics.items()}
 
 
 def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
     """Keep the best weights, log the epoch, and report it to Ray with a checkpoint (rank 0 writes it)."""
     cfg, state, epoch = ctx.cfg, ctx.state, ctx.progress.epoch
-    state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, ctx.eval_model, epoch)
+    state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, ctx.eval_model, epoch,
+                      tiebreak=metrics.get("val_log_loss"))
     metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
                     f"best_{cfg.checkpoint.metric}": state.best_metric})
     ctx.tracker.log_metrics(metrics, step=epoch)
@@ -190,8 +191,8 @@ def _final_test(ctx: RankContext) -> None:
     eval_model, state = ctx.eval_model, ctx.state
     if state.best_state is not None:
         eval_model.load_state_dict(state.best_state)
-    cm = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
-    final = {f"test_{k}": v for k, v in metrics_from_confusion(cm, ctx.classes).items()}
+    cm, metrics = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
+    final = {f"test_{k}": v for k, v in metrics.items()}
     metric = ctx.cfg.checkpoint.metric
     # Tune/ASHA read the configured metric from every result, the last one included.
     final[metric] = final[f"best_{metric}"] = state.best_metric
@@ -203,8 +204,9 @@ def _final_test(ctx: RankContext) -> None:
 
 
 def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
-              cache: list | None = None) -> np.ndarray:
-    """All-reduced confusion matrix. With ``cache`` (a list), this rank's encoded rows are kept
+              cache: list | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """All-reduced confusion matrix and its metrics, ``log_loss`` included (the evaluator's
+    formulas). With ``cache`` (a list), this rank's encoded rows are kept
     after the first pass, so later epochs skip re-reading the split through Ray Data (each rank
     holds only its own 1/world of the rows, still JPEG-encoded)."""
     if cache:
@@ -215,7 +217,9 @@ def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
             batches = _tee_into(batches, cache)
     res = evaluate_batches(eval_model, batches, ctx.classes, ctx.device, ctx.cfg.data.bgr,
                            ctx.use_crop, ctx.autocast)
-    return allreduce_confusion(res.confusion, ctx.dist_device)
+    cm = allreduce_sum(res.confusion, ctx.dist_device)
+    nll = float(allreduce_sum(np.array([res.nll_sum], dtype=np.float64), ctx.dist_device)[0])
+    return cm, EvalResult(cm, ctx.classes, nll_sum=nll).quality()
 
 
 def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list) -> Iterator[dict[str, np.ndarray]]:

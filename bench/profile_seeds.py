@@ -1,0 +1,114 @@
+"""Screen a training-profile change over several seeds, without Ray: is it worth a pipeline run?
+
+    python bench/profile_seeds.py --shards runs/bench_learning/synthetic [--seeds 0,1,2]
+                                  [--config configs/smoke.yaml] [key=value ...]
+
+One ``bench/learning.py`` run is one seed, and a test split of ~170 rows has a sampling sd of
+about 0.03, so a profile change worth 0.03 cannot be told from noise in one run. This script
+trains the profile's model, loss, optimiser, schedule and augmentation (the pipeline's own
+builders and ``augment_batch``) in one process on 2 threads, on the train rows minus the
+pipeline's val carve (``carve_fraction``, by group when the shards have one), and prints the test
+accuracy after every epoch and the final one per seed, then their mean: about 100 s per seed for
+12 epochs of 670 rows on 2 cores. It is a screen, not the product: the pipeline run
+(``bench/learning.py``) stays the figure that counts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline import schema as S  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.train.builders import build_loss, build_model, build_optimizer, build_scheduler  # noqa: E402
+from pipeline.train.data import carve_fraction  # noqa: E402
+from pipeline.transforms import augment_batch, decode_batch, to_model_inputs  # noqa: E402
+
+
+def load_split(shards: Path, split: str) -> dict[str, np.ndarray]:
+    """Decoded rows of one split: image, crop, label, plus sample_id and (when present) group."""
+    t = pq.read_table(shards / split)
+    cols = {c: np.array(t.column(c).to_pylist(), dtype=object)
+            for c in (S.SAMPLE_ID, S.IMAGE, S.LANDMARK_CROP, S.GROUP) if c in t.column_names}
+    cols[S.LABEL] = np.array(t.column(S.LABEL).to_pylist())
+    out = decode_batch(cols)
+    out.update({c: cols[c] for c in (S.SAMPLE_ID, S.GROUP) if c in cols})
+    return out
+
+
+def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray]) -> float:
+    model.eval()
+    with torch.no_grad():
+        preds = [model(*to_model_inputs(rows["image"][i:i + 64], rows["crop"][i:i + 64]))[0].argmax(1)
+                 for i in range(0, len(rows["label"]), 64)]
+    model.train()
+    return float((torch.cat(preds).numpy() == rows["label"]).mean())
+
+
+def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: int, seed: int,
+        batch: int) -> list[float]:
+    """Test accuracy after each epoch of one seed (global batch ``batch``, as DDP ranks x batch_size)."""
+    torch.manual_seed(seed)
+    d, rng = cfg.data, np.random.default_rng(seed)
+    model = build_model(cfg.model, classes, load_weights=False)
+    loss_fn, opt = build_loss(cfg.loss), build_optimizer(cfg.optim, model.parameters())
+    sched = build_scheduler(cfg.schedule, opt)
+    curve = []
+    for _ in range(cfg.schedule.epochs):
+        perm = rng.permutation(len(train["label"]))
+        for s in range(0, len(perm) - batch + 1, batch):  # drop the last partial batch, as the pipeline
+            idx = perm[s:s + batch]
+            b = augment_batch({"image": train["image"][idx], "crop": train["crop"][idx], "label": train["label"][idx]},
+                              d.hflip, d.random_erasing, tuple(d.erasing_scale), d.gaussian_noise,
+                              d.crop_area_min, d.rotation)
+            logits, feats = model(*to_model_inputs(b["image"], b["crop"]))
+            loss, _ = loss_fn(logits, feats, torch.as_tensor(b["label"]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+        sched.step()
+        curve.append(accuracy(model, test))
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", required=True, help="an ingest output with train and test splits")
+    ap.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="key=value on top of --config")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shards = Path(args.shards)
+    cfg = load_config(args.config, [f"data.shards={shards}", *args.overrides])
+    train, test = load_split(shards, "train"), load_split(shards, "test")
+    group = S.GROUP if S.GROUP in train and cfg.data.group_column in ("auto", S.GROUP) else ""
+    keep = carve_fraction(train, group) >= cfg.data.val_fraction  # the pipeline's val carve, left out
+    train = {k: v[keep] for k, v in train.items()}
+    classes = int(max(train["label"].max(), test["label"].max())) + 1
+    batch = cfg.data.batch_size * cfg.scaling.num_workers
+    print(f"{shards.name}: {len(train['label'])} train / {len(test['label'])} test rows, global batch {batch}, "
+          f"overrides {args.overrides}", flush=True)
+    finals = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        t0 = time.perf_counter()
+        curve = fit(cfg, train, test, classes, seed, batch)
+        finals.append(curve[-1])
+        print(f"seed {seed}: test {curve[-1]:.3f} (per epoch {' '.join(f'{a:.3f}' for a in curve)}) "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"mean test {np.mean(finals):.3f} sd {np.std(finals):.3f} over {len(finals)} seeds {args.overrides}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
