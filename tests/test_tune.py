@@ -116,11 +116,13 @@ def test_random_search_keeps_the_concurrency_limit() -> None:
 
 @pytest.mark.ray
 def test_default_trial_resources_fit_two_cpus(ray_session, monkeypatch) -> None:
-    """Driver + 2 workers x 0.5 CPU + one whole CPU for Ray Data's file listing = 2 CPUs."""
+    """Driver + 2 workers x 0.5 CPU + one whole CPU for Ray Data's file listing = 2 CPUs (the
+    shipped tune_smoke.yaml runs one worker a trial, which fits with room to spare)."""
     from pipeline.tune import SweepCfg, SweepError, check_fits, trial_resources
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    base = load_config(REPO_ROOT / "configs/tune_smoke.yaml")
+    check_fits(load_config(REPO_ROOT / "configs/tune_smoke.yaml"), SweepCfg())
+    base = load_config(REPO_ROOT / "configs/tune_smoke.yaml", ["scaling.num_workers=2"])
     assert trial_resources(SweepCfg().trial_cpus)["CPU"] == 0
     check_fits(base, SweepCfg())
     for too_much in (SweepCfg(trial_cpus=0.1), SweepCfg(max_concurrent=2)):

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     step("6. Tune sweep over loss mixtures (best trial → @challenger)",
          [py, "-m", "pipeline.tune", "--config", "configs/smoke.yaml", "--space", "tune_spaces/loss_mix.py",
           "--num-samples", str(a.trials), "--name", f"demo-sweep-{tag}", *common,
-          f"schedule.epochs={max(2, a.epochs // 2)}"], env)
+          # one worker a trial: its start-up is most of a short trial, and one rank starts ~9 s
+          # sooner than two on 2 cores (configs/tune_smoke.yaml does the same)
+          f"schedule.epochs={max(2, a.epochs // 2)}", "scaling.num_workers=1"], env)
     step("7. review the sweep's best against the champion (promotes only if it wins)",
          [py, "-m", "pipeline.registry", "review", "--shards", str(shards), "--promote", *other], env,
          allow_fail=True)
