@@ -76,6 +76,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.params["optim.lr"] == str(cfg.optim.lr)
     assert run.data.params["model.variant"] == "tiny"
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
+    assert run.data.tags["poster.val_carve"] == "sample_id"  # generated faces: no group column
     # the model carries the framing of its training rows (manifest → tag, checkpoint, weights extra)
     assert info["manifest"]["framing"]["name"] == run.data.tags["poster.framing"] == "project"
     from pipeline.artifact.files import load_file

@@ -185,6 +185,17 @@ def group_column(root: str, column: str) -> str:
     return column
 
 
+def val_carve(d: Any, manifest: dict[str, Any]) -> str:
+    """Where the val rows come from, for the run's tags: "split" (the shards have one), "none",
+    "group:<column>" (a person stays on one side) or "sample_id"."""
+    if has_split(manifest, "val"):
+        return "split"
+    if d.val_fraction <= 0:
+        return "none"
+    column = group_column(d.shards, d.group_column)
+    return f"group:{column}" if column else "sample_id"
+
+
 def shuffle_mode(d: Any, manifest: dict[str, Any]) -> str:
     """``data.shuffle`` with "auto" resolved by the manifest's train row count."""
     if d.shuffle != "auto":
