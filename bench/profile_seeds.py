@@ -29,19 +29,17 @@ import torch  # noqa: E402
 from pipeline import schema as S  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.builders import build_loss, build_model, build_optimizer, build_scheduler  # noqa: E402
-from pipeline.train.data import carve_fraction  # noqa: E402
+from pipeline.train.data import carve_fraction, val_carve  # noqa: E402
 from pipeline.transforms import augment_batch, decode_batch, to_model_inputs  # noqa: E402
 
 
-def load_split(shards: Path, split: str) -> dict[str, np.ndarray]:
-    """Decoded rows of one split: image, crop, label, plus sample_id and (when present) group."""
-    t = pq.read_table(shards / split)
-    cols = {c: np.array(t.column(c).to_pylist(), dtype=object)
-            for c in (S.SAMPLE_ID, S.IMAGE, S.LANDMARK_CROP, S.GROUP) if c in t.column_names}
+def load_split(shards: Path, split: str, group: str = "") -> dict[str, np.ndarray]:
+    """Decoded rows of one split: image, crop, label, plus sample_id and the ``group`` column."""
+    keys = [S.SAMPLE_ID, *([group] if group else [])]
+    t = pq.read_table(shards / split, columns=[S.IMAGE, S.LANDMARK_CROP, S.LABEL, *keys])
+    cols = {c: np.array(t.column(c).to_pylist(), dtype=object) for c in (S.IMAGE, S.LANDMARK_CROP, *keys)}
     cols[S.LABEL] = np.array(t.column(S.LABEL).to_pylist())
-    out = decode_batch(cols)
-    out.update({c: cols[c] for c in (S.SAMPLE_ID, S.GROUP) if c in cols})
-    return out
+    return {**decode_batch(cols), **{c: cols[c] for c in keys}}
 
 
 def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray]) -> float:
@@ -91,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     shards = Path(args.shards)
     cfg = load_config(args.config, [f"data.shards={shards}", *args.overrides])
-    train, test = load_split(shards, "train"), load_split(shards, "test")
-    group = S.GROUP if S.GROUP in train and cfg.data.group_column in ("auto", S.GROUP) else ""
-    keep = carve_fraction(train, group) >= cfg.data.val_fraction  # the pipeline's val carve, left out
+    carve, group = val_carve(cfg.data, S.read_manifest(str(shards)))  # the pipeline's val carve, left out
+    train, test = load_split(shards, "train", group), load_split(shards, "test")
+    keep = carve_fraction(train, group) >= carve
     train = {k: v[keep] for k, v in train.items()}
     classes = int(max(train["label"].max(), test["label"].max())) + 1
     batch = cfg.data.batch_size * cfg.scaling.num_workers

@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline import schema as S
 from pipeline.config import load_config
-from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, group_column, resample, val_carve
+from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, group_column, resample, val_carve_tag
 from pipeline.train.epochs import EpochBatches
 from pipeline.metrics import BatchMix
 
@@ -280,7 +280,7 @@ def test_val_carve_is_by_person_by_default_when_the_ingest_wrote_groups(ray_sess
     assert [group_column(str(grouped), c) for c in ("auto", "", "group")] == ["group", "", "group"]
     assert group_column(str(plain), "auto") == ""
     manifest = json.loads((grouped / S.MANIFEST).read_text())  # what open_run tags the run with
-    carves = [val_carve(load_config(None, [f"data.shards={s}", *o]).data, manifest)
+    carves = [val_carve_tag(load_config(None, [f"data.shards={s}", *o]).data, manifest)
               for s, o in ((grouped, []), (plain, []), (grouped, ["data.val_fraction=0"]))]
     assert carves == ["group:group", "sample_id", "none"]
     with pytest.raises(ValueError, match="no such column"):

@@ -185,14 +185,23 @@ def group_column(root: str, column: str) -> str:
     return column
 
 
-def val_carve(d: Any, manifest: dict[str, Any]) -> str:
+def val_carve(d: Any, manifest: dict[str, Any]) -> tuple[float, str]:
+    """The val carve of the train rows: (share carved, group column or "" for by sample id);
+    (0.0, "") when the shards have a val split of their own or ``val_fraction`` is 0. The one
+    place this is decided: build_datasets, the run's tag and bench/profile_seeds.py use it."""
+    if has_split(manifest, "val") or d.val_fraction <= 0:
+        return 0.0, ""
+    return d.val_fraction, group_column(d.shards, d.group_column)
+
+
+def val_carve_tag(d: Any, manifest: dict[str, Any]) -> str:
     """Where the val rows come from, for the run's tags: "split" (the shards have one), "none",
     "group:<column>" (a person stays on one side) or "sample_id"."""
     if has_split(manifest, "val"):
         return "split"
-    if d.val_fraction <= 0:
+    carve, column = val_carve(d, manifest)
+    if carve <= 0:
         return "none"
-    column = group_column(d.shards, d.group_column)
     return f"group:{column}" if column else "sample_id"
 
 
@@ -224,8 +233,8 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str
 
     d = cfg.data
     root = d.shards
-    carve = 0.0 if has_split(manifest, "val") else d.val_fraction
-    d = dataclasses.replace(d, group_column=group_column(root, d.group_column) if carve > 0 else "")
+    carve, column = val_carve(d, manifest)
+    d = dataclasses.replace(d, group_column=column)  # resolved: the map tasks see a column or ""
     cols = EVAL_COLUMNS + ([d.group_column] if d.group_column else [])
     train = read_split(root, "train", d, manifest, columns=cols,
                        shuffle=FileShuffleConfig(seed=d.seed, reseed_after_execution=True))

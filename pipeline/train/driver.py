@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
-from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve
+from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag
 from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
@@ -82,7 +82,7 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
         "poster.shards": cfg.data.shards,
         "poster.classes": ",".join(manifest["classes"]),
         "poster.framing": framing_of_manifest(manifest).name,
-        "poster.val_carve": val_carve(cfg.data, manifest),  # data.group_column=auto, resolved
+        "poster.val_carve": val_carve_tag(cfg.data, manifest),  # data.group_column=auto, resolved
     }
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, created_with)
     tracker = MlflowTracker(uri, run_id)
