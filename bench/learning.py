@@ -13,7 +13,10 @@ accuracies, wall times and their ratios. Sets:
   LFW-style file names).
 - ``muxspace48``: a proxy of a small lab set like CK+48: the aligned muxspace faces downscaled to
   48x48 grayscale, written as a class-sorted ``<label>/`` folder tree and ingested again
-  (``--skip-detection``), split by person.
+  (``--keep-framing``), split by person.
+- ``lab48``: a CK+48-like lab set drawn by ``bench/lab_set.py`` (7 classes, CK+'s sequence
+  counts, 3 near-peak frames a sequence, one identity a person, 48x48 gray, class-sorted folders),
+  ingested with ``--keep-framing``, split by person: the proxy of the issue's held-out check.
 - ``synthetic``: the generator's 7 classes (pipeline.synth), split by content hash; trained with
   ``pipeline.synth.TRAIN_OVERRIDES`` (no random crop / rotation), as the demo does.
 
@@ -42,7 +45,7 @@ import numpy as np  # noqa: E402
 
 MUXSPACE = REPO.parent / "shared" / "data" / "muxspace_dev"
 PERSON_REGEX = r"([^/]+)_[0-9]+[.][A-Za-z]+$"  # LFW: Person_Name_0001.jpg -> Person_Name
-SETS = ("muxspace", "muxspace48", "synthetic")
+SETS = ("muxspace", "muxspace48", "lab48", "synthetic")
 
 
 # --- splits ----------------------------------------------------------------------------------
@@ -61,8 +64,16 @@ def build_split(name: str, work: Path, seed: int = 0) -> Path:
     elif name == "muxspace48":
         folder = small_gray_folder(build_split("muxspace", work, seed), work / "muxspace48_raw")
         rep = ingest(IngestOptions("folder", str(out), str(folder), class_names=["neutral", "happy"],
-                                   skip_detection=True, test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed,
+                                   keep_framing=True, test_fraction=0.2, group_regex=PERSON_REGEX, seed=seed,
                                    progress=False))
+    elif name == "lab48":
+        import lab_set  # bench/lab_set.py, beside this file
+
+        folder = work / "lab48_raw"
+        if not folder.is_dir():
+            lab_set.write_lab_set(folder, seed=seed)
+        rep = ingest(IngestOptions("folder", str(out), str(folder), keep_framing=True, test_fraction=0.2,
+                                   group_regex=lab_set.PERSON_REGEX, seed=seed, progress=False))
     elif name == "synthetic":
         rep = ingest(IngestOptions("synthetic", str(out), per_class=120, seed=seed, classes=7, progress=False))
     else:

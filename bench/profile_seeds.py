@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from pipeline import schema as S  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.train.builders import build_loss, build_model, build_optimizer, build_scheduler  # noqa: E402
+from pipeline.train.builders import (build_ema, build_loss, build_model, build_optimizer,  # noqa: E402
+                                     build_scheduler)
 from pipeline.train.data import carve_fraction, val_carve  # noqa: E402
 from pipeline.transforms import augment_batch, decode_batch, to_model_inputs  # noqa: E402
 
@@ -59,6 +60,7 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
     model = build_model(cfg.model, classes, load_weights=False)
     loss_fn, opt = build_loss(cfg.loss), build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.schedule, opt)
+    ema = build_ema(cfg.optim, model)  # evaluated instead of the weights when optim.ema_decay > 0
     curve = []
     for _ in range(cfg.schedule.epochs):
         perm = rng.permutation(len(train["label"]))
@@ -73,8 +75,10 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
         sched.step()
-        curve.append(accuracy(model, test))
+        curve.append(accuracy(ema.module if ema is not None else model, test))
     return curve
 
 

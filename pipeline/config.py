@@ -151,6 +151,9 @@ class CheckpointCfg:
     num_to_keep: int = 2
     metric: str = "val_accuracy"
     mode: str = "max"
+    # which epoch's weights are logged, tested and served: "best" by `metric`, or "last" (when the
+    # val split is too small to choose by: a few people, accuracy in steps of 1/rows)
+    select: str = "best"
     max_failures: int = 2
 
 
@@ -296,6 +299,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.schedule.name in ("cosine", "exponential", "constant"),
          "schedule.name must be cosine, exponential or constant"),
         (cfg.checkpoint.mode in ("max", "min"), "checkpoint.mode must be max or min"),
+        (cfg.checkpoint.select in ("best", "last"), "checkpoint.select must be best or last"),
         (cfg.scaling.num_workers >= 1, "scaling.num_workers must be >= 1"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.schedule.epochs >= 1, "schedule.epochs must be >= 1"),
@@ -307,6 +311,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.parquet_reader in ("v1", "v2"), "data.parquet_reader must be v1 or v2"),
         (cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1, "data.batch_size and data.eval_batch_size must be >= 1"),
         (cfg.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps must be >= 1"),
+        (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1) (0: off; 0.98 averages ~50 steps)"),
         (cfg.data.read_rows_per_block >= 0, "data.read_rows_per_block must be >= 0 (0: Ray's default)"),
         (cfg.data.shuffle in ("auto", "blocks", "full", "files"),
          "data.shuffle must be auto, blocks, full or files"),

@@ -61,7 +61,7 @@ def synthetic_shards(ray_session, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
-    """POSTER-tiny (configs/smoke.yaml cut to 8 epochs: CI time), 2 DDP workers, rank 0 killed
+    """POSTER-tiny (configs/smoke.yaml cut to 8 epochs: CI time) on 2 DDP workers, rank 0 killed
     once at the start of epoch 2.
 
     Returns (TrainOutcome, TrainConfig, info) with info = manifest facts the tests check against.
@@ -76,6 +76,8 @@ def smoke_run(ray_session, synthetic_shards, tmp_path_factory):
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={synthetic_shards}", "run.name=smoke-crash-once",
         "schedule.epochs=8", *TRAIN_OVERRIDES,  # generated faces: no random crop / rotation
+        # DDP is this fit's subject (a rank is killed): 2 ranks of 16, as the floors were measured
+        "scaling.num_workers=2", "data.batch_size=16", "scaling.torch_threads=1",
         f"run.storage_path={tmp / 'ray'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ])
     out = run_training(open_run(cfg), cfg, step_hook=kill_rank0_once(FAIL_AT_EPOCH))

@@ -126,6 +126,7 @@ def test_local_cluster_end_to_end(ray_session, tmp_path):
             # The smoke profile, cut to 2 epochs: the code path (DDP, checkpoints, MLflow model)
             # is the same, and the test stays near two minutes.
             ["python", "-m", "pipeline.train", "--config", "configs/smoke.yaml", "schedule.epochs=2",
+             "scaling.num_workers=2", "data.batch_size=16", "scaling.torch_threads=1",  # DDP on the cluster
              f"data.shards={shards}",
              f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}",
              f"run.storage_path={storage}"], client, 600)

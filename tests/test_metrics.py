@@ -121,3 +121,23 @@ def test_best_checkpoint_ties_go_to_the_lower_val_log_loss(tmp_path):
     torch.save(saved, tmp_path / ck.CKPT_FILE)
     old = ck.restore(tmp_path, model, opt, sched, None)
     assert old.best_tiebreak == float("inf") and old.best_epoch == 2
+
+
+def test_select_last_keeps_the_final_epoch_and_its_own_metric():
+    """checkpoint.select=last (a val split too small to choose by): every epoch replaces the kept
+    weights, whatever its val accuracy, and best_metric is that epoch's value, not the maximum."""
+    import torch
+
+    from pipeline.config import ConfigError, load_config
+    from pipeline.train import checkpoint as ck
+
+    model = torch.nn.Linear(1, 1)
+    last, best = ck.TrainState(), ck.TrainState()
+    for epoch, acc in enumerate([0.5, 0.9, 0.7]):
+        model.weight.data.fill_(epoch)
+        last.update_best(acc, "max", model, epoch, tiebreak=0.1, select="last")
+        best.update_best(acc, "max", model, epoch, tiebreak=0.1)
+    assert (last.best_epoch, last.best_metric, float(last.best_state["weight"])) == (2, 0.7, 2.0)
+    assert (best.best_epoch, best.best_metric, float(best.best_state["weight"])) == (1, 0.9, 1.0)
+    with pytest.raises(ConfigError, match="checkpoint.select must be best or last"):
+        load_config(None, ["checkpoint.select=final"])

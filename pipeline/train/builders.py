@@ -59,6 +59,38 @@ def build_optimizer(ocfg: OptimCfg, params: Any, impl: str = "auto") -> torch.op
     return classes[ocfg.name](params, **kwargs)
 
 
+def build_ema(ocfg: OptimCfg, model: torch.nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (``optim.ema_decay``; None when 0).
+
+    Call ``update_parameters(model)`` after each optimiser step: the first call copies the weights,
+    the n-th keeps ``d * ema + (1 - d) * weights`` with ``d = min(ema_decay, (1 + n) / (10 + n))``,
+    the warm-up of TensorFlow's ExponentialMovingAverage: a short run (the CI's 8-epoch smoke fit,
+    ~100 steps) is not held back by its early weights, a long one gets the full decay. Buffers
+    (BatchNorm statistics) are copied from the model, not averaged. Validation, the kept best
+    epoch and the test use the average: on small sets one step's weights swing the test accuracy
+    by several points between epochs (bench/profile_seeds.py curves), their average much less."""
+    if ocfg.ema_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=_ema_update(ocfg.ema_decay))
+
+
+def ema_decay_at(decay: float, n_averaged: int) -> float:
+    """The decay of the update after ``n_averaged`` earlier ones (see ``build_ema``)."""
+    return min(decay, (1.0 + n_averaged) / (10.0 + n_averaged))
+
+
+def _ema_update(decay: float):
+    """AveragedModel's ``multi_avg_fn``: one fused in-place update of all averaged tensors."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: Any) -> None:
+        d = ema_decay_at(decay, int(n_averaged))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
 def lr_factor(scfg: ScheduleCfg, epoch: int) -> float:
     """Multiplier of the base lr at ``epoch`` (stepped once per epoch, like the official code)."""
     if epoch < scfg.warmup_epochs:

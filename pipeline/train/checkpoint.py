@@ -28,16 +28,18 @@ class TrainState:
     best_tiebreak: float = float("inf")  # val log loss of the best epoch
 
     def update_best(self, value: float | None, mode: str, eval_model: torch.nn.Module, epoch: int,
-                    tiebreak: float | None = None) -> bool:
+                    tiebreak: float | None = None, select: str = "best") -> bool:
         """Keep ``eval_model``'s weights if ``value`` beats the best so far, or equals it with a
-        lower ``tiebreak`` (the val log loss). Why the tie-break: accuracy over a small val split
+        lower ``tiebreak`` (the val log loss); with ``select="last"`` every epoch replaces the kept
+        one (its ``value`` is still recorded). Why the tie-break: accuracy over a small val split
         moves in steps of 1/rows and often repeats over the last epochs, or sits at 1.0 when the
         same people are on both sides; the first such epoch was kept, often an under-trained one."""
         if value is None:  # no validation split: the latest weights are the best we know
             value = float(epoch)
             mode = "max"
         tb = float("inf") if tiebreak is None else float(tiebreak)
-        better = (self.best_epoch < 0 or (value > self.best_metric if mode == "max" else value < self.best_metric)
+        better = (select == "last" or self.best_epoch < 0
+                  or (value > self.best_metric if mode == "max" else value < self.best_metric)
                   or (value == self.best_metric and tb < self.best_tiebreak))
         if better:
             self.best_metric, self.best_epoch, self.best_tiebreak = float(value), epoch, tb

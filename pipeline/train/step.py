@@ -30,13 +30,19 @@ def train_step(ctx: RankContext, image: torch.Tensor, crop: torch.Tensor,
             return None
         _clip(ctx.model, optim.grad_clip)
         optimizer.second_step(zero_grad=True)
-    elif (ctx.progress.step + 1) % optim.grad_accum == 0:
+    elif optimizer_steps(ctx):
         _clip(ctx.model, optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     out = {"loss": float(total.detach())}
     out.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
     return out
+
+
+def optimizer_steps(ctx: RankContext) -> bool:
+    """Whether the current step updates the weights (the last micro-batch of ``optim.grad_accum``;
+    always with SAM), so the weight average is updated once per update, not once per micro-batch."""
+    return ctx.cfg.optim.sam or (ctx.progress.step + 1) % ctx.cfg.optim.grad_accum == 0
 
 
 def _forward_backward(ctx: RankContext, image: torch.Tensor, crop: torch.Tensor,

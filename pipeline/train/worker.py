@@ -21,13 +21,13 @@ from pipeline.metrics import BatchMix
 from pipeline.runtime import quiet_train_worker
 from pipeline.tracking import tracker_for
 from pipeline.train import checkpoint
-from pipeline.train.builders import (apply_precision, autocast_enabled, build_loss, build_model, build_optimizer,
-                                     build_scheduler, speed_up, unwrap)
+from pipeline.train.builders import (apply_precision, autocast_enabled, build_ema, build_loss, build_model,
+                                     build_optimizer, build_scheduler, speed_up, unwrap)
 from pipeline.train.context import RankContext, WorkerJob
 from pipeline.train.epochs import EpochBatches
 from pipeline.train.identity import write_stop
 from pipeline.train.rank_eval import allreduce_sum, iter_partition
-from pipeline.train.step import skip_nonfinite, train_step
+from pipeline.train.step import optimizer_steps, skip_nonfinite, train_step
 from pipeline.transforms import to_model_inputs
 
 
@@ -68,9 +68,7 @@ def setup(job: WorkerJob) -> RankContext:
     loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
     scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
-    ema = (torch.optim.swa_utils.AveragedModel(
-        unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay))
-        if cfg.optim.ema_decay > 0 else None)
+    ema = build_ema(cfg.optim, unwrap(model))
     state = checkpoint.restore(ray.train.get_checkpoint(), unwrap(model), optimizer, scheduler, ema)
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
@@ -108,7 +106,7 @@ def run_epoch(ctx: RankContext) -> dict[str, float]:
                 break
             continue
         ctx.progress.nonfinite_in_row = 0
-        if ctx.ema is not None:
+        if ctx.ema is not None and optimizer_steps(ctx):
             ctx.ema.update_parameters(unwrap(ctx.model))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -142,7 +140,7 @@ def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
     """Keep the best weights, log the epoch, and report it to Ray with a checkpoint (rank 0 writes it)."""
     cfg, state, epoch = ctx.cfg, ctx.state, ctx.progress.epoch
     state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, ctx.eval_model, epoch,
-                      tiebreak=metrics.get("val_log_loss"))
+                      tiebreak=metrics.get("val_log_loss"), select=cfg.checkpoint.select)
     metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
                     f"best_{cfg.checkpoint.metric}": state.best_metric})
     ctx.tracker.log_metrics(metrics, step=epoch)
