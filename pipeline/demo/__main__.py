@@ -3,7 +3,7 @@
     python -m pipeline.demo [--out runs/demo] [--per-class 80] [--trials 3] [--quick]
 
 Each step is the real CLI (printed before it runs), so the demo doubles as a cookbook:
-generate raw faces → ingest with the real detector → train (2 DDP workers) → register + review +
+generate raw faces → ingest with the real detector → train (configs/smoke.yaml: one worker) → register + review +
 promote → Tune sweep (best trial registered as challenger) → review → predict → summary.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
          [py, "-m", "pipeline.synth", "--out", str(raw), "--per-class", str(a.per_class), "--seed", "0"], env)
     step("2. ingest with the real face/landmark detector → Parquet shards",
          [py, "-m", "pipeline.ingest", "--source", "folder", "--input", str(raw), "--out", str(shards)], env)
-    step("3. train POSTER-tiny, 2 DDP workers on a local Ray",
+    step("3. train POSTER-tiny (configs/smoke.yaml) on a local Ray",
          [py, "-m", "pipeline.train", "--config", "configs/smoke.yaml", *common,
           f"run.name=demo-train-{tag}", f"schedule.epochs={a.epochs}"], env)
     step("4. register the run as poster-fer@challenger",
