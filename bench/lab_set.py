@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.synth.generator import ACTIONS, PROTOTYPES, SIZE, deform, render  # noqa: E402
+from pipeline.synth.generator import SIZE, deform, expression, render  # noqa: E402
 
 CK_SEQUENCES = {"anger": 45, "contempt": 18, "disgust": 59, "fear": 25, "happy": 69, "sadness": 28,
                 "surprise": 83}
@@ -40,26 +40,19 @@ FRAMES = (0.9, 0.95, 1.0)
 
 def sequence_actions(label: str, rng: np.random.Generator) -> dict[str, float]:
     """A posed peak: the prototype at a strong intensity, plus this person's way of posing it."""
-    k = rng.uniform(0.75, 1.15)
-    proto = PROTOTYPES[CANONICAL.get(label, label)]
-    act = {a: k * proto.get(a, 0.0) + rng.normal(0.0, 0.12) for a in ACTIONS}
-    if label != "contempt":
-        act["asym"] *= 0.5
-    act["asym_side"] = float(rng.choice([-1.0, 1.0]))
-    return act
+    return expression(CANONICAL.get(label, label), rng, intensity=(0.75, 1.15), noise=0.12)
 
 
 def frame(person_seed: list[int], act: dict[str, float], scale: float, roll_deg: float,
           noise: np.random.Generator, size: int = 48) -> np.ndarray:
     """One gray ``size`` face crop of a person (identity and rendering fixed by ``person_seed``)."""
-    a = {k: (v * scale if k != "asym_side" else v) for k, v in act.items()}
-    a["open"], a["lip"] = max(0.0, a["open"]), max(0.0, a["lip"])
+    a = {k: (v * scale if k != "asym_side" else v) for k, v in act.items()}  # scale > 0: open, lip stay >= 0
     p = deform(a, np.random.default_rng(person_seed))  # identity: the same draws for every frame
     c, s = np.cos(np.deg2rad(roll_deg)), np.sin(np.deg2rad(roll_deg))
     centre = p.mean(0)
     p = (p - centre) @ np.array([[c, -s], [s, c]]).T + centre
     rgb = render(p, a, np.random.default_rng(person_seed + [1]))  # skin, hair, light: per person
-    lo, hi = p[:, :].min(0), p[:, :].max(0)
+    lo, hi = p.min(0), p.max(0)
     half = (hi - lo).max() / 2 * 1.08
     cx, cy = (lo + hi) / 2 - [0, half * 0.08]  # a little forehead, as a face detector's box
     box = np.clip(np.round([cx - half, cy - half, cx + half, cy + half]), 0, SIZE).astype(int)

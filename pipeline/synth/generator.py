@@ -67,11 +67,13 @@ def sample_rng(seed: int, label_index: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(label_index), int(index)])
 
 
-def expression(label: str, rng: np.random.Generator) -> dict[str, float]:
-    """Random-intensity version of a class prototype plus small action noise."""
-    k = rng.uniform(0.35, 1.15)
+def expression(label: str, rng: np.random.Generator, intensity: tuple[float, float] = (0.35, 1.15),
+               noise: float = 0.15) -> dict[str, float]:
+    """Random-intensity version of a class prototype plus small action noise (bench/lab_set.py
+    draws posed peaks with a narrower ``intensity`` and less ``noise``)."""
+    k = rng.uniform(*intensity)
     proto = PROTOTYPES[label]
-    act = {a: k * proto.get(a, 0.0) + rng.normal(0.0, 0.15) for a in ACTIONS}
+    act = {a: k * proto.get(a, 0.0) + rng.normal(0.0, noise) for a in ACTIONS}
     act["open"] = max(0.0, act["open"])
     act["lip"] = max(0.0, act["lip"])
     if label != "contempt":

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
     m = out.metrics
-    print(f"[poster] run {out.run_name} finished: best {cfg.checkpoint.metric}="
+    # the kept epoch (checkpoint.select: best | last); its number is known when the run was tested
+    kept = f"{cfg.checkpoint.select} epoch" + (f" {int(m['best_epoch']) + 1}" if "best_epoch" in m else "")
+    print(f"[poster] run {out.run_name} finished: {kept} {cfg.checkpoint.metric}="
           f"{m.get(cfg.checkpoint.metric, float('nan')):.4f} test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
     print(f"[poster] MLflow run {out.run_id} in experiment '{out.experiment}' at {out.tracking_uri}")
     print(f"[poster] model: {out.model_uri}   checkpoint: {out.checkpoint_path}")
