@@ -2,28 +2,17 @@
 near-duplicate frames a sequence, one identity a person, names the ingest's --group-regex reads."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "lab_set.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("lab_set_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["lab_set_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from bench_scripts import load_bench
 
 
 def test_lab_set_has_ck_counts_sequences_and_people(tmp_path):
-    lab = _bench()
+    lab = load_bench("lab_set")
     assert lab.write_lab_set(tmp_path, persons=40, seed=3) == 3 * sum(lab.CK_SEQUENCES.values())
     files = sorted(tmp_path.glob("*/*.png"))
     assert Counter(f.parent.name for f in files) == {k: 3 * n for k, n in lab.CK_SEQUENCES.items()}

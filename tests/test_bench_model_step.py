@@ -2,24 +2,15 @@
 consistent with the timings, the JSON written. Not a timing test."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "model_step.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("model_step_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_scripts import load_bench
 
 
 def test_matrix_rows_on_cpu(tmp_path):
-    bench = load_bench()
+    bench = load_bench("model_step")
     out = tmp_path / "rows.json"
     rows = bench.main(["--variant", "tiny", "--models", "poster", "--batches", "2", "--steps", "plain,sam",
                        "--precisions", "fp32,bf16", "--optimizers", "foreach", "--iters", "1",
@@ -38,7 +29,7 @@ def test_matrix_rows_on_cpu(tmp_path):
 
 
 def test_budget_skips_the_rest(tmp_path):
-    bench = load_bench()
+    bench = load_bench("model_step")
     rows = bench.main(["--variant", "tiny", "--models", "poster", "--batches", "2", "--iters", "1",
                        "--warmup", "0", "--peak-tflops", "1", "--budget-s", "1e-9"])
     assert rows and all(r["status"] == "skipped (budget)" for r in rows)

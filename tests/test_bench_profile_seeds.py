@@ -3,18 +3,14 @@ the pipeline's val carve is left out of the train rows, and a test accuracy per 
 Not a learning test: tests/test_train.py and bench/learning.py are."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "profile_seeds.py"
+from bench_scripts import load_bench
 
 
 def test_one_seed_one_epoch_on_generated_shards(synthetic_shards, capsys):
-    spec = importlib.util.spec_from_file_location("profile_seeds_bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("profile_seeds")
     assert bench.main(["--shards", str(synthetic_shards), "--seeds", "0", "schedule.epochs=1"]) == 0
     out = capsys.readouterr().out
     manifest = json.loads((synthetic_shards / "_manifest.json").read_text())
