@@ -90,11 +90,12 @@ def _geometry(images: np.ndarray, crops: np.ndarray, i: int, rng: np.random.Gene
 
 def augment_batch(batch: dict[str, np.ndarray], hflip: float, erasing: float,
                   erasing_scale: tuple[float, float], noise: float, crop_area_min: float = 1.0,
-                  rotation: float = 0.0) -> dict[str, np.ndarray]:
+                  rotation: float = 0.0, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """The official train transforms on uint8: flip (same for face and crop), Gaussian noise
     (V1's dataset-level aug, variance 30), RandomErasing on the face; plus, when asked, a random
-    square crop (``crop_area_min`` < 1) and rotation (``rotation`` > 0), the same on both."""
-    rng = np.random.default_rng()
+    square crop (``crop_area_min`` < 1) and rotation (``rotation`` > 0), the same on both.
+    ``rng``: the draws (default: fresh entropy, as in a Ray Data map task, which knows no epoch)."""
+    rng = rng if rng is not None else np.random.default_rng()
     images, crops = batch["image"].copy(), batch["crop"].copy()
     for i in range(len(images)):
         if crop_area_min < 1.0 or rotation > 0:

@@ -20,8 +20,8 @@ from PIL import Image
 
 from pipeline import schema as S
 from pipeline.config import load_config
-from pipeline.train.data import balanced_weights, build_datasets, carve_fraction, group_column, resample, val_carve_tag
-from pipeline.train.epochs import EpochBatches
+from pipeline.train.data import balanced_weights, batch_augmenter, build_datasets, carve_fraction, group_column, resample, val_carve_tag
+from pipeline.train.epochs import CachedEpochs, EpochBatches
 from pipeline.metrics import BatchMix
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
@@ -59,10 +59,18 @@ def sorted_shards(tmp_path_factory) -> Path:
     return root
 
 
-def _train(shards: Path, *overrides: str):
+def _train(shards: Path, *overrides: str, cached: bool = False):
     cfg = load_config(None, [f"data.shards={shards}", "data.val_fraction=0", "data.random_erasing=0",
                              "data.read_rows_per_block=20", *overrides])
-    return cfg, build_datasets(cfg, json.loads((shards / S.MANIFEST).read_text()))["train"]
+    return cfg, build_datasets(cfg, json.loads((shards / S.MANIFEST).read_text()), cached=cached)["train"]
+
+
+def _rank_batches(cfg, it, rank: int, cached: bool) -> EpochBatches | CachedEpochs:
+    """What pipeline.train.worker gives a rank: streamed epochs, or rows held in the worker."""
+    d = cfg.data
+    if cached:
+        return CachedEpochs(it, 16, 2, batch_augmenter(d), seed=d.seed, rank=rank)
+    return EpochBatches(it, 16, 2, shuffle_buffer=d.shuffle_buffer, seed=d.seed, rank=rank)
 
 
 def _ids(batch) -> list[int]:
@@ -84,10 +92,12 @@ def _mix(epoch: list[dict]) -> float:
     return mix.metrics()["train_batch_classes"]
 
 
-@pytest.mark.parametrize("mode", ["full", "blocks"])
-def test_single_worker_epochs_are_mixed_and_reordered(ray_session, sorted_shards, mode):
-    cfg, ds = _train(sorted_shards, f"data.shuffle={mode}")
-    batches = EpochBatches(ds.iterator(), 16, 2, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed)
+@pytest.mark.parametrize("mode,cached", [("full", False), ("blocks", False), ("files", True)])
+def test_single_worker_epochs_are_mixed_and_reordered(ray_session, sorted_shards, mode, cached):
+    """Streamed, a row shuffle in Ray Data mixes the class-sorted rows; held in the worker
+    (data.worker_cache), its own permutation does, even after a file-order-only read."""
+    cfg, ds = _train(sorted_shards, f"data.shuffle={mode}", cached=cached)
+    batches = _rank_batches(cfg, ds.iterator(), 0, cached)
     try:
         epochs = _epochs(batches, 2)
     finally:
@@ -110,16 +120,17 @@ def test_file_order_only_reproduces_one_class_batches(ray_session, sorted_shards
     assert _mix(epoch) < 2.5
 
 
-def test_two_ranks_get_mixed_disjoint_equal_batches_each_epoch(ray_session, sorted_shards):
+@pytest.mark.parametrize("cached", [False, True], ids=["streamed", "worker_cache"])
+def test_two_ranks_get_mixed_disjoint_equal_batches_each_epoch(ray_session, sorted_shards, cached):
     """streaming_split(equal=True), what Ray Train's DataConfig gives each DDP rank; defaults
-    (data.shuffle=auto: a full row shuffle on a set this small)."""
-    cfg, ds = _train(sorted_shards)
+    (data.shuffle=auto: a full row shuffle on a set this small), streamed every epoch or read
+    once and held by each rank (data.worker_cache)."""
+    cfg, ds = _train(sorted_shards, cached=cached)
     its = ds.streaming_split(2, equal=True)
     got: dict[int, list] = {}
 
     def consume(rank: int) -> None:
-        b = EpochBatches(its[rank], 16, 2, shuffle_buffer=cfg.data.shuffle_buffer,
-                         seed=cfg.data.seed, rank=rank)
+        b = _rank_batches(cfg, its[rank], rank, cached)
         try:
             got[rank] = _epochs(b, 2)
         finally:
@@ -285,3 +296,26 @@ def test_val_carve_is_by_person_by_default_when_the_ingest_wrote_groups(ray_sess
     assert carves == ["group:group", "sample_id", "none"]
     with pytest.raises(ValueError, match="no such column"):
         group_column(str(plain), "person")
+
+
+def test_worker_cache_holds_small_sets_only_and_never_freezes_the_balanced_draw():
+    from pipeline.config import ConfigError
+    from pipeline.train.data import ROW_BYTES, worker_cache
+
+    def manifest(rows: int) -> dict:
+        return {"counts": {"train": {"a": rows // 2, "b": rows - rows // 2}}}
+
+    d = load_config(None, []).data
+    fits = d.worker_cache_mb * 2**20 // ROW_BYTES  # rows one worker may hold decoded
+    assert worker_cache(d, manifest(fits), 1) and not worker_cache(d, manifest(fits + 2), 1)
+    assert worker_cache(d, manifest(2 * fits), 2), "each rank holds its share only"
+    capped = load_config(None, [f"data.max_train_rows={fits}"]).data
+    assert worker_cache(capped, manifest(10 * fits), 1)
+    balanced = load_config(None, ["data.sampler=balanced"]).data
+    assert not worker_cache(balanced, manifest(100), 1), "the balanced draw is redone every epoch"
+    assert not worker_cache(load_config(None, ["data.worker_cache=never"]).data, manifest(100), 1)
+    assert worker_cache(load_config(None, ["data.worker_cache=always"]).data, manifest(10 * fits), 1)
+    with pytest.raises(ConfigError, match="freeze data.sampler=balanced"):
+        load_config(None, ["data.worker_cache=always", "data.sampler=balanced"])
+    with pytest.raises(ConfigError, match="worker_cache must be auto, always or never"):
+        load_config(None, ["data.worker_cache=sometimes"])

@@ -77,6 +77,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(smoke_run):
     assert run.data.params["model.variant"] == "tiny"
     assert run.data.tags["poster.dataset_hash"] == info["content_hash"]
     assert run.data.tags["poster.val_carve"] == "sample_id"  # generated faces: no group column
+    # a small set: read once, held by each rank (data.worker_cache=auto), resumed after the kill
+    assert run.data.tags["poster.train_rows"] == "cached"
     # the model carries the framing of its training rows (manifest → tag, checkpoint, weights extra)
     assert info["manifest"]["framing"]["name"] == run.data.tags["poster.framing"] == "project"
     from pipeline.artifact.files import load_file

@@ -12,7 +12,7 @@ from pipeline.config import TrainConfig
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.train.builders import unwrap
 from pipeline.train.checkpoint import TrainState
-from pipeline.train.epochs import EpochBatches
+from pipeline.train.epochs import CachedEpochs, EpochBatches
 
 # (epoch, step, rank, scratch_dir), called on every rank before each train step: the tests kill a
 # worker with it (tests/fault_injection.py); production passes none.
@@ -29,6 +29,7 @@ class WorkerJob:
     run_id: str | None = None  # the open MLflow run rank 0 logs to (None: no tracking)
     has_val: bool = False
     has_test: bool = False
+    cache_train: bool = False  # train rows held decoded in the worker (pipeline.train.data.worker_cache)
     class_weights: list[float] | None = None  # inverse-frequency loss weights (data.class_balanced_loss)
     marker_dir: str = ""  # scratch folder handed to the step hook
     run_dir: str | None = None  # <storage>/<name>: where rank 0 leaves a stop reason for the driver
@@ -68,7 +69,7 @@ class RankContext:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     state: TrainState = field(default_factory=TrainState)  # resume point and best weights so far
     tracker: Tracker = field(default_factory=NullTracker)  # MLflow on rank 0, no-op elsewhere
-    train_batches: EpochBatches | None = None
+    train_batches: EpochBatches | CachedEpochs | None = None
     val_it: Any = None  # Ray DataIterator of the val split (every rank reads it, keeps its own rows)
     val_cache: list[dict[str, np.ndarray]] = field(default_factory=list)  # this rank's val rows after epoch 0
     progress: Progress = field(default_factory=Progress)

@@ -6,6 +6,8 @@
   into the object store) → split equally across workers by Ray Train (ranks with different batch
   counts would deadlock DDP); each worker's iterator then mixes rows in a local shuffle buffer
   reseeded per epoch (pipeline.train.epochs). Class-sorted shards otherwise give one-class batches.
+  Small train sets (``data.worker_cache``) run this once, decoded but not augmented; each worker
+  then holds its rows and permutes + augments them itself every epoch.
 - val / test: raw rows, *not* split by Ray Train; each worker decodes only the rows whose
   sample-id hash falls in its partition, so every row is evaluated exactly once and the
   confusion matrices can be all-reduced (an equal split would silently drop rows).
@@ -118,18 +120,47 @@ def resample(batch: dict[str, np.ndarray], weights: list[float], rng: np.random.
     return {k: v[idx] for k, v in batch.items()}
 
 
-def train_transform(d: Any, carve: float, weights: list[float] | None = None
+AUGMENT_KEYS = ("hflip", "random_erasing", "erasing_scale", "gaussian_noise", "crop_area_min", "rotation")
+ROW_BYTES = (IMAGE_SIZE * IMAGE_SIZE + CROP_SIZE * CROP_SIZE) * 3  # one decoded row: face + landmark crop
+
+
+def batch_augmenter(d: Any) -> Callable[[dict[str, np.ndarray], np.random.Generator | None], dict[str, np.ndarray]]:
+    """``augment_batch`` with the ``data.*`` augmentation settings: (batch, rng) -> batch."""
+    cfg = {k: getattr(d, k) for k in AUGMENT_KEYS}
+    return functools.partial(_augment, cfg=cfg)
+
+
+def _augment(batch: dict[str, np.ndarray], rng: np.random.Generator | None = None, *,
+             cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    return augment_batch(batch, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
+                         cfg["gaussian_noise"], cfg["crop_area_min"], cfg["rotation"], rng=rng)
+
+
+def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:
+    """Whether each rank holds its train rows decoded in memory (``data.worker_cache``; "auto":
+    when a rank's share of the train rows fits ``data.worker_cache_mb`` decoded and the balanced
+    sampler, which draws anew every epoch, is off). Decided once here for driver and workers."""
+    if d.worker_cache != "auto":
+        return d.worker_cache == "always"
+    if d.sampler == "balanced":
+        return False
+    rows = sum(manifest.get("counts", {}).get("train", {}).values())
+    if d.max_train_rows > 0:
+        rows = min(rows, d.max_train_rows)
+    return rows / max(num_workers, 1) * ROW_BYTES <= d.worker_cache_mb * 2**20
+
+
+def train_transform(d: Any, carve: float, weights: list[float] | None = None, augment: bool = True
                     ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Parquet rows → decoded, augmented uint8 batch, minus the rows carved out for validation
-    (and resampled per class when ``weights`` are given): what the train pipeline maps over its
-    blocks (and bench/data_pipeline.py's bare loop calls)."""
-    aug = {k: getattr(d, k) for k in ("hflip", "random_erasing", "erasing_scale", "gaussian_noise",
-                                      "crop_area_min", "rotation")}
-    return functools.partial(_train_batch, carve=carve, cfg=aug, group_column=d.group_column,
-                             weights=weights)
+    """Parquet rows → decoded (and, with ``augment``, augmented) uint8 batch, minus the rows
+    carved out for validation (and resampled per class when ``weights`` are given): what the
+    train pipeline maps over its blocks (and bench/data_pipeline.py's bare loop calls). Without
+    ``augment`` the worker augments (``data.worker_cache``)."""
+    return functools.partial(_train_batch, carve=carve, augment=batch_augmenter(d) if augment else None,
+                             group_column=d.group_column, weights=weights)
 
 
-def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any],
+def _train_batch(batch: dict[str, np.ndarray], carve: float, augment: Callable | None,
                  group_column: str = "", weights: list[float] | None = None) -> dict[str, np.ndarray]:
     batch = _keep(batch, carve, want_val=False, group_column=group_column)
     if weights is not None:
@@ -140,8 +171,7 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, cfg: dict[str, Any]
         return {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
                 "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
     out = decode_batch(batch)
-    return augment_batch(out, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
-                         cfg["gaussian_noise"], cfg["crop_area_min"], cfg["rotation"])
+    return augment(out) if augment is not None else out
 
 
 def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,
@@ -225,9 +255,10 @@ def shuffled(ds: Any, d: Any, mode: str) -> Any:
     return ds
 
 
-def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str] | None = None
-                   ) -> dict[str, Any]:
-    """Ray Datasets keyed train / val / test (test only when the shards have one)."""
+def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str] | None = None,
+                   cached: bool = False) -> dict[str, Any]:
+    """Ray Datasets keyed train / val / test (test only when the shards have one); with
+    ``cached`` (``worker_cache``) the train rows come decoded but not augmented."""
     import ray.data
     from ray.data import FileShuffleConfig
 
@@ -244,7 +275,7 @@ def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], classes: list[str
     weights = (balanced_weights(manifest, classes or manifest["classes"])
                if d.sampler == "balanced" else None)
     train = train.map_batches(
-        train_transform(d, carve, weights), batch_format="numpy", batch_size=64,
+        train_transform(d, carve, weights, augment=not cached), batch_format="numpy", batch_size=64,
         num_cpus=d.decode_cpus, compute=ray.data.TaskPoolStrategy(size=d.decode_concurrency or None),
     )
     out = {"train": train}

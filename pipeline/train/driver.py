@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
-from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag
+from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
 from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
@@ -83,6 +83,8 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
         "poster.classes": ",".join(manifest["classes"]),
         "poster.framing": framing_of_manifest(manifest).name,
         "poster.val_carve": val_carve_tag(cfg.data, manifest),  # data.group_column=auto, resolved
+        # data.worker_cache=auto, resolved: "cached" (held in each worker) or "streamed"
+        "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else "streamed",
     }
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, created_with)
     tracker = MlflowTracker(uri, run_id)
@@ -113,11 +115,12 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
 
     classes = list(manifest["classes"])
     check_model_config(cfg, manifest)
-    datasets = build_datasets(cfg, manifest)
+    cached = worker_cache(cfg.data, manifest, cfg.scaling.num_workers)
+    datasets = build_datasets(cfg, manifest, cached=cached)
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
         cfg=cfg, classes=classes, tracking_uri=run.tracking_uri, run_id=run.run_id,
-        has_val="val" in datasets, has_test="test" in datasets,
+        has_val="val" in datasets, has_test="test" in datasets, cache_train=cached,
         class_weights=class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
         marker_dir=f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
         run_dir=f"{storage.rstrip('/')}/{name}",

@@ -24,7 +24,8 @@ from pipeline.train import checkpoint
 from pipeline.train.builders import (apply_precision, autocast_enabled, build_ema, build_loss, build_model,
                                      build_optimizer, build_scheduler, speed_up, unwrap)
 from pipeline.train.context import RankContext, WorkerJob
-from pipeline.train.epochs import EpochBatches
+from pipeline.train.data import batch_augmenter
+from pipeline.train.epochs import CachedEpochs, EpochBatches
 from pipeline.train.identity import write_stop
 from pipeline.train.rank_eval import allreduce_sum, iter_partition
 from pipeline.train.step import optimizer_steps, skip_nonfinite, train_step
@@ -73,14 +74,24 @@ def setup(job: WorkerJob) -> RankContext:
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
-    train_batches = EpochBatches(ray.train.get_dataset_shard("train"), cfg.data.batch_size,
-                                 cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
-                                 seed=cfg.data.seed, rank=rank, start_epoch=state.start_epoch)
+    train_batches = _train_batches(job, rank, state.start_epoch)
     return RankContext(
         job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
         autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
         scheduler=scheduler, ema=ema, state=state, tracker=tracker, train_batches=train_batches,
         val_it=ray.train.get_dataset_shard("val") if job.has_val else None)
+
+
+def _train_batches(job: WorkerJob, rank: int, start_epoch: int) -> EpochBatches | CachedEpochs:
+    """This rank's epochs: held in memory (small sets, ``data.worker_cache``) or streamed."""
+    import ray.train
+
+    d, shard = job.cfg.data, ray.train.get_dataset_shard("train")
+    if job.cache_train:
+        return CachedEpochs(shard, d.batch_size, d.prefetch_batches, batch_augmenter(d), seed=d.seed,
+                            rank=rank, start_epoch=start_epoch)
+    return EpochBatches(shard, d.batch_size, d.prefetch_batches, shuffle_buffer=d.shuffle_buffer,
+                        seed=d.seed, rank=rank, start_epoch=start_epoch)
 
 
 def run_epoch(ctx: RankContext) -> dict[str, float]:
