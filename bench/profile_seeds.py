@@ -1,7 +1,7 @@
 """Screen a training-profile change over several seeds, without Ray: is it worth a pipeline run?
 
     python bench/profile_seeds.py --shards runs/bench_learning/synthetic [--seeds 0,1,2]
-                                  [--config configs/smoke.yaml] [key=value ...]
+                                  [--config configs/smoke.yaml] [--flip-test] [key=value ...]
 
 One ``bench/learning.py`` run is one seed, and a test split of ~170 rows has a sampling sd of
 about 0.03, so a profile change worth 0.03 cannot be told from noise in one run. This script
@@ -9,7 +9,9 @@ trains the profile's model, loss, optimiser, schedule and augmentation (the pipe
 builders and ``augment_batch``) in one process on 2 threads, on the train rows minus the
 pipeline's val carve (``carve_fraction``, by group when the shards have one), and prints the test
 accuracy after every epoch and the final one per seed, then their mean: about 100 s per seed for
-12 epochs of 670 rows on 2 cores. It is a screen, not the product: the pipeline run
+20 epochs of 670 rows on 2 cores. ``--flip-test`` also scores each fit's final weights with the
+logits averaged over every test face and its mirror image (test-time flip), paired with the plain
+score. It is a screen, not the product: the pipeline run
 (``bench/learning.py``) stays the figure that counts.
 """
 from __future__ import annotations
@@ -43,18 +45,25 @@ def load_split(shards: Path, split: str, group: str = "") -> dict[str, np.ndarra
     return {**decode_batch(cols), **{c: cols[c] for c in keys}}
 
 
-def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray]) -> float:
+def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = False) -> tuple[float, ...]:
+    """(test accuracy,) or, with ``flip``, also that of the logits averaged over face and mirror."""
     model.eval()
+    preds: list[list[torch.Tensor]] = [[], []]
     with torch.no_grad():
-        preds = [model(*to_model_inputs(rows["image"][i:i + 64], rows["crop"][i:i + 64]))[0].argmax(1)
-                 for i in range(0, len(rows["label"]), 64)]
+        for i in range(0, len(rows["label"]), 64):
+            image, crop = to_model_inputs(rows["image"][i:i + 64], rows["crop"][i:i + 64])
+            logits = model(image, crop)[0]
+            preds[0].append(logits.argmax(1))
+            if flip:
+                preds[1].append((logits + model(image.flip(3), crop.flip(3))[0]).argmax(1))
     model.train()
-    return float((torch.cat(preds).numpy() == rows["label"]).mean())
+    return tuple(float((torch.cat(p).numpy() == rows["label"]).mean()) for p in preds if p)
 
 
 def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: int, seed: int,
-        batch: int) -> list[float]:
-    """Test accuracy after each epoch of one seed (global batch ``batch``, as DDP ranks x batch_size)."""
+        batch: int, flip: bool = False) -> list[tuple[float, ...]]:
+    """Test accuracy after each epoch of one seed (global batch ``batch``, as DDP ranks x batch_size);
+    with ``flip``, (plain, mirror-averaged) per epoch."""
     torch.manual_seed(seed)
     d, rng = cfg.data, np.random.default_rng(seed)
     model = build_model(cfg.model, classes, load_weights=False)
@@ -78,7 +87,7 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
             if ema is not None:
                 ema.update_parameters(model)
         sched.step()
-        curve.append(accuracy(ema.module if ema is not None else model, test))
+        curve.append(accuracy(ema.module if ema is not None else model, test, flip))
     return curve
 
 
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flip-test", action="store_true",
+                    help="also score the logits averaged over each test face and its mirror image")
     ap.add_argument("overrides", nargs="*", help="key=value on top of --config")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -104,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     finals = []
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.perf_counter()
-        curve = fit(cfg, train, test, classes, seed, batch)
+        curve = fit(cfg, train, test, classes, seed, batch, args.flip_test)
         finals.append(curve[-1])
-        print(f"seed {seed}: test {curve[-1]:.3f} (per epoch {' '.join(f'{a:.3f}' for a in curve)}) "
+        per_epoch = " ".join(f"{a[0]:.3f}" for a in curve)
+        mirror = f" mirror-averaged {curve[-1][1]:.3f}" if args.flip_test else ""
+        print(f"seed {seed}: test {curve[-1][0]:.3f}{mirror} (per epoch {per_epoch}) "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"mean test {np.mean(finals):.3f} sd {np.std(finals):.3f} over {len(finals)} seeds {args.overrides}")
+    means = np.mean(finals, axis=0)
+    mirror = f", mirror-averaged {means[1]:.3f}" if args.flip_test else ""
+    print(f"mean test {means[0]:.3f} sd {np.std([f[0] for f in finals]):.3f}{mirror} over {len(finals)} seeds "
+          f"{args.overrides}")
     return 0
 
 

@@ -20,3 +20,14 @@ def test_one_seed_one_epoch_on_generated_shards(synthetic_shards, capsys):
     per_epoch = re.search(r"seed 0: test ([0-9.]+) \(per epoch ([0-9. ]+)\)", out)
     assert per_epoch and float(per_epoch.group(1)) == float(per_epoch.group(2).split()[-1])
     assert 0.0 <= float(per_epoch.group(1)) <= 1.0
+
+
+def test_mirror_averaged_score_is_reported_beside_the_plain_one(synthetic_shards, capsys):
+    bench = load_bench("profile_seeds")
+    assert bench.main(["--shards", str(synthetic_shards), "--seeds", "0", "--flip-test", "schedule.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    got = re.search(r"seed 0: test ([0-9.]+) mirror-averaged ([0-9.]+) \(per epoch ([0-9. ]+)\)", out)
+    assert got and float(got.group(1)) == float(got.group(3).split()[-1])
+    assert 0.0 <= float(got.group(2)) <= 1.0
+    assert re.search(r"mean test [0-9.]+ sd [0-9.]+, mirror-averaged [0-9.]+ over 1 seeds", out)
+
