@@ -153,3 +153,18 @@ def test_cached_epochs_start_the_next_epoch_early_and_surface_pipeline_errors(ra
         assert list(empty.epoch()) == []
     finally:
         empty.close()
+
+
+def test_cached_epoch_started_early_mid_epoch_keeps_both_epochs_whole(ray_session):
+    """start_next() while an epoch is still being read plans the next one without touching it."""
+    batches = _cached(_dataset(16), seed=4)
+    try:
+        it = batches.epoch()
+        head = [next(it)]
+        batches.start_next()
+        first = _labels([*head, *it])
+        second = _labels(batches.epoch())
+    finally:
+        batches.close()
+    assert sorted(first) == sorted(second) == list(range(16))
+    assert first != second

@@ -100,8 +100,9 @@ class CachedEpochs:
         self.rows: dict[str, np.ndarray] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poster-augment")
         self._fill: Future | None = None
-        self._pending: deque[Future] | None = None  # the next epoch's first batches, started early
-        self._plan: list[tuple[np.ndarray, int]] = []
+        # the next epoch's plan (row indices and augmentation seed of each batch) and its first
+        # batches, already submitted: started early by start_next()
+        self._pending: tuple[list[tuple[np.ndarray, int]], deque[Future]] | None = None
         self.first_wait_s = 0.0
 
     def _load(self) -> dict[str, np.ndarray]:
@@ -120,8 +121,8 @@ class CachedEpochs:
                 "crop": torch.from_numpy(np.ascontiguousarray(out["crop"])),
                 "label": torch.from_numpy(np.asarray(out["label"], dtype=np.int64))}
 
-    def _submit(self, i: int) -> Future:
-        return self._pool.submit(self._batch, *self._plan[i])
+    def _submit(self, plan: list[tuple[np.ndarray, int]], i: int) -> Future:
+        return self._pool.submit(self._batch, *plan[i])
 
     def start_next(self) -> None:
         """Fill the cache (first epoch) or augment the next epoch's first batches now."""
@@ -136,8 +137,8 @@ class CachedEpochs:
             order = rng.permutation(n)
             starts = range(0, n - self.batch_size + 1, self.batch_size)  # drop_last: equal steps
             seeds = rng.integers(0, 2**63, size=len(starts))
-            self._plan = [(order[s:s + self.batch_size], int(k)) for s, k in zip(starts, seeds)]
-            self._pending = deque(self._submit(i) for i in range(min(self.prefetch, len(self._plan))))
+            plan = [(order[s:s + self.batch_size], int(k)) for s, k in zip(starts, seeds)]
+            self._pending = (plan, deque(self._submit(plan, i) for i in range(min(self.prefetch, len(plan)))))
 
     def epoch(self) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches; ``first_wait_s`` is set once the first one has arrived."""
@@ -147,14 +148,14 @@ class CachedEpochs:
             assert self._fill is not None
             self.rows = self._fill.result()  # re-raises a pipeline error from the background thread
         self.start_next()
-        pending, self._pending = self._pending, None
-        assert pending is not None
-        for i in range(len(self._plan)):
+        assert self._pending is not None
+        (plan, pending), self._pending = self._pending, None
+        for i in range(len(plan)):
             batch = pending.popleft().result()
             if i == 0:
                 self.first_wait_s = time.perf_counter() - t0
-            if i + self.prefetch < len(self._plan):
-                pending.append(self._submit(i + self.prefetch))
+            if i + self.prefetch < len(plan):
+                pending.append(self._submit(plan, i + self.prefetch))
             yield batch
 
     def close(self) -> None:
