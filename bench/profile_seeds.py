@@ -32,8 +32,8 @@ from pipeline import schema as S  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.builders import (build_ema, build_loss, build_model, build_optimizer,  # noqa: E402
                                      build_scheduler)
-from pipeline.train.data import carve_fraction, val_carve  # noqa: E402
-from pipeline.transforms import augment_batch, decode_batch, to_model_inputs  # noqa: E402
+from pipeline.train.data import batch_augmenter, carve_fraction, val_carve  # noqa: E402
+from pipeline.transforms import decode_batch, to_model_inputs  # noqa: E402
 
 
 def load_split(shards: Path, split: str, group: str = "") -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
     """Test accuracy after each epoch of one seed (global batch ``batch``, as DDP ranks x batch_size);
     with ``flip``, (plain, mirror-averaged) per epoch."""
     torch.manual_seed(seed)
-    d, rng = cfg.data, np.random.default_rng(seed)
+    augment, rng = batch_augmenter(cfg.data), np.random.default_rng(seed)
     model = build_model(cfg.model, classes, load_weights=False)
     loss_fn, opt = build_loss(cfg.loss), build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.schedule, opt)
@@ -75,9 +75,7 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
         perm = rng.permutation(len(train["label"]))
         for s in range(0, len(perm) - batch + 1, batch):  # drop the last partial batch, as the pipeline
             idx = perm[s:s + batch]
-            b = augment_batch({"image": train["image"][idx], "crop": train["crop"][idx], "label": train["label"][idx]},
-                              d.hflip, d.random_erasing, tuple(d.erasing_scale), d.gaussian_noise,
-                              d.crop_area_min, d.rotation)
+            b = augment({"image": train["image"][idx], "crop": train["crop"][idx], "label": train["label"][idx]})
             logits, feats = model(*to_model_inputs(b["image"], b["crop"]))
             loss, _ = loss_fn(logits, feats, torch.as_tensor(b["label"]))
             opt.zero_grad()

@@ -120,20 +120,14 @@ def resample(batch: dict[str, np.ndarray], weights: list[float], rng: np.random.
     return {k: v[idx] for k, v in batch.items()}
 
 
-AUGMENT_KEYS = ("hflip", "random_erasing", "erasing_scale", "gaussian_noise", "crop_area_min", "rotation")
 ROW_BYTES = (IMAGE_SIZE * IMAGE_SIZE + CROP_SIZE * CROP_SIZE) * 3  # one decoded row: face + landmark crop
 
 
-def batch_augmenter(d: Any) -> Callable[[dict[str, np.ndarray], np.random.Generator | None], dict[str, np.ndarray]]:
-    """``augment_batch`` with the ``data.*`` augmentation settings: (batch, rng) -> batch."""
-    cfg = {k: getattr(d, k) for k in AUGMENT_KEYS}
-    return functools.partial(_augment, cfg=cfg)
-
-
-def _augment(batch: dict[str, np.ndarray], rng: np.random.Generator | None = None, *,
-             cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    return augment_batch(batch, cfg["hflip"], cfg["random_erasing"], tuple(cfg["erasing_scale"]),
-                         cfg["gaussian_noise"], cfg["crop_area_min"], cfg["rotation"], rng=rng)
+def batch_augmenter(d: Any) -> Callable[..., dict[str, np.ndarray]]:
+    """``augment_batch`` with the ``data.*`` augmentation settings: ``aug(batch, rng=None)``."""
+    return functools.partial(augment_batch, hflip=d.hflip, erasing=d.random_erasing,
+                             erasing_scale=tuple(d.erasing_scale), noise=d.gaussian_noise,
+                             crop_area_min=d.crop_area_min, rotation=d.rotation)
 
 
 def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:

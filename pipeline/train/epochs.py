@@ -70,7 +70,7 @@ class EpochBatches:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-Augment = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
+Augment = Callable[..., dict[str, np.ndarray]]  # aug(batch, rng=generator) -> augmented batch
 CACHED_KEYS = ("image", "crop", "label")
 
 
@@ -116,7 +116,7 @@ class CachedEpochs:
     def _batch(self, idx: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
         rows = self.rows
         assert rows is not None
-        out = self.augment({k: rows[k][idx] for k in CACHED_KEYS}, np.random.default_rng(seed))
+        out = self.augment({k: rows[k][idx] for k in CACHED_KEYS}, rng=np.random.default_rng(seed))
         return {"image": torch.from_numpy(np.ascontiguousarray(out["image"])),
                 "crop": torch.from_numpy(np.ascontiguousarray(out["crop"])),
                 "label": torch.from_numpy(np.asarray(out["label"], dtype=np.int64))}
