@@ -57,6 +57,7 @@ def test_border_policy_fills_beyond_the_source(border):
     inside = cv2.warpAffine(np.ones(crop.shape[:2], np.uint8), m, (224, 224), flags=cv2.INTER_NEAREST)
     outside = cv2.erode((inside == 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # no edge blend
     assert outside.mean() > 0.05  # the template does reach beyond the crop
+    assert res.border_fill == pytest.approx((inside == 0).mean(), abs=0.02)  # the pixels counted
     band = res.image[outside].astype(np.int32)
     if border == "constant":
         assert band.max() == 0
@@ -66,6 +67,35 @@ def test_border_policy_fills_beyond_the_source(border):
         assert band.std(0).min() > 3 and (band.sum(1) == 0).mean() < 0.01
         edge_rows = res.image[:3].reshape(-1, 3)  # the top band follows the image, not one colour
         assert len(np.unique(edge_rows, axis=0)) > 20
+
+
+def test_border_fill_is_the_share_of_the_frame_beyond_the_source():
+    """A photo with room around the face fills nothing; a centred half-size source fills 3/4; a
+    CK+-like 48 px crop whose eyes sit 42 % apart, re-aligned (eyes ~25 % apart), fills ~0.6."""
+    from pipeline.faces.align import align_with_landmarks, five_from_68, transform_points
+    from pipeline.faces.geometry import source_fill
+
+    assert source_fill((224, 224, 3), np.array([[1.0, 0, 0], [0, 1, 0]]), 224) == 0.0
+    assert source_fill((112, 112), np.array([[1.0, 0, 56], [0, 1, 56]]), 224) == pytest.approx(0.75)
+    assert source_fill((10, 10), np.array([[1.0, 0, 500], [0, 1, 0]]), 224) == 1.0  # all outside
+    face = generate("happy", 3, seed=1)
+    assert align_with_landmarks(face.image, face.landmarks).border_fill < 0.05  # the whole photo
+    box = FR.Framing("ck-like", "box", 1.0, 48)  # the 68-point box, no margin: CK+48's tightness
+    m = FR.transform(box, face.landmarks, five_from_68(face.landmarks))
+    crop = cv2.warpAffine(face.image, m, (48, 48), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    tight = align_with_landmarks(crop, transform_points(face.landmarks, m))
+    assert 0.4 < tight.border_fill < 0.8, tight.border_fill
+
+
+def test_tight_crop_hint_only_for_mostly_tight_realigned_sets():
+    from pipeline.ingest.fill import tight_crop_hint
+
+    realigned = {"framing": {"origin": "detector"}, "border_fill": {"mean": 0.58, "rows_over_0.4": 926}}
+    hint = tight_crop_hint(realigned, 927)
+    assert hint and "926 of 927" in hint and "58%" in hint and "--keep-framing" in hint
+    assert tight_crop_hint(realigned, 2000) is None  # under half of the rows are tight
+    assert tight_crop_hint({**realigned, "framing": {"origin": "dataset"}}, 927) is None  # kept crops
+    assert tight_crop_hint({"framing": {"origin": "detector"}}, 927) is None  # manifests before the field
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +165,16 @@ def test_manifest_records_the_framing(ray_session, crops_tree, tmp_path, process
     m = read_manifest(tmp_path / "re")
     assert m["framing"]["name"] == "project" and m["framing"]["origin"] == "detector"
     assert m["framing"]["border"] == "replicate" and rep.landmarks_from == {"detector": 12}
+    # RAF-DB-like 100 px crops: about a third of each frame filled, not the CK+-like tightness
+    assert 0.1 < m["border_fill"]["mean"] < 0.4 and m["border_fill"]["rows_over_0.4"] < 6, m["border_fill"]
+    assert "tighter than the project framing" not in rep.summary()
 
     kept = ingest(IngestOptions("folder", str(tmp_path / "kept"), str(crops_tree), class_names=CLASSES,
                                 keep_framing=True, progress=False))
     m = read_manifest(tmp_path / "kept")
     assert m["framing"]["name"] == "dataset-crop" and m["framing"]["origin"] == "dataset"
     assert m["source"]["options"]["keep_framing"] is True and kept.written == 12
+    assert m["border_fill"] == {"mean": 0.0, "rows_over_0.4": 0}  # kept crops are only resized
     assert FR.record_of_manifest(m)["origin"] == "dataset"
 
     named = ingest(IngestOptions("folder", str(tmp_path / "named"), str(crops_tree), class_names=CLASSES,

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from pipeline.faces.geometry import (ALIGNED_SIZE, BORDERS, DEFAULT_BORDER, FramingError, box_region,  # noqa: F401
-                                     finish_face, as_rgb, fill, similarity_transform, template_5pts,
+                                     finish_face, as_rgb, fill, similarity_transform, source_fill, template_5pts,
                                      transform_points, warp_face)
 
 class FramingWarning(UserWarning):
@@ -147,13 +147,14 @@ def apply(rgb: np.ndarray, lm68: np.ndarray, five: np.ndarray, framing: Framing,
     """Cut the framing out of `rgb` given its landmarks (pixels) → ``FaceResult`` at 224."""
     m = transform(framing, np.asarray(lm68, np.float64), np.asarray(five, np.float64))
     out = warp_face(rgb, m, framing.size, framing.border)
+    filled = source_fill(rgb.shape, m, framing.size)
     lm = transform_points(lm68, m)
     if framing.size != ALIGNED_SIZE:  # the dataset's resolution, resized as ingest resizes it
         k = ALIGNED_SIZE / framing.size
         out = cv2.resize(out, (ALIGNED_SIZE, ALIGNED_SIZE),
                          interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
         lm = lm * k
-    return finish_face(out, lm, ALIGNED_SIZE, source)
+    return finish_face(out, lm, ALIGNED_SIZE, source, filled)
 
 
 def prepare_face(rgb: np.ndarray, framing: Framing | str | dict | None, processor: Any,

@@ -52,12 +52,16 @@ class FaceResult:
         crop: landmark-net input, RGB uint8 [112, 112, 3] (the aligned face resized).
         landmarks: 68 iBUG points in the aligned image, float32 [68, 2] in [0, 1].
         landmarks_from: "detector", "known" (given by the caller) or "mean_shape" (fallback).
+        border_fill: share of the frame that lay beyond the source image and was filled by the
+            border policy (0 for a photo with room around the face; ~0.6 for a CK+-like 48 px
+            crop re-aligned to the project framing, whose face then spans ~64 % of the side).
     """
 
     image: np.ndarray
     crop: np.ndarray
     landmarks: np.ndarray
     landmarks_from: str = "detector"
+    border_fill: float = 0.0
 
 
 def as_rgb(img: np.ndarray) -> np.ndarray:
@@ -123,10 +127,21 @@ def transform_points(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def finish_face(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str) -> FaceResult:
+def source_fill(shape: tuple[int, ...], m: np.ndarray, size: int) -> float:
+    """Share of the `size` x `size` frame that ``warp_face(rgb of shape, m)`` fills from the border
+    policy: 1 minus the area of the source rectangle mapped by `m`, clipped to the frame."""
+    h, w = shape[:2]
+    quad = transform_points(np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64), m).astype(np.float32)
+    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(quad, frame)
+    return float(np.clip(1.0 - max(inside, 0.0) / float(size * size), 0.0, 1.0))
+
+
+def finish_face(aligned: np.ndarray, lm_px: np.ndarray, size: int, source: str,
+                border_fill: float = 0.0) -> FaceResult:
     crop = cv2.resize(aligned, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
     lm = np.clip(np.asarray(lm_px, dtype=np.float64) / size, 0.0, 1.0).astype(np.float32)
-    return FaceResult(image=aligned, crop=crop, landmarks=lm, landmarks_from=source)
+    return FaceResult(image=aligned, crop=crop, landmarks=lm, landmarks_from=source, border_fill=border_fill)
 
 
 def box_region(rgb: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:

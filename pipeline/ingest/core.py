@@ -23,6 +23,7 @@ import pyarrow as pa
 from pipeline import schema as S
 from pipeline.ingest import output
 from pipeline.ingest.errors import IngestError, OutputExistsError  # noqa: F401  (re-exported)
+from pipeline.ingest.fill import tight_crop_hint
 from pipeline.ingest.options import IngestOptions
 from pipeline.ingest.records import RECORD_SCHEMA, resolve_classes
 from pipeline.ingest.sources import Root, SourceOptions, get_source
@@ -78,7 +79,8 @@ class IngestReport:
             lines.append(f"duplicates kept within a split: {self.duplicates_within_split} (--dedupe drops them)")
         lm = ", ".join(f"{k} {v}" for k, v in sorted(self.landmarks_from.items()))
         lines.append(f"landmarks from: {lm or '-'}; {self.shards} shards; {self.seconds:.1f} s -> {self.out}")
-        return "\n".join(lines)
+        hint = tight_crop_hint(self.manifest, self.written)
+        return "\n".join(lines + ([hint] if hint else []))
 
 
 @dataclass

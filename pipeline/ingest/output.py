@@ -27,6 +27,7 @@ from pyarrow import fs as pafs
 
 from pipeline import schema as S
 from pipeline.ingest.errors import IngestError, OutputExistsError
+from pipeline.ingest.fill import border_fill_stats
 
 # Which copy of a duplicated image is kept: the most held-out split wins, so test data never
 # leaks into train through a second copy.
@@ -93,6 +94,7 @@ class Result:
     rejects_by_reason: dict[str, int]
     duplicates_within_split: int
     landmarks_from: dict[str, int]
+    border_fill: dict[str, float] = field(default_factory=dict)
     shards: list[dict] = field(default_factory=list)
     strays_removed: list[str] = field(default_factory=list)
 
@@ -150,6 +152,7 @@ def finalize(summary: pa.Table, staging: str, dedupe: bool) -> Result:
         rejects_by_reason=dict(Counter(r["reason"] for r in rejected)),
         duplicates_within_split=within,
         landmarks_from=dict(Counter(r["landmarks_from"] for r in kept)),
+        border_fill=border_fill_stats([r["border_fill"] or 0.0 for r in kept]),
         shards=[{"path": f, "split": s, "rows": n} for (f, s), n in sorted(shards.items())],
         strays_removed=strays)
 
@@ -214,6 +217,7 @@ def build_manifest(result: Result, *, classes: list[str], class_order: str, sour
         "rejects_by_reason": dict(sorted(result.rejects_by_reason.items())),
         "duplicates_within_split": result.duplicates_within_split,
         "landmarks_from": result.landmarks_from,
+        "border_fill": result.border_fill,
         "shards": result.shards,
         "strays_removed": len(result.strays_removed),
         "content_hash": content_hash(result.kept, list(classes)),

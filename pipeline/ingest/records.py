@@ -33,7 +33,8 @@ RECORD_SCHEMA = pa.schema([
 # What the actor pool returns: the shard columns plus the reject reason carried through the map.
 OUT_SCHEMA = pa.schema([f.with_nullable(True) for f in S.SCHEMA]
                        + [pa.field("reason", pa.string()), pa.field("detail", pa.string()),
-                          pa.field("landmarks_from", pa.string()), S.GROUP_FIELD.with_nullable(True)])
+                          pa.field("landmarks_from", pa.string()), pa.field("border_fill", pa.float32()),
+                          S.GROUP_FIELD.with_nullable(True)])
 
 
 def record(source_ref: str, split: str = "", label_name: str = "", *, path: str = "",

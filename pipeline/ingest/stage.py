@@ -179,7 +179,8 @@ class FaceStage:
         q = self.cfg.jpeg_quality
         out.update(image=encode_jpeg(result.image, q), landmark_crop=encode_jpeg(result.crop, q),
                    landmarks=result.landmarks.reshape(-1).astype(np.float32),
-                   label=self.index[out["label_name"]], landmarks_from=result.landmarks_from)
+                   label=self.index[out["label_name"]], landmarks_from=result.landmarks_from,
+                   border_fill=result.border_fill)
 
     def _face(self, rgb, known, box):
         mode = self.cfg.mode
@@ -232,6 +233,8 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
             cols[f.name] = pa.array([r.get(S.GROUP) for r in rows], pa.string())
         elif pa.types.is_binary(f.type):
             cols[f.name] = pa.array([r.get(f.name, b"") for r in rows], pa.binary())
+        elif pa.types.is_floating(f.type):
+            cols[f.name] = pa.array([float(r.get(f.name) or 0.0) for r in rows], f.type)
         else:
             cols[f.name] = pa.array([r.get(f.name, "") or "" for r in rows], f.type)
     return pa.table(cols, schema=OUT_SCHEMA)
@@ -245,6 +248,7 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("file", pa.string()), pa.field("row", pa.int32()),
     pa.field("reason", pa.string()), pa.field("detail", pa.string()),
     pa.field("digest", pa.string()), pa.field("landmarks_from", pa.string()),
+    pa.field("border_fill", pa.float32()),
 ])
 
 
@@ -275,7 +279,7 @@ def write_shards(batch: pa.Table, staging: str) -> pa.Table:
 
 
 def _summary(out, batch, i, file, row, digest):
-    for k in ("source_ref", "split", "label", "sample_id", "reason", "detail", "landmarks_from"):
+    for k in ("source_ref", "split", "label", "sample_id", "reason", "detail", "landmarks_from", "border_fill"):
         out[k].append(batch.column(k)[i].as_py())
     out["file"].append(file)
     out["row"].append(row)
