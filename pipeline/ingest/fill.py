@@ -26,4 +26,4 @@ def tight_crop_hint(manifest: dict, written: int) -> str | None:
             f"{mean:.0%} of each frame on average is border fill and the source spans ~{(1 - mean) ** 0.5:.0%} "
             "of its side. Tight crops trained and tested in their own framing keep their resolution with "
             "--keep-framing (CK+-like lab48 faces split by person: test ~0.95 kept vs ~0.91 re-aligned); the "
-            "default keeps the framing predict cuts from photos (docs/ingest.md, \"Framings\").")
+            "default keeps the framing predict cuts from photos (docs/ingest.md, \"Tight crops\").")
