@@ -93,6 +93,8 @@ def test_tight_crop_hint_only_for_mostly_tight_realigned_sets():
     realigned = {"framing": {"origin": "detector"}, "border_fill": {"mean": 0.58, "rows_over_0.4": 926}}
     hint = tight_crop_hint(realigned, 927)
     assert hint and "926 of 927" in hint and "58%" in hint and "--keep-framing" in hint
+    assert "--margin 1.2 " in hint  # 0.8 / sqrt(1 - 0.58): the source fills the frame again
+    assert "--margin 1.9 " in tight_crop_hint({**realigned, "framing": {"origin": "detector", "margin": 1.2}}, 927)
     assert tight_crop_hint(realigned, 2000) is None  # under half of the rows are tight
     assert tight_crop_hint({**realigned, "framing": {"origin": "dataset"}}, 927) is None  # kept crops
     assert tight_crop_hint({"framing": {"origin": "detector"}}, 927) is None  # manifests before the field

@@ -63,9 +63,17 @@ class Framing:
         return dataclasses.replace(self, **kw)
 
 
-PROJECT = Framing("project", "template", 0.8, 224, DEFAULT_BORDER,
-                  "pipeline.faces.align: MediaPipe face mesh, 5 points on a symmetric ArcFace template "
-                  "shrunk by 0.8 (jaw and brows inside), eye line level, 224 px")
+def _project_text(margin: float) -> str:
+    return ("pipeline.faces.align: MediaPipe face mesh, 5 points on a symmetric ArcFace template "
+            f"scaled by {margin:g} (0.8: jaw and brows inside), eye line level, 224 px")
+
+
+PROJECT = Framing("project", "template", 0.8, 224, DEFAULT_BORDER, _project_text(0.8))
+
+
+def project(margin: float = PROJECT.margin, border: str = DEFAULT_BORDER) -> Framing:
+    """The project framing at ingest's ``--margin`` / ``--border`` (the description says which)."""
+    return PROJECT.with_(margin=margin, border=border, description=_project_text(margin))
 # RAF-DB's aligned set: a 5-point similarity (eyes, nose, mouth corners) to 100x100. RAF-DB does
 # not publish its template; the tight ArcFace template (margin 1.0) at 100 px is our stand-in.
 RAFDB_ALIGNED = Framing("rafdb-aligned", "template", 1.0, 100, DEFAULT_BORDER,

@@ -123,7 +123,7 @@ class IngestOptions:
             raise ValueError(f"--border {self.border!r}: choose from {FR.BORDERS}")
         if self.keep_framing:
             return FR.kept_framing(self.source, self.keep_framing if isinstance(self.keep_framing, str) else None)
-        return FR.PROJECT.with_(margin=self.margin, border=self.border)
+        return FR.project(self.margin, self.border)
 
     def recorded(self) -> dict[str, Any]:
         """The options the manifest records under source.options (the scale knobs are left out)."""

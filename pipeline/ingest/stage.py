@@ -135,7 +135,7 @@ class FaceStage:
 
         # skip mode keeps the dataset's crop; the detector there only measures landmarks
         if self.cfg.framing is None or self.cfg.mode == "skip":
-            return FR.PROJECT.with_(margin=self.cfg.margin)
+            return FR.project(self.cfg.margin)
         return FR.get(self.cfg.framing)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
