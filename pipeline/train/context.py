@@ -86,3 +86,9 @@ class RankContext:
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated and kept as "best": the EMA average when enabled."""
         return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    @property
+    def synced_modules(self) -> list[torch.nn.Module]:
+        """The modules whose buffers must agree over ranks at each epoch's end: the trained one
+        (checkpointed) and the EMA average (evaluated), when there is one."""
+        return [unwrap(self.model)] + ([self.ema.module] if self.ema is not None else [])

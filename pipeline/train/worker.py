@@ -27,7 +27,7 @@ from pipeline.train.context import RankContext, WorkerJob
 from pipeline.train.data import batch_augmenter
 from pipeline.train.epochs import CachedEpochs, EpochBatches
 from pipeline.train.identity import write_stop
-from pipeline.train.rank_eval import allreduce_sum, iter_partition
+from pipeline.train.rank_eval import allreduce_sum, average_buffers, iter_partition
 from pipeline.train.step import optimizer_steps, skip_nonfinite, train_step
 from pipeline.transforms import to_model_inputs
 
@@ -45,6 +45,7 @@ def train_fn_per_worker(loop_config: dict[str, WorkerJob]) -> None:
             break
         metrics["lr"] = ctx.scheduler.get_last_lr()[0]  # the lr this epoch ran with
         ctx.scheduler.step()
+        average_buffers(ctx.synced_modules, ctx.dist_device)  # evaluate the weights rank 0 saves
         metrics.update(validate(ctx))
         report_epoch(ctx, metrics)
     finish(ctx)
