@@ -40,7 +40,8 @@ def test_registry_and_legacy_manifests():
     assert FR.of_manifest(legacy_skip).name == "rafdb-aligned"
     assert FR.record_of_manifest(legacy_skip)["origin"] == "dataset"
     legacy = {"detector": {"mode": "auto", "margin": 0.7}, "source": {"name": "folder"}}
-    assert FR.of_manifest(legacy) == FR.PROJECT.with_(margin=0.7, border="constant")  # old black fill
+    assert FR.of_manifest(legacy) == FR.project(0.7, border="constant")  # old black fill
+    assert "scaled by 0.7 " in FR.of_manifest(legacy).description  # the margin it was cut at
     assert FR.of_extra({}) is FR.PROJECT and FR.of_extra({"framing": {"name": "dataset-crop"}}).name == "dataset-crop"
 
 
@@ -302,3 +303,14 @@ def test_model_card_names_the_framing():
     assert "Re-ingest without --keep-framing" in kept
     official = card("rafdb-aligned")
     assert "**Framing**: `rafdb-aligned` — RAF-DB basic" in official and "Re-ingest" not in official
+
+
+def test_face_processor_records_the_margin_it_cuts_at():
+    pytest.importorskip("mediapipe")
+    from pipeline.faces.align import FaceProcessor
+
+    proc = FaceProcessor(margin=1.2)
+    try:
+        assert proc.framing == FR.project(1.2) and "scaled by 1.2 " in proc.framing.description
+    finally:
+        proc.close()

@@ -86,7 +86,7 @@ def align_with_landmarks(rgb: np.ndarray, lm68_px: np.ndarray, margin: float = D
     lm68_px = np.asarray(lm68_px, dtype=np.float64).reshape(68, 2)
     if not np.all(np.isfinite(lm68_px)):
         raise NoFaceError("non-finite landmarks")
-    framing = framing or FR.PROJECT.with_(margin=margin)
+    framing = framing or FR.project(margin)
     return FR.apply(rgb, lm68_px, five_from_68(lm68_px), framing, source)
 
 
@@ -109,7 +109,7 @@ class FaceProcessor:
         import mediapipe as mp  # lazy: the package imports without mediapipe
 
         self.margin = margin
-        self.framing = FR.get(framing) if framing is not None else FR.PROJECT.with_(margin=margin)
+        self.framing = FR.get(framing) if framing is not None else FR.project(margin)
         self.min_side = min_side
         self.pad_retry = pad_retry
         self._mesh = mp.solutions.face_mesh.FaceMesh(

@@ -120,7 +120,7 @@ def of_manifest(manifest: dict[str, Any]) -> Framing:
     src = manifest.get("source") or {}
     if det.get("mode") == "skip":
         return kept_framing(src.get("name", "") if isinstance(src, dict) else str(src))
-    return PROJECT.with_(margin=float(det.get("margin", PROJECT.margin)), border="constant")
+    return project(float(det.get("margin", PROJECT.margin)), border="constant")
 
 
 def record_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
