@@ -27,10 +27,17 @@ def iter_partition(iterator: Any, rank: int, world: int, batch_size: int) -> Ite
         yield partition_rows(batch, rank, world)
 
 
+def group_world() -> int:
+    """Ranks in the initialised default process group; 1 without one (unit tests, one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 def allreduce_sum(x: np.ndarray, device: torch.device | str) -> np.ndarray:
     """Sum an array (a confusion matrix, a loss sum) over all DDP ranks, dtype kept (no-op
     without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if group_world() <= 1:
         return x
     t = torch.as_tensor(np.asarray(x), device=device)
     torch.distributed.all_reduce(t)
@@ -47,9 +54,7 @@ def average_buffers(modules: Iterable[torch.nn.Module], device: torch.device | s
     weights rank 0 never saves: the logged test accuracy and the logged model's differed by a few
     rows. Averaging (timm's ``distribute_bn`` "reduce") gives every rank one set of statistics
     over all ranks' last batches."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    world = torch.distributed.get_world_size()
+    world = group_world()
     bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
     if world <= 1 or not bufs:
         return

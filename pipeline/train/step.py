@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.train.context import RankContext
+from pipeline.train.rank_eval import group_world
 
 
 class NonFiniteStep(FloatingPointError):
@@ -61,7 +62,7 @@ def _finite_on_all_ranks(total: torch.Tensor, ctx: RankContext) -> bool:
     """One rank skipping backward while others run it would hang DDP's all-reduce, so the ranks
     agree first (one scalar all-reduce per step)."""
     bad = torch.tensor([0.0 if bool(torch.isfinite(total)) else 1.0], device=ctx.dist_device)
-    if ctx.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if group_world() > 1:
         torch.distributed.all_reduce(bad)
     return float(bad.item()) == 0.0
 
