@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import positive_int
+from pipeline.cli import local_out, positive_int
 from pipeline.config import REPO_ROOT, RUNS_DIR
 from pipeline.synth import TRAIN_OVERRIDES
 
@@ -43,15 +43,19 @@ def run_id_of(uri: str, run_name: str) -> str:
     return runs[0].info.run_id
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
+    p.add_argument("--out", type=local_out, default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
     p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class")
     p.add_argument("--trials", type=positive_int, default=3, help="Tune trials")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the main training run")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI uses this to keep it from rotting)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from pipeline.cli import non_negative_float, positive_int
+from pipeline.cli import local_out, non_negative_float, positive_int
 from pipeline.registry import versions
 from pipeline.registry.history import ReviewConflict
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError,
@@ -22,7 +22,7 @@ def _print_rows(rows: list[dict[str, Any]], cols: list[str]) -> None:
         print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI "
                                                "or sqlite:///<repo>/runs/mlflow.db)")
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     v.add_argument("--allow-other-shards", action="store_true",
                    help="compare on shards whose manifest differs from the training one")
     v.add_argument("--batch-size", type=positive_int, default=64)
-    v.add_argument("--out", help="also write report.txt, review.json and confusion PNGs here")
+    v.add_argument("--out", type=local_out, help="also write report.txt, review.json and confusion PNGs here")
 
     sub.add_parser("list", parents=[common], help="versions, aliases and key metrics")
     s = sub.add_parser("show", parents=[common], help="one version's tags and model card")
@@ -66,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--experiment", default=DEFAULT_IMPORT_EXPERIMENT)
     o.add_argument("--alias", default=CHALLENGER)
     o.add_argument("--no-register", action="store_true", help="only create the run and log the model")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _cmd_register(args: argparse.Namespace) -> None:

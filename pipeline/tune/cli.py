@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import non_negative_float, positive_int
+from pipeline.cli import int_range, non_negative_float, non_negative_int, positive_int, seed
 from pipeline.config import ConfigError, load_config
 from pipeline.runtime import ensure_ray
 from pipeline.tune import sweep as sweep_module
@@ -12,14 +12,7 @@ from pipeline.tune.search import SweepCfg, SweepError
 from pipeline.tune.sweep import run_sweep
 
 
-def _halving(text: str) -> int:
-    v = positive_int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
-    return v
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     d = SweepCfg()
     p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=sweep_module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,13 +26,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
     p.add_argument("--grace-period", type=positive_int, default=d.grace_period, help="ASHA: epochs before a stop")
-    p.add_argument("--reduction-factor", type=_halving, default=d.reduction_factor, help="ASHA halving rate")
+    p.add_argument("--reduction-factor", type=int_range(2), default=d.reduction_factor, help="ASHA halving rate")
     p.add_argument("--trial-cpus", type=non_negative_float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
-    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
+    p.add_argument("--max-failures", type=non_negative_int, default=d.max_failures, help="retries of a crashed trial")
+    p.add_argument("--seed", type=seed, default=d.seed, help="seed of the search algorithm")
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides of the base config")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def sweep_cfg_from_args(args: argparse.Namespace) -> SweepCfg:
