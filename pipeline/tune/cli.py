@@ -1,4 +1,8 @@
-"""`python -m pipeline.tune`: the command line over `pipeline.tune.sweep`."""
+"""`python -m pipeline.tune`: the command line over `pipeline.tune.sweep`.
+
+Exit status: 0 done; 2 bad usage, config, shards or space; 5 the sweep finished but MLflow stayed
+unreachable while recording it (the printed ``--resume --name`` command records it, training nothing).
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +14,8 @@ from pipeline.runtime import ensure_ray
 from pipeline.tune import sweep as sweep_module
 from pipeline.tune.search import SweepCfg, SweepError
 from pipeline.tune.sweep import run_sweep
+
+EXIT_NOT_RECORDED = 5  # the sweep finished but MLflow stayed unreachable: `--resume --name` records it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[tune] best trial {out.best.trial_id}: {out.metric}={out.best.score:.4f} "
               f"run {out.best.run_id}; registered version: {out.registered_version}")
     print(f"[tune] MLflow parent run {out.parent_run_id} in '{out.experiment}' at {out.tracking_uri}")
-    return 0
+    return 0 if out.recorded else EXIT_NOT_RECORDED
