@@ -316,7 +316,7 @@ def test_sweep_names_the_best_completed_trial(sweep) -> None:
     except ImportError:
         assert result.registered_version is None
         return
-    version = _client(result).get_model_version_by_alias(cfg.registry_name, cfg.alias)
+    version = _client(result).get_model_version_by_alias(cfg.registry_name + "-candidates", cfg.alias)
     assert version.run_id == result.best.run_id and str(version.version) == result.registered_version
 
 

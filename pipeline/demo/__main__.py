@@ -5,6 +5,8 @@
 Each step is the real CLI (printed before it runs), so the demo doubles as a cookbook:
 generate raw faces → ingest with the real detector → train (configs/smoke.yaml: one worker) → register + review +
 promote → Tune sweep (best trial registered as challenger) → review → predict → summary.
+Training registers into poster-fer-candidates; only the review copies a version into the served
+poster-fer (docs/registry.md, "Who may promote").
 """
 from __future__ import annotations
 
@@ -84,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     step("3. train POSTER-tiny (configs/smoke.yaml) on a local Ray",
          [py, "-m", "pipeline.train", "--config", "configs/smoke.yaml", *common,
           f"run.name=demo-train-{tag}", f"schedule.epochs={a.epochs}"], env)
-    step("4. register the run as poster-fer@challenger",
+    step("4. register the run as poster-fer-candidates@challenger (training's side of the registry)",
          [py, "-m", "pipeline.registry", "register", "--run-id", run_id_of(uri, f"demo-train-{tag}")], env)
-    step("5. review challenger vs champion on the test shards, promote",
+    step("5. review challenger vs champion on the test shards; promote = copy into poster-fer, @champion",
          [py, "-m", "pipeline.registry", "review", "--shards", str(shards), "--promote", *other], env)
-    step("6. Tune sweep over loss mixtures (best trial → @challenger)",
+    step("6. Tune sweep over loss mixtures (best trial → poster-fer-candidates@challenger)",
          [py, "-m", "pipeline.tune", "--config", "configs/smoke.yaml", "--space", "tune_spaces/loss_mix.py",
           "--num-samples", str(a.trials), "--name", f"demo-sweep-{tag}", *common,
           # one worker a trial: its start-up is most of a short trial, and one rank starts ~9 s
