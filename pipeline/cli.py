@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -23,23 +24,59 @@ def _number(kind: type, text: str) -> float:
     return value
 
 
-def _ranged(kind: type, ok: Callable[[float], bool], what: str, doc: str) -> Callable[[str], float]:
-    """An argparse type: `kind` parsed by ``_number``, refused unless ``ok(value)``."""
+def _ranged(kind: type, ok: Callable[[float], bool], what: str, doc: str,
+            bad: tuple[str, ...]) -> Callable[[str], float]:
+    """An argparse type: `kind` parsed by ``_number``, refused unless ``ok(value)``.
+
+    ``bad`` lists values the type must refuse: tests/test_cli_flags.py feeds each one to every flag
+    of this type, so a flag is only as checked as its type says."""
     def parse(text: str):
         v = kind(_number(kind, text))
         if not ok(v):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return v
     parse.__doc__ = doc
+    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
+    parse.bad_values = bad + ("nan", "x")  # type: ignore[attr-defined]
     return parse
 
 
-positive_int = _ranged(int, lambda v: v >= 1, "an integer >= 1", "An integer >= 1 (batch sizes, counts, concurrency).")
-non_negative_int = _ranged(int, lambda v: v >= 0, "an integer >= 0", "An integer >= 0.")
-non_negative_float = _ranged(float, lambda v: v >= 0, "a finite number >= 0", "A finite number >= 0 (margins, CPU shares).")
-positive_float = _ranged(float, lambda v: v > 0, "a finite number > 0", "A finite number > 0.")
-fraction = _ranged(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)", "A share in [0, 1).")
-fraction_closed = _ranged(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]", "A share in [0, 1].")
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (no upper bound when ``hi`` is None)."""
+    what = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+    bad = (str(lo - 1), str(lo - 10)) + (() if hi is None else (str(hi + 1),))
+    return _ranged(int, lambda v: v >= lo and (hi is None or v <= hi), what, f"An integer, {what}.", bad)
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+seed = _ranged(int, lambda v: 0 <= v < 2**32, "an integer in 0..2**32-1", "A random seed (numpy's range).",
+               ("-1", str(2**32)))
+non_negative_float = _ranged(float, lambda v: v >= 0, "a finite number >= 0",
+                             "A finite number >= 0 (margins, CPU shares).", ("-0.5", "inf", "-inf"))
+positive_float = _ranged(float, lambda v: v > 0, "a finite number > 0", "A finite number > 0.",
+                         ("0", "-1", "inf"))
+fraction = _ranged(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)", "A share in [0, 1).",
+                   ("-0.1", "1", "1.5", "inf"))
+fraction_closed = _ranged(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]", "A share in [0, 1].",
+                          ("-0.1", "1.01", "inf"))
+
+
+def local_out(text: str) -> str:
+    """An argparse type for an output folder: refused when it, or a folder above it, is an existing
+    file (mkdir would fail deep inside the command with a traceback). URIs pass through."""
+    if "://" in text:
+        return text
+    p = Path(text).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise argparse.ArgumentTypeError(f"{q} is a file, not a folder; choose another output path")
+            break
+    return text
+
+
+local_out.bad_values = ()  # type: ignore[attr-defined]  # needs a file on disk; tests/test_cli_errors.py
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -60,8 +60,10 @@ def _fail_fast():
                 os.environ[k] = v
 
 
-def with_retry(fn, what: str, timeout_s: float = FLUSH_TIMEOUT_S, first_wait_s: float = 1.0):
-    """``fn()`` retried with exponential backoff (max 30 s) while the failure is transient."""
+def with_retry(fn, what: str, timeout_s: float | None = None, first_wait_s: float = 1.0):
+    """``fn()`` retried with exponential backoff (max 30 s) while the failure is transient, for up
+    to ``timeout_s`` (default ``FLUSH_TIMEOUT_S``, read at call time)."""
+    timeout_s = FLUSH_TIMEOUT_S if timeout_s is None else timeout_s
     deadline, wait, warned = time.monotonic() + timeout_s, first_wait_s, False
     while True:
         try:
@@ -133,14 +135,14 @@ class MlflowTracker:
     to ``flush_timeout_s``, and reports clearly what could not be sent.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, flush_timeout_s: float = FLUSH_TIMEOUT_S,
+    def __init__(self, tracking_uri: str, run_id: str, flush_timeout_s: float | None = None,
                  buffered: bool = False):
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.run_id = run_id
-        self.flush_timeout_s = flush_timeout_s
+        self.flush_timeout_s = FLUSH_TIMEOUT_S if flush_timeout_s is None else flush_timeout_s
         self._queue: deque = deque()  # (description, callable)
         self._retry_at = 0.0  # monotonic time of the next attempt while the server is down
         self._backoff = 1.0

@@ -3,6 +3,7 @@ restarts by the PID it started (the server's own process group), never by name."
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,11 +20,38 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None):
+    """``auth=True`` runs MLflow's basic-auth app (every request needs a user; per-model
+    permissions): the admin's password goes to the server in its environment, never in argv, and
+    ``admin_env`` gives it to a client the same way (MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+
+    def __init__(self, root: Path, port: int | None = None, auth: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.auth = auth
+        self.admin_password = secrets.token_urlsafe(16)
+        self.secret_key = secrets.token_urlsafe(32)
+
+    @property
+    def admin_env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": self.admin_password}
+
+    def _auth_args(self) -> tuple[list[str], dict[str, str]]:
+        if not self.auth:
+            return [], {}
+        ini = self.root / "basic_auth.ini"
+        ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                       f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
+                       "admin_username = admin\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                       # without it every request re-hashes the password (PBKDF2): seconds per
+                       # model log on 2 busy cores
+                       "auth_cache_ttl_seconds = 300\n")
+        return ["--app-name", "basic-auth"], {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                                              "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
+                                              # the app's CSRF key; one per server, kept across restarts
+                                              "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key}
 
     @property
     def uri(self) -> str:
@@ -31,10 +59,12 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 180.0) -> "MlflowServer":
         mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+        auth_args, auth_env = self._auth_args()
         self.proc = subprocess.Popen(
             [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
+             "--artifacts-destination", str(self.root / "artifacts"), *auth_args],
+            env={**os.environ, **auth_env},
             stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)  # own process group: stop() ends the server and its workers only
         deadline = time.monotonic() + timeout_s

@@ -33,6 +33,8 @@ CASES = [
     (["pipeline.registry", "review", "--shards", MISSING, "--tracking-uri", "sqlite:///{tmp}/m.db"], 2, MISSING),
     (["pipeline.predict", "{tmp}/none.jpg", "--model", "{tmp}/none.pt"], 2, "cannot load model"),
     (["pipeline.demo", "--epochs", "0"], 2, "--epochs"),
+    (["pipeline.predict", "--input-dir", "{tmp}", "--out", "{tmp}/p.parquet", "--batch-size", "0"], 2, "--batch-size"),
+    (["pipeline.synth", "--out", "/dev/null/faces", "--per-class", "2"], 2, "not a folder"),
 ]
 
 

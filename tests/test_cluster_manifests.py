@@ -522,7 +522,7 @@ def test_working_dir_upload_is_small(tmp_path):
 
 
 def test_every_cluster_file_starts_with_its_command():
-    commands = ("ray ", "kubectl ", "docker ", "cluster/local.sh")
+    commands = ("ray ", "kubectl ", "docker ", "cluster/local.sh", "aws ")
     for path in sorted(p for p in CLUSTER.rglob("*") if p.is_file() and p.suffix != ".md"):
         lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#!")]
         assert lines[0].startswith("# ") and any(c in lines[0] for c in commands), (
@@ -666,13 +666,31 @@ def test_ray_pods_use_the_trainer_mlflow_identity_never_the_reviewer():
     assert "mlflow-reviewer" not in text
 
 
-def test_aws_mlflow_runs_behind_basic_auth_with_secrets_from_the_secret_store():
+ADMIN_MARKS = ("mlflow-basic-auth", "MLFLOW_AUTH", "basic_auth.ini", "admin_password", "mlflow-auth",
+               "mlflow server", "mlflow-reviewer")
+
+
+def test_no_ray_node_or_job_gets_mlflow_admin_rights():
+    """Job drivers run on the Ray head (and submitters beside it): no command a Ray node runs and no
+    Ray pod may hold the MLflow admin configuration, the reviewer, or the MLflow server itself
+    (whose database a job could otherwise edit behind the permission checks)."""
     doc = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
-    head = " ".join(doc["head_start_ray_commands"])
-    assert "mlflow server --app-name basic-auth" in head and "MLFLOW_AUTH_CONFIG_PATH=" in head
-    setup = " ".join(doc["setup_commands"] + doc["head_setup_commands"])
-    assert "poster-ray/mlflow-trainer" in " ".join(doc["setup_commands"])          # every node: trainer
-    assert "poster-ray/mlflow-basic-auth" in " ".join(doc["head_setup_commands"])  # head only: admin
-    assert "poster-ray/mlflow-basic-auth" not in " ".join(doc["setup_commands"])
-    assert "reviewer" not in setup
+    node_keys = [k for k in doc if k.endswith("_commands")]
+    assert {"setup_commands", "head_start_ray_commands", "worker_start_ray_commands"} <= set(node_keys)
+    node_text = " ".join(str(doc[k]) for k in node_keys) + " " + str(doc.get("file_mounts"))
+    for mark in ADMIN_MARKS:
+        assert mark not in node_text, mark
+    assert "poster-ray/mlflow-trainer" in " ".join(doc["setup_commands"])  # the trainer only
     assert secret_findings(doc) == []
+    host = (CLUSTER / "mlflow_host.sh").read_text()  # the admin config lives on the MLflow host alone
+    assert "poster-ray/mlflow-basic-auth" in host and "mlflow server --app-name basic-auth" in host
+    assert "ray start" not in host and "poster-ray/mlflow-trainer" not in host
+    for path in KUBERAY.glob("ray*.yaml"):  # KubeRay: only the MLflow Deployment mounts mlflow-auth
+        text = path.read_text()
+        for mark in ADMIN_MARKS:
+            assert mark not in text, (path.name, mark)
+    auth_users = [d for _, d in kuberay_docs() if "mlflow-auth" in json.dumps(d)]
+    assert [d["kind"] for d in auth_users] == ["Deployment"]
+    assert auth_users[0]["metadata"]["name"] == "mlflow"
+    readme = (CLUSTER / "README.md").read_text()
+    assert "cluster/mlflow_host.sh" in readme and "Where the MLflow admin credentials live" in readme

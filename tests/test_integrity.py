@@ -56,8 +56,9 @@ def _review_rows(src: Path, dst: Path) -> str:
 
 def _aliases(uri: str) -> dict[str, str]:
     from pipeline.registry import client_for
+    from registry_layout import aliases
 
-    return {k: str(v) for k, v in client_for(uri).get_registered_model(NAME).aliases.items()}
+    return aliases(client_for(uri), NAME)
 
 
 def _in_threads(fns):
@@ -141,13 +142,13 @@ def test_concurrent_reviews_and_a_registration_keep_the_champion_honest(server, 
     hist = review_history(client_for(uri), NAME)
     decisions = [h["decision"] for h in hist]
     assert decisions.count("aborted") >= 2 and decisions.count("promoted") == 2, decisions
-    champion = "none"
+    champion = "none"  # a served version: each promotion copies the candidate into the served model
     for h in hist:
         if h["decision"] == "promoted":
             assert h.get("applied") == "true", h
             assert h["champion_version"] == champion, (h, champion)
-            champion = h["challenger_version"]
-    assert champion == v3
+            champion = h["served_version"]
+    assert champion == client_for(uri).get_model_version_by_alias(NAME, "champion").version
     recorded = {(h["decided_by"], h["decision"]) for h in hist}
     assert {("a", "aborted"), ("b", "aborted")} <= recorded
     assert sum(1 for h in hist if h["decided_by"] in ("c", "d")) == sum(

@@ -66,11 +66,14 @@ def _client(uri):
 
 
 def _aliases(uri) -> dict[str, str]:
-    return {k: str(v) for k, v in _client(uri).get_registered_model(NAME).aliases.items()}
+    """@challenger of the candidates model, and @champion as the candidate version it is a copy of."""
+    from registry_layout import aliases
+
+    return aliases(_client(uri), NAME)
 
 
 def _tags(uri, version) -> dict[str, str]:
-    return dict(_client(uri).get_model_version(NAME, version).tags)
+    return dict(_client(uri).get_model_version(NAME + "-candidates", version).tags)
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +173,13 @@ def test_version_tags_and_model_card(flow, runs):
     run_commit = _client(uri).get_run(runs["good"].run_id).data.tags.get("mlflow.source.git.commit")
     if run_commit:  # the commit the run was trained at (HEAD may have moved since)
         assert t["git_commit"] == run_commit
-    mv = _client(uri).get_model_version(NAME, v2)
-    assert mv.description.startswith(f"# Model card: {NAME} v{v2}")
+    mv = _client(uri).get_model_version(NAME + "-candidates", v2)
+    assert mv.description.startswith(f"# Model card: {NAME}-candidates v{v2}")
+    assert f"served as `{NAME}@champion` only after a review" in mv.description
+    served = _client(uri).get_model_version_by_alias(NAME, "champion")  # its copy carries the card too
+    assert served.description == mv.description and served.tags["candidate_version"] == v2
     d = runs["tmp"] / "card"
-    card_uri = resolve_model_uri(f"models:/{NAME}/{v2}/model_card/model_card.md", uri)
+    card_uri = resolve_model_uri(f"models:/{NAME}-candidates/{v2}/model_card/model_card.md", uri)
     card = Path(mlflow.artifacts.download_artifacts(card_uri, dst_path=str(d), tracking_uri=uri)).read_text()
     for section in ("## Data", "## Recipe", "## Metrics", "## Per-class recall",
                     "## Confusion matrix (test)", "## Known limits", "synthetic"):
@@ -196,7 +202,7 @@ def test_pyfunc_on_raw_image_bytes_matches_the_evaluator(flow, runs):
     from pipeline.transforms import CROP_SIZE, IMAGE_SIZE, decode_image
 
     uri, v2, shards = runs["uri"], flow["better"]["version"], runs["shards"]
-    model_uri = f"models:/{NAME}/{v2}"
+    model_uri = f"models:/{NAME}-candidates/{v2}"
     rows = {k: np.concatenate([b[k] for b in iter_split_batches(shards, "test", 64)])
             for k in ("image", "landmark_crop", "label")}
     torch_model, classes, extra = load_torch_model(model_uri, uri)
@@ -256,7 +262,8 @@ def test_list_and_show(flow, runs, capsys):
 
     assert main(["show", "@champion", "--model", NAME, "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{NAME} v{flow['better']['version']}  aliases: champion")
+    assert out.startswith(f"{NAME} v") and "aliases: champion" in out.splitlines()[0]
+    assert f"candidate_version = {flow['better']['version']}" in out
     assert "poster.dataset_hash = " in out and "# Model card" in out
     assert main(["show", "99", "--model", NAME, "--tracking-uri", uri]) == 2
 
@@ -320,8 +327,9 @@ def test_forced_promotion_is_recorded(flow, runs, tmp_path):
         assert _aliases(uri) == {"champion": v3}
     finally:  # restore the story's end state for anything running later
         c = _client(uri)
-        c.set_registered_model_alias(NAME, CHAMPION, v2)
-        c.set_registered_model_alias(NAME, CHALLENGER, v3)
+        copy_of_v2 = [mv for mv in c.search_model_versions(f"name = '{NAME}'") if mv.tags.get("candidate_version") == v2]
+        c.set_registered_model_alias(NAME, CHAMPION, copy_of_v2[0].version)
+        c.set_registered_model_alias(NAME + "-candidates", CHALLENGER, v3)
 
 
 def test_evaluate_cli_on_registry_model_and_checkpoint(flow, runs, tmp_path, capsys):
@@ -402,5 +410,5 @@ def test_register_best_trial_of_a_sweep(flow, runs, capsys):
     c.set_terminated(crashed, "FAILED")
     assert best_trial_run(parent, uri) == runs["weak"].run_id
     assert main(["register", "--best-of", parent, "--model", NAME, "--alias", "", "--tracking-uri", uri]) == 0
-    assert f"registered run {runs['weak'].run_id} as {NAME} v4" in capsys.readouterr().out
+    assert f"registered run {runs['weak'].run_id} as {NAME}-candidates v4" in capsys.readouterr().out
     assert _aliases(uri) == {"champion": flow["better"]["version"], "challenger": flow["worse"]["version"]}

@@ -62,7 +62,7 @@ def test_import_registers_a_challenger_with_tags_and_card(imported):
 
     assert imported["rc"] == 0
     c = client_for(imported["uri"])
-    mv = c.get_model_version_by_alias(NAME, "challenger")
+    mv = c.get_model_version_by_alias(NAME + "-candidates", "challenger")  # a candidate, not served
     t = dict(mv.tags)
     assert t["poster.source"] == "official" and t["poster.dataset"] == "rafdb"
     assert t["poster.variant"] == "small" and t["poster.bgr"] == "true"
@@ -85,7 +85,7 @@ def test_imported_model_equals_the_official_model_on_bgr_input(imported):
     from pipeline.artifact.load import load_torch_model
     from pipeline.transforms import to_model_inputs
 
-    model, classes, extra = load_torch_model(f"models:/{NAME}@challenger", imported["uri"])
+    model, classes, extra = load_torch_model(f"models:/{NAME}-candidates@challenger", imported["uri"])
     assert classes == CANONICAL7
     assert extra["bgr"] is True and extra["use_crop"] is False
     assert extra["official_class_order"] == RAFDB_ORDER
@@ -101,7 +101,7 @@ def test_imported_model_equals_the_official_model_on_bgr_input(imported):
 
     mlflow.set_tracking_uri(imported["uri"])
     mlflow.set_registry_uri(imported["uri"])
-    pyf = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+    pyf = mlflow.pyfunc.load_model(f"models:/{NAME}-candidates@challenger")
     out = pyf.predict(pd.DataFrame({"image": list(faces)}))
     probs = out[[f"prob_{c}" for c in CANONICAL7]].to_numpy()
     assert np.allclose(probs, torch.softmax(ref[:, perm], 1).numpy(), atol=1e-5)

@@ -316,7 +316,7 @@ def test_sweep_names_the_best_completed_trial(sweep) -> None:
     except ImportError:
         assert result.registered_version is None
         return
-    version = _client(result).get_model_version_by_alias(cfg.registry_name, cfg.alias)
+    version = _client(result).get_model_version_by_alias(cfg.registry_name + "-candidates", cfg.alias)
     assert version.run_id == result.best.run_id and str(version.version) == result.registered_version
 
 
@@ -332,6 +332,67 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep) -> None:
     assert len(_children(result)) == 4  # no new child runs
     spec = json.loads((Path(result.experiment_path) / "poster_sweep.json").read_text())
     assert spec["sweep"]["name"] == result.name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(sweep, monkeypatch,
+                                                                              capsys) -> None:
+    """The finished sweep is recorded again (``--resume``: nothing trains) through a real MLflow
+    server on the sweep's own store, which goes down the moment the finalisation starts: a short
+    outage is waited out (same parent run, no second registration); one longer than the flush
+    timeout leaves ``recorded=False`` and the resume command, which records it once the server is
+    back."""
+    import threading
+
+    from mlflow_server import MlflowServer
+    from pipeline import tracking
+    from pipeline.tune import SweepCfg, run_sweep
+    from pipeline.tune import sweep as sweep_module
+
+    base, _, result = sweep
+    server = MlflowServer(Path(result.tracking_uri[len("sqlite:///"):]).parent)  # serves <tmp>/mlflow.db
+    spec_path = Path(result.experiment_path) / "poster_sweep.json"
+    original = spec_path.read_text()
+    spec = json.loads(original)
+    spec["base"]["tracking"]["uri"] = server.uri  # the resumed sweep talks to the server
+    spec_path.write_text(json.dumps(spec))
+    real_finish, restarts = sweep_module._finish, []
+
+    def finish_during_outage(*args, **kwargs):
+        server.stop(crash=True)
+        t = threading.Timer(restarts.pop(0), server.start)
+        t.start()
+        try:
+            return real_finish(*args, **kwargs)
+        finally:
+            t.join()
+
+    monkeypatch.setattr(sweep_module, "_finish", finish_during_outage)
+    client = _client(result)
+    versions = len(client.search_model_versions(f"run_id = '{result.best.run_id}'"))
+    server.start()
+    try:
+        restarts.append(1.0)  # back within the flush timeout: waited out
+        monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 120.0)
+        waited = run_sweep(base, SweepCfg(name=result.name, register=True), resume=True)
+        assert waited.recorded and waited.parent_run_id == result.parent_run_id
+        assert waited.best.run_id == result.best.run_id and waited.registered_version == result.registered_version
+        assert "retrying" in capsys.readouterr().err
+        restarts.append(8.0)  # down longer than the flush timeout
+        monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 2.0)
+        lost = run_sweep(base, SweepCfg(name=result.name, register=True), resume=True)
+        assert not lost.recorded and lost.rows == []
+        err = capsys.readouterr().err
+        assert f"python -m pipeline.tune --resume --name {result.name}" in err
+        monkeypatch.setattr(sweep_module, "_finish", real_finish)
+        again = run_sweep(base, SweepCfg(name=result.name, register=True), resume=True)
+        assert again.recorded and len(again.rows) == len(result.rows)
+        assert len(client.search_model_versions(f"run_id = '{result.best.run_id}'")) == versions  # once
+        assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    finally:
+        server.stop()
+        spec_path.write_text(original)
 
 
 def test_family_space_searches_v1_sizes_and_v2_with_the_loss_mixture() -> None:

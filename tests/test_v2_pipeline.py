@@ -58,7 +58,7 @@ def test_import_official_v2_registers_a_model_with_the_same_logits(tmp_path):
     rc = main(["import-official", "--checkpoint", str(ckpt), "--variant", "v2", "--dataset", "rafdb",
                "--experiment", "official-v2", "--model", "poster-v2", "--tracking-uri", uri])
     assert rc in (0, None)
-    loaded = load_model("models:/poster-v2@challenger", uri)
+    loaded = load_model("models:/poster-v2-candidates@challenger", uri)  # training's side of the registry
     assert loaded.model.cfg.arch == "v2" and not loaded.bgr  # V2 reads RAF-DB as RGB (V1 as BGR)
     direct = load_official_checkpoint(ckpt, variant="v2", num_classes=7)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))

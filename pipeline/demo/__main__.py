@@ -5,6 +5,8 @@
 Each step is the real CLI (printed before it runs), so the demo doubles as a cookbook:
 generate raw faces → ingest with the real detector → train (configs/smoke.yaml: one worker) → register + review +
 promote → Tune sweep (best trial registered as challenger) → review → predict → summary.
+Training registers into poster-fer-candidates; only the review copies a version into the served
+poster-fer (docs/registry.md, "Who may promote").
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import positive_int
+from pipeline.cli import local_out, positive_int
 from pipeline.config import REPO_ROOT, RUNS_DIR
 from pipeline.synth import TRAIN_OVERRIDES
 
@@ -43,15 +45,19 @@ def run_id_of(uri: str, run_name: str) -> str:
     return runs[0].info.run_id
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
+    p.add_argument("--out", type=local_out, default=str(RUNS_DIR / "demo"), help="where data, checkpoints and logs go")
     p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class")
     p.add_argument("--trials", type=positive_int, default=3, help="Tune trials")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the main training run")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI uses this to keep it from rotting)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     step("3. train POSTER-tiny (configs/smoke.yaml) on a local Ray",
          [py, "-m", "pipeline.train", "--config", "configs/smoke.yaml", *common,
           f"run.name=demo-train-{tag}", f"schedule.epochs={a.epochs}"], env)
-    step("4. register the run as poster-fer@challenger",
+    step("4. register the run as poster-fer-candidates@challenger (training's side of the registry)",
          [py, "-m", "pipeline.registry", "register", "--run-id", run_id_of(uri, f"demo-train-{tag}")], env)
-    step("5. review challenger vs champion on the test shards, promote",
+    step("5. review challenger vs champion on the test shards; promote = copy into poster-fer, @champion",
          [py, "-m", "pipeline.registry", "review", "--shards", str(shards), "--promote", *other], env)
-    step("6. Tune sweep over loss mixtures (best trial → @challenger)",
+    step("6. Tune sweep over loss mixtures (best trial → poster-fer-candidates@challenger)",
          [py, "-m", "pipeline.tune", "--config", "configs/smoke.yaml", "--space", "tune_spaces/loss_mix.py",
           "--num-samples", str(a.trials), "--name", f"demo-sweep-{tag}", *common,
           # one worker a trial: its start-up is most of a short trial, and one rank starts ~9 s

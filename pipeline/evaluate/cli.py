@@ -5,25 +5,29 @@ import argparse
 import sys
 
 from pipeline.artifact.load import load_model
-from pipeline.cli import positive_int
+from pipeline.cli import local_out, positive_int
 from pipeline.evaluate import report
 from pipeline.evaluate.report import (ClassOrderError, confusion_text, evaluate_model, metric_keys, quiet_mlflow,
                                       write_outputs)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=report.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="models:/NAME@ALIAS | models:/NAME/VERSION | checkpoint dir | checkpoint.pt | weights.pt | official .pth")
     p.add_argument("--shards", required=True, help="ingest output root (holds _manifest.json)")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", help="folder for metrics.json, confusion.json, confusion.png")
+    p.add_argument("--out", type=local_out, help="folder for metrics.json, confusion.json, confusion.png")
     p.add_argument("--tracking-uri", help="MLflow URI for models:/ (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--variant", default="large", help="official checkpoints only: POSTER variant")
     p.add_argument("--dataset", default="rafdb", help="official checkpoints only: label order / BGR of this dataset")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,16 +16,9 @@ import logging
 import sys
 from dataclasses import fields
 
-from pipeline.cli import fraction, fraction_closed, non_negative_float, positive_float, positive_int
+from pipeline.cli import fraction, fraction_closed, int_range, non_negative_float, positive_float, positive_int, seed
 from pipeline.ingest.options import IngestOptions
 from pipeline.ingest.sources import SOURCES
-
-
-def _jpeg_quality(text: str) -> int:
-    q = positive_int(text)
-    if q > 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, got {text}")
-    return q
 
 
 def _input_output(g) -> None:
@@ -71,7 +64,7 @@ def _faces(g) -> None:
                    help="run the detector even where landmarks are known (synthetic, AffectNet CSV)")
     g.add_argument("--margin", type=positive_float, default=0.8,
                    help="alignment template scale: 1.0 = tight ArcFace framing, smaller = more context")
-    g.add_argument("--jpeg-quality", type=_jpeg_quality, default=95, help="JPEG quality of image and landmark_crop")
+    g.add_argument("--jpeg-quality", type=int_range(1, 100), default=95, help="JPEG quality of image and landmark_crop")
 
 
 def _splits_and_rejects(g) -> None:
@@ -95,7 +88,7 @@ def _splits_and_rejects(g) -> None:
 def _synthetic(g) -> None:
     """Flags of the "synthetic" group."""
     g.add_argument("--per-class", type=positive_int, default=40, help="synthetic: images per class (all splits)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=seed, default=0,
                    help="synthetic: seed; same seed, same images. All sources: seed of the shards' "
                         "row order (rows are written in a seeded random order, so shards are class-mixed)")
 

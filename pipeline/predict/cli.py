@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.cli import local_out, non_negative_float, positive_int
 from pipeline.predict import files
 from pipeline.predict.files import DEFAULT_MODEL, Prediction, classify, prepare
 
@@ -18,7 +19,7 @@ def format_line(p: Prediction) -> str:
     return f"{p.path}: {p.label} ({p.probabilities[p.label]:.3f})   [{probs}]"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=files.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="*", help="image files (JPEG, PNG, …)")
@@ -28,17 +29,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--shards", help="shard root (pipeline.ingest output); rows are aligned faces")
     batch.add_argument("--split", default="test", help="shard split (default test)")
     batch.add_argument("--out", help="output Parquet file, one row per input")
-    batch.add_argument("--batch-size", type=int, default=16, help="images per actor call")
-    batch.add_argument("--actors", type=int, default=2, help="model actors in the pool")
-    batch.add_argument("--cpus-per-actor", type=float, default=0.5, help="CPUs reserved per actor (fractional ok)")
+    batch.add_argument("--batch-size", type=positive_int, default=16, help="images per actor call")
+    batch.add_argument("--actors", type=positive_int, default=2, help="model actors in the pool")
+    batch.add_argument("--cpus-per-actor", type=non_negative_float, default=0.5, help="CPUs reserved per actor (fractional ok)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model to use (default {DEFAULT_MODEL})")
     ap.add_argument("--tracking-uri", help="MLflow URI for models:/ (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
-    ap.add_argument("--save-aligned", metavar="DIR", help="also write each aligned face (for inspection)")
+    ap.add_argument("--save-aligned", metavar="DIR", type=local_out, help="also write each aligned face (for inspection)")
     ap.add_argument("--framing", help="cut faces in this named framing instead of the model's "
                                       "(project, rafdb-aligned, affectnet-crop)")
     ap.add_argument("--variant", default="large", help="official checkpoints only")
     ap.add_argument("--dataset", default="rafdb", help="official checkpoints only")
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     batch_mode = bool(args.input_dir or args.shards)
     if batch_mode and (args.images or not args.out):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.metrics import HEADLINE, fmt
-from pipeline.registry.names import CHAMPION
+from pipeline.registry.names import CHAMPION, candidates_of, served_of
 
 RECIPE_PARAMS = (
     "model.variant", "model.overrides", "model.official_checkpoint", "model.ir50_weights",
@@ -142,6 +142,9 @@ def _head(name: str, version: str | None, run: Any, tags: dict[str, str], params
     title = f"# Model card: {name}" + (f" v{version}" if version else "")
     lines: list[str | None] = [title, ""]
     lines += [
+        f"- **Registry**: candidate of `{candidates_of(name)}`; served as `{served_of(name)}@{CHAMPION}` only "
+        f"after a review copies it into `{served_of(name)}` (the review record is on both versions)"
+        if name == candidates_of(name) else None,
         f"- **Source run**: `{run.info.run_id}` ({tags.get('mlflow.runName', '')}), "
         f"experiment `{run.info.experiment_id}`",
         f"- **Logged model**: `{model_uri}`" if model_uri else None,
@@ -152,7 +155,7 @@ def _head(name: str, version: str | None, run: Any, tags: dict[str, str], params
         "## Intended use",
         "",
         "Classify the facial expression of one aligned face into: " + ", ".join(f"`{c}`" for c in classes)
-        + f". Load with `mlflow.pyfunc.load_model(\"models:/{name}@{CHAMPION}\")` and pass a DataFrame "
+        + f". Load with `mlflow.pyfunc.load_model(\"models:/{served_of(name)}@{CHAMPION}\")` and pass a DataFrame "
         "with an `image` column (aligned-face bytes or HWC uint8); raw photos go through "
         "`python -m pipeline.predict`, which detects and aligns the face first.",
         "",

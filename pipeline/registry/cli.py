@@ -5,11 +5,11 @@ import argparse
 import sys
 from typing import Any
 
-from pipeline.cli import non_negative_float, positive_int
+from pipeline.cli import local_out, non_negative_float, positive_int
 from pipeline.registry import versions
 from pipeline.registry.history import ReviewConflict
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_IMPORT_EXPERIMENT, DEFAULT_NAME, RegistryError,
-                                     ReviewRefused)
+                                     ReviewRefused, candidates_of, served_of)
 from pipeline.registry.promotion import review
 from pipeline.registry.versions import best_trial_run, list_versions, register_run, show_version
 
@@ -22,11 +22,12 @@ def _print_rows(rows: list[dict[str, Any]], cols: list[str]) -> None:
         print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI "
                                                "or sqlite:///<repo>/runs/mlflow.db)")
-    common.add_argument("--model", "--name", dest="name", default=DEFAULT_NAME, help="registered model name")
+    common.add_argument("--model", "--name", dest="name", default=DEFAULT_NAME,
+                        help="served registered model; training registers into <model>-candidates")
     p = argparse.ArgumentParser(prog="python -m pipeline.registry", description=versions.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -50,11 +51,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     v.add_argument("--allow-other-shards", action="store_true",
                    help="compare on shards whose manifest differs from the training one")
     v.add_argument("--batch-size", type=positive_int, default=64)
-    v.add_argument("--out", help="also write report.txt, review.json and confusion PNGs here")
+    v.add_argument("--out", type=local_out, help="also write report.txt, review.json and confusion PNGs here")
 
-    sub.add_parser("list", parents=[common], help="versions, aliases and key metrics")
+    sub.add_parser("list", parents=[common], help="candidate versions (champion marked), aliases, key metrics")
+    sub.add_parser("migrate", parents=[common],
+                   help="single-model registry -> candidates + served (moves @challenger to <model>-candidates)")
     s = sub.add_parser("show", parents=[common], help="one version's tags and model card")
-    s.add_argument("version", help="version number or alias (champion, @challenger)")
+    s.add_argument("version", help="candidate version number or alias (@challenger); @champion or "
+                                   "<model>:N for a served version")
+
+    g = sub.add_parser("log-model", parents=[common],
+                       help="log a finished fit's model from its checkpoint (after a tracking outage)")
+    g.add_argument("--run-id", required=True, help="the training run (tag poster.model_logged=false)")
+    g.add_argument("--checkpoint", required=True, help="the fit's checkpoint folder (printed by pipeline.train)")
 
     o = sub.add_parser("import-official", parents=[common], help="register an official POSTER checkpoint")
     o.add_argument("--checkpoint", required=True, help="rafdb_best.pth-style file")
@@ -66,14 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--experiment", default=DEFAULT_IMPORT_EXPERIMENT)
     o.add_argument("--alias", default=CHALLENGER)
     o.add_argument("--no-register", action="store_true", help="only create the run and log the model")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _cmd_register(args: argparse.Namespace) -> None:
     run_id = args.run_id or best_trial_run(args.best_of, args.tracking_uri, args.best_metric, args.mode)
     version = register_run(run_id, args.tracking_uri, args.name, args.alias or None)
-    print(f"registered run {run_id} as {args.name} v{version}" + (f" @{args.alias}" if args.alias else ""))
-    print(f"load: mlflow.pyfunc.load_model('models:/{args.name}/{version}')")
+    cands = candidates_of(args.name)
+    print(f"registered run {run_id} as {cands} v{version}" + (f" @{args.alias}" if args.alias else ""))
+    print(f"load: mlflow.pyfunc.load_model('models:/{cands}/{version}'); a review promotes it into "
+          f"{served_of(args.name)}@{CHAMPION}")
 
 
 def _cmd_review(args: argparse.Namespace) -> None:
@@ -81,7 +96,8 @@ def _cmd_review(args: argparse.Namespace) -> None:
                  args.reason, args.allow_other_shards, args.tracking_uri, args.batch_size, args.out)
     print(res.report)
     if res.promoted:
-        print(f"\n@{CHAMPION} -> v{res.challenger.version}")
+        print(f"\n{res.name}@{CHAMPION} -> v{res.served_version} (copy of {res.challenger.model} "
+              f"v{res.challenger.version})")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -89,7 +105,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
     if not rows:
         print(f"{args.name}: no versions")
         return
-    _print_rows(rows, ["version", "aliases", "created", "variant", "test_accuracy", "test_macro_f1",
+    _print_rows(rows, ["version", "aliases", "served", "created", "variant", "test_accuracy", "test_macro_f1",
                        "review_accuracy", "decision", "run_id"])
 
 
@@ -116,11 +132,27 @@ def _cmd_import_official(args: argparse.Namespace) -> None:
     print(f"imported {args.checkpoint} as run {res.run_id}; model {res.model_uri}; "
           f"classes {','.join(res.classes)}")
     if res.version:
-        print(f"registered as {args.name} v{res.version}" + (f" @{args.alias}" if args.alias else ""))
+        print(f"registered as {candidates_of(args.name)} v{res.version}" + (f" @{args.alias}" if args.alias else ""))
+
+
+def _cmd_log_model(args: argparse.Namespace) -> None:
+    from pipeline.registry.names import resolve_uri
+    from pipeline.train.model_log import log_model_later
+
+    uri = log_model_later(args.run_id, args.checkpoint, resolve_uri(args.tracking_uri))
+    print(f"logged {uri} into run {args.run_id}")
+    print(f"register it: python -m pipeline.registry register --run-id {args.run_id}")
+
+
+def _cmd_migrate(args: argparse.Namespace) -> None:
+    from pipeline.registry.migrate import migrate
+
+    print(migrate(args.name, args.tracking_uri))
 
 
 COMMANDS = {"register": _cmd_register, "review": _cmd_review, "list": _cmd_list, "show": _cmd_show,
-            "import-official": _cmd_import_official}
+            "import-official": _cmd_import_official, "log-model": _cmd_log_model,
+            "migrate": _cmd_migrate}
 
 
 def main(argv: list[str] | None = None) -> int:

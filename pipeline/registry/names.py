@@ -9,8 +9,12 @@ from typing import Any, Iterator
 
 from pipeline.metrics import HEADLINE, fmt
 
-DEFAULT_NAME = "poster-fer"
+DEFAULT_NAME = "poster-fer"  # the served model: @champion, written only by a review
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Training registers into "<served>-candidates" (@challenger there); a review copies the approved
+# version into the served model. Two registered models, so MLflow's per-model permissions can give
+# the trainer identity EDIT on the candidates and only READ on the served model (docs/registry.md).
+CANDIDATES_SUFFIX = "-candidates"
 DEFAULT_IMPORT_EXPERIMENT = "poster-fer/official"
 REVIEW_METRICS = HEADLINE  # what a review may compare on (and recall_<class>)
 TAG_KEYS = ("poster.dataset_hash", "poster.variant", "poster.config_hash", "poster.classes",
@@ -28,6 +32,19 @@ class ReviewRefused(RegistryError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def candidates_of(name: str) -> str:
+    """The candidates model of the served model ``name`` (``poster-fer`` -> ``poster-fer-candidates``)."""
+    return name if name.endswith(CANDIDATES_SUFFIX) else name + CANDIDATES_SUFFIX
+
+
+def served_of(name: str) -> str:
+    return name[: -len(CANDIDATES_SUFFIX)] if name.endswith(CANDIDATES_SUFFIX) else name
+
+
+def migrate_command(name: str) -> str:
+    return f"python -m pipeline.registry migrate --model {served_of(name)}"
 
 
 def resolve_uri(tracking_uri: str | None = None) -> str:

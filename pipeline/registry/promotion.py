@@ -1,13 +1,16 @@
 """Champion vs challenger on the same shards: evaluate both, print them side by side, and (with
 ``--promote``) move ``@champion`` when the challenger wins by the margin. Every decision is written
 as version tags and a review artifact. Reached through ``python -m pipeline.registry review``.
+
+Two registered models keep the duties apart: ``@challenger`` is a version of ``<name>-candidates``
+(training registers there), ``@champion`` a version of ``<name>`` (served). Promotion copies the
+approved candidate into the served model (``MlflowClient.copy_model_version``) and moves
+``@champion`` to the copy, so only an identity with EDIT on the served model (the reviewer) can
+promote; the MLflow server refuses anyone else (docs/registry.md, "Who may promote").
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
-                                     ReviewRefused, classes_of, tag_value, utc_now, client_for, current_user,
-                                     resolve_uri)
+                                     ReviewRefused, candidates_of, classes_of, utc_now, client_for,
+                                     current_user, migrate_command, resolve_uri, served_of)
 from pipeline.registry.history import (ReviewConflict, current_aliases, mark_review, record_review,
                                        registry_lock)
+from pipeline.registry.record import record_decision, record_refusal, review_payload, write_review
 
 TRAINING_SPLITS = ("train",)
 
@@ -33,6 +37,7 @@ class VersionEval:
     classes: list[str]
     parameters: int
     tags: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # the registered model the version belongs to (candidates or served)
 
     @property
     def label(self) -> str:
@@ -55,6 +60,7 @@ class ReviewResult:
     forced: bool = False
     report: str = ""
     history_run_id: str = ""  # this review's run in the experiment <name>/reviews
+    served_version: str = ""  # the challenger's copy in the served model, once promoted
 
     @property
     def promoted(self) -> bool:
@@ -92,6 +98,7 @@ def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, spli
     from pipeline.artifact.load import LoadedModel, load_torch_model
     from pipeline.evaluate.report import ClassOrderError, evaluate_model
 
+    name = mv.name  # candidates (challenger) or served (champion)
     model, classes, extra = load_torch_model(f"models:/{name}/{mv.version}", uri)
     loaded = LoadedModel(model, classes, extra, f"models:/{name}/{mv.version}", "registry")
     try:
@@ -101,7 +108,7 @@ def _evaluate_version(name: str, mv: Any, role: str, uri: str, shards: str, spli
     metrics = dict(res.metrics)
     metrics["parameters"] = loaded.parameters
     return VersionEval(role, str(mv.version), mv.run_id or "", metrics, res.confusion, classes,
-                       loaded.parameters, dict(mv.tags))
+                       loaded.parameters, dict(mv.tags), name)
 
 
 def _report(result: ReviewResult) -> str:
@@ -120,96 +127,37 @@ def _report(result: ReviewResult) -> str:
     return "\n".join(lines)
 
 
-def _record_decision(client: Any, result: ReviewResult, manifest_hash: str, user: str, when: str) -> None:
-    """Decision tags on both versions, and the report + matrices in the challenger's run."""
-    ch, champ = result.challenger, result.champion
-    m = result.metric
-    tags = {
-        "decision": result.decision, "decided_by": user, "decided_at": when, "reason": result.reason,
-        "margin": tag_value(float(result.margin)), "review_metric": m, "review_split": result.split,
-        "review_shards": result.shards, "review_manifest_hash": manifest_hash,
-        f"review_{m}": tag_value(ch.metrics.get(m, float("nan"))), "forced": str(result.forced).lower(),
-        "compared_to_version": champ.version if champ else "none", "review_run_id": result.history_run_id,
-        f"champion_{m}": tag_value(champ.metrics.get(m, float("nan"))) if champ else "none",
-    }
-    for k in REVIEW_METRICS + ("latency_ms_per_image",):
-        if k in ch.metrics:
-            tags[f"review_{k}"] = tag_value(float(ch.metrics[k]))
-    for k, v in tags.items():
-        client.set_model_version_tag(result.name, ch.version, k, v)
-    if champ is not None:
-        champ_tags = {
-            "last_review_outcome": "replaced" if result.promoted else "kept",
-            "last_review_by": user, "last_review_at": when, "last_review_challenger": ch.version,
-            "last_review_reason": result.reason,
-        }
-        for k in REVIEW_METRICS + ("latency_ms_per_image",):
-            if k in champ.metrics:
-                champ_tags[f"review_{k}"] = tag_value(float(champ.metrics[k]))
-        for k, v in champ_tags.items():
-            client.set_model_version_tag(result.name, champ.version, k, v)
-    if ch.run_id:
-        _log_review_artifacts(client, ch.run_id, result, f"reviews/{when.replace(':', '')}")
-
-
-def _review_payload(result: ReviewResult) -> dict[str, Any]:
-    def ev(e: VersionEval | None) -> dict[str, Any] | None:
-        if e is None:
-            return None
-        return {"version": e.version, "run_id": e.run_id, "metrics": e.metrics,
-                "confusion": e.confusion.astype(int).tolist(), "classes": e.classes}
-
-    return {"name": result.name, "shards": result.shards, "split": result.split, "metric": result.metric,
-            "margin": result.margin, "delta": result.delta, "wins": result.wins,
-            "decision": result.decision, "reason": result.reason, "forced": result.forced,
-            "challenger": ev(result.challenger), "champion": ev(result.champion)}
-
-
-def write_review(out: str | Path, result: ReviewResult) -> Path:
-    """report.txt, review.json and one confusion PNG per evaluated version into ``out``."""
-    from pipeline.metrics import plot_confusion
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.txt").write_text(result.report + "\n")
-    (out / "review.json").write_text(json.dumps(_review_payload(result), indent=2, default=float))
-    for e in (result.champion, result.challenger):
-        if e is not None:
-            plot_confusion(e.confusion, e.classes, out / f"confusion_{e.role}_v{e.version}.png",
-                           title=f"{e.label} ({result.split})")
-    return out
-
-
-def _log_review_artifacts(client: Any, run_id: str, result: ReviewResult, artifact_path: str) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        write_review(d, result)
-        try:
-            client.log_artifacts(run_id, d, artifact_path)
-        except Exception as e:  # the decision tags are the record; artifacts are a convenience
-            print(f"[registry] note: review artifacts not logged to run {run_id}: {e}", file=sys.stderr)
-
-
 def _apply(client: Any, uri: str, result: ReviewResult, payload: dict[str, Any], manifest_hash: str,
            user: str, when: str) -> None:
-    """Compare-and-set under the registry lock: re-read the aliases, abort if either moved since
-    the review read them, else write the decision (history run + version tags) and only then
-    move ``@champion``."""
+    """Compare-and-set under the registry locks (served, then candidates: registration takes the
+    latter): re-read the aliases, abort if either moved since the review read them, else write the
+    decision (history run + version tags), copy the approved candidate into the served model and
+    only then move ``@champion`` to the copy."""
     name, ch, champ = result.name, result.challenger, result.champion
-    with registry_lock(client, name):
-        now = current_aliases(client, name)
+    cands = candidates_of(name)
+    with registry_lock(client, name), registry_lock(client, cands):
+        now = {CHALLENGER: current_aliases(client, cands).get(CHALLENGER),
+               CHAMPION: current_aliases(client, name).get(CHAMPION)}
         expected = {CHALLENGER: ch.version, CHAMPION: champ.version if champ else None}
         changed = [f"@{a} was {'v' + v if v else 'unset'} when the review started and is now "
-                   f"{'v' + now[a] if a in now else 'unset'}" for a, v in expected.items() if now.get(a) != v]
+                   f"{'v' + now[a] if now[a] else 'unset'}" for a, v in expected.items() if now[a] != v]
         if changed:
             why = "; ".join(changed) + "; nothing moved: review again"
             record_review(client, uri, name, {**payload, "decision": "aborted", "reason": why}, result.report)
             raise ReviewConflict(f"{name}: {why}")
+        if result.promoted:  # the copy is the step the server refuses to anyone without EDIT on `name`
+            copy = client.copy_model_version(f"models:/{cands}/{ch.version}", name)
+            result.served_version = str(copy.version)
+            if ch.tags.get("model_card"):
+                client.update_model_version(name, result.served_version,
+                                            description=client.get_model_version(cands, ch.version).description)
         result.history_run_id = record_review(
-            client, uri, name, {**payload, "applied": "pending" if result.promoted else "n/a"}, result.report)
-        _record_decision(client, result, manifest_hash, user, when)
+            client, uri, name, {**payload, "served_version": result.served_version or "none",
+                                "applied": "pending" if result.promoted else "n/a"}, result.report)
+        record_decision(client, result, manifest_hash, user, when)
         if result.promoted:
-            client.set_registered_model_alias(name, CHAMPION, ch.version)
-            client.delete_registered_model_alias(name, CHALLENGER)  # still ch.version: registration locks too
+            client.set_registered_model_alias(name, CHAMPION, result.served_version)
+            client.delete_registered_model_alias(cands, CHALLENGER)  # still ch.version: registration locks too
             mark_review(client, result.history_run_id, applied="true")
 
 
@@ -261,8 +209,10 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     """
     _check_options(metric, margin, force, reason)
     promote = promote or force
+    name = served_of(name)
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
+    _refuse_single_model(client, name)
     manifest = _read_review_shards(shards, metric)
     challenger_mv, champion_mv = _review_pair(client, name)
     user = user or current_user()
@@ -273,13 +223,13 @@ def review(name: str = DEFAULT_NAME, shards: str = "", split: str = "test", metr
     except ReviewRefused as e:  # recorded with or without --promote
         context = {"decided_by": user, "decided_at": when, "promote": promote, "split": split,
                    "shards": str(shards), "metric": metric, "margin": float(margin)}
-        _record_refusal(client, uri, name, e, context, challenger_mv, champion_mv)
+        record_refusal(client, uri, name, e, context, challenger_mv, champion_mv)
         raise
     delta, wins, decision, why, forced = decide(ch, champ, metric, margin, promote, force, reason, user)
     result = ReviewResult(name, str(shards), split, metric, float(margin), ch, champ, delta, wins,
                           decision, why, forced)
     result.report = _report(result)
-    payload = {**_review_payload(result), "decided_by": user, "decided_at": when, "promote": promote,
+    payload = {**review_payload(result), "decided_by": user, "decided_at": when, "promote": promote,
                "challenger_version": ch.version, "champion_version": champ.version if champ else "none",
                "manifest_hash": manifest.get("content_hash", "")}
     if not promote:
@@ -304,15 +254,21 @@ def _read_review_shards(shards: str, metric: str) -> dict[str, Any]:
     return manifest
 
 
+def _refuse_single_model(client: Any, name: str) -> None:
+    """A registry from before the split (``@challenger`` on the served model) is refused with the
+    command that migrates it (``registry migrate``)."""
+    if _version_by_alias(client, name, CHALLENGER) is not None:
+        raise RegistryError(f"{name} is a single-model registry (@{CHALLENGER} on the served model): training "
+                            f"now registers into {candidates_of(name)}; migrate it first: {migrate_command(name)}")
+
+
 def _review_pair(client: Any, name: str) -> tuple[Any, Any]:
-    """(@challenger, @champion or None) model versions; refuses a missing or doubly aliased challenger."""
-    challenger_mv = _version_by_alias(client, name, CHALLENGER)
+    """(candidates @challenger, served @champion or None)."""
+    challenger_mv = _version_by_alias(client, candidates_of(name), CHALLENGER)
     champion_mv = _version_by_alias(client, name, CHAMPION)
     if challenger_mv is None:
-        raise RegistryError(f"{name} has no @{CHALLENGER}; register a run first "
+        raise RegistryError(f"{candidates_of(name)} has no @{CHALLENGER}; register a run first "
                             f"(python -m pipeline.registry register --run-id …)")
-    if champion_mv is not None and champion_mv.version == challenger_mv.version:
-        raise RegistryError(f"v{challenger_mv.version} is both @{CHAMPION} and @{CHALLENGER}; nothing to review")
     return challenger_mv, champion_mv
 
 
@@ -330,15 +286,3 @@ def _evaluate_pair(name: str, challenger_mv: Any, champion_mv: Any, uri: str, sh
     champ = (_evaluate_version(name, champion_mv, CHAMPION, uri, shards, split, manifest, batch_size)
              if champion_mv is not None else None)
     return ch, champ
-
-
-def _record_refusal(client: Any, uri: str, name: str, error: ReviewRefused, context: dict[str, Any],
-                    challenger_mv: Any, champion_mv: Any) -> None:
-    """A refused review goes to the review history and onto the challenger's tags."""
-    record_review(client, uri, name, {
-        "decision": "refused", "reason": str(error), **context,
-        "challenger_version": challenger_mv.version,
-        "champion_version": champion_mv.version if champion_mv is not None else "none"})
-    for k, v in {"decision": "refused", "decided_by": context["decided_by"],
-                 "decided_at": context["decided_at"], "reason": str(error)[:4900]}.items():
-        client.set_model_version_tag(name, challenger_mv.version, k, v)

@@ -8,12 +8,18 @@
     python -m pipeline.registry list [--model poster-fer]
     python -m pipeline.registry show VERSION|@champion [--model poster-fer]
     python -m pipeline.registry import-official --checkpoint rafdb_best.pth --variant large --dataset rafdb
+    python -m pipeline.registry migrate [--model poster-fer]
+    python -m pipeline.registry log-model --run-id RUN_ID --checkpoint CHECKPOINT_DIR
 
 All subcommands take ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or ``runs/mlflow.db``);
-the registry lives in the same store. Conventions (docs/registry.md): one registered model
-``poster-fer``; a new version gets ``@challenger``; ``review --promote`` moves ``@champion`` to
-the challenger only when it beats the champion by more than ``--margin`` on ``--metric`` (or with
+the registry lives in the same store. Conventions (docs/registry.md): a new candidate gets
+``@challenger``; ``review --promote`` promotes the challenger only when it beats the champion by more than ``--margin`` on ``--metric`` (or with
 ``--force --reason``), then drops ``@challenger``. Every decision is written as version tags.
+
+Layout (docs/registry.md): training registers into ``<name>-candidates`` (``@challenger``); a
+review copies the approved version into the served ``<name>`` and moves ``@champion`` there, so
+the trainer identity needs only READ on the served model. ``migrate`` converts a single-model
+registry; ``log-model`` logs a finished fit's model that an outage kept out of MLflow.
 
 Exit codes: 0 done (a rejected challenger is a normal outcome), 2 bad input (unknown run,
 version, alias or shards), 3 refused (class order or shard manifest mismatch).
@@ -27,8 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.registry.names import (CHALLENGER, DEFAULT_NAME, MAX_DESCRIPTION, TAG_KEYS, RegistryError,
-                                     classes_of, tag_value, global_uri, client_for, resolve_uri)
+from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, MAX_DESCRIPTION, TAG_KEYS, RegistryError,
+                                     candidates_of, classes_of, tag_value, global_uri, client_for, resolve_uri,
+                                     served_of)
 
 
 def find_logged_model(client: Any, run: Any, model_name: str = "model") -> Any:
@@ -132,7 +139,8 @@ def _card_inputs(client: Any, run: Any, d: Path) -> tuple[Path | None, dict[str,
 
 def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAULT_NAME,
                  alias: str | None = CHALLENGER) -> str:
-    """Register the logged model of ``run_id`` as a new version of ``name``; returns the version.
+    """Register the logged model of ``run_id`` as a new version of the candidates model of ``name``
+    (``<name>-candidates``; the served model is written only by a review); returns the version.
 
     The version gets the run's dataset/variant/config/class tags, its final val_/test_ metrics,
     the git commit, a model card (version description + ``model_card/`` artifacts in the run and
@@ -144,6 +152,7 @@ def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAU
 
     uri = resolve_uri(tracking_uri)
     client = client_for(uri)
+    name = candidates_of(name)
     run = _get_run(client, run_id)
     model = find_logged_model(client, run)
     tags = _version_tags(run, model)
@@ -174,8 +183,9 @@ def register_run(run_id: str, tracking_uri: str | None = None, name: str = DEFAU
     rm = client.get_registered_model(name)
     if not rm.description:
         client.update_registered_model(name, description=(
-            "POSTER facial-expression recognition (poster-ray). Aliases: @champion = serving model, "
-            "@challenger = newest candidate. Load: mlflow.pyfunc.load_model('models:/" + name + "@champion')."))
+            f"POSTER facial-expression recognition (poster-ray): candidates registered by training; "
+            f"@challenger = the newest. A review copies the approved one into {served_of(name)} "
+            f"(@champion). Load the served model: mlflow.pyfunc.load_model('models:/{served_of(name)}@champion')."))
     if alias:
         from pipeline.registry.history import registry_lock
 
@@ -196,27 +206,69 @@ def _aliases(client: Any, name: str) -> dict[str, list[str]]:
     return out
 
 
+def _row(mv: Any, aliases: list[str], served: str) -> dict[str, Any]:
+    t = dict(mv.tags)
+    return {
+        "version": str(mv.version), "aliases": sorted(aliases), "served": served,
+        "created": _dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, _dt.timezone.utc)
+        .strftime("%Y-%m-%d %H:%M"),
+        "variant": t.get("poster.variant", ""), "run_id": mv.run_id or "",
+        "test_accuracy": t.get("test_accuracy", ""), "test_macro_f1": t.get("test_macro_f1", ""),
+        "review_accuracy": t.get("review_accuracy", ""), "decision": t.get("decision", ""),
+        "dataset_hash": t.get("poster.dataset_hash", ""),
+    }
+
+
 def list_versions(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """One row per candidate version (``aliases`` gains ``champion`` when the served @champion is its
+    copy, ``served`` names the copies), then the served model's versions that are not copies of a
+    candidate (a single-model registry from before the split), as ``<served>:N``."""
     from mlflow.exceptions import MlflowException
 
     client = client_for(resolve_uri(tracking_uri))
+    served, cands = served_of(name), candidates_of(name)
     try:
-        aliases = _aliases(client, name)
+        cand_aliases = _aliases(client, cands)
     except MlflowException:
-        raise RegistryError(f"no registered model named {name!r}") from None
+        cand_aliases = {}
+    try:
+        served_aliases = _aliases(client, served)
+    except MlflowException:
+        served_aliases = {}
+    if not cand_aliases and not served_aliases and not _exists(client, cands) and not _exists(client, served):
+        raise RegistryError(f"no registered model named {served!r} or {cands!r}")
+    copies: dict[str, list[str]] = {}  # candidate version -> served versions
+    champion_of: str | None = None
+    legacy = []
+    for mv in client.search_model_versions(f"name = '{served}'"):
+        src = dict(mv.tags).get("candidate_version")
+        if src and (mv.source or "").startswith(f"models:/{cands}/"):
+            copies.setdefault(src, []).append(str(mv.version))
+            if CHAMPION in served_aliases.get(str(mv.version), []):
+                champion_of = src
+        else:
+            legacy.append(mv)
     rows = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        t = dict(mv.tags)
-        rows.append({
-            "version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-            "created": _dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, _dt.timezone.utc)
-            .strftime("%Y-%m-%d %H:%M"),
-            "variant": t.get("poster.variant", ""), "run_id": mv.run_id or "",
-            "test_accuracy": t.get("test_accuracy", ""), "test_macro_f1": t.get("test_macro_f1", ""),
-            "review_accuracy": t.get("review_accuracy", ""), "decision": t.get("decision", ""),
-            "dataset_hash": t.get("poster.dataset_hash", ""),
-        })
-    return sorted(rows, key=lambda r: int(r["version"]))
+    for mv in client.search_model_versions(f"name = '{cands}'"):
+        v = str(mv.version)
+        aliases = cand_aliases.get(v, []) + ([CHAMPION] if v == champion_of else [])
+        rows.append(_row(mv, aliases, ",".join(f"{served}:{x}" for x in copies.get(v, []))))
+    rows.sort(key=lambda r: int(r["version"]))
+    for mv in sorted(legacy, key=lambda m: int(m.version)):
+        row = _row(mv, served_aliases.get(str(mv.version), []), f"{served}:{mv.version}")
+        row["version"] = f"{served}:{mv.version}"
+        rows.append(row)
+    return rows
+
+
+def _exists(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
 
 
 def resolve_version(client: Any, name: str, ref: str) -> Any:
@@ -232,7 +284,15 @@ def resolve_version(client: Any, name: str, ref: str) -> Any:
 
 
 def show_version(ref: str, name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> dict[str, Any]:
+    """``champion`` (the served model's alias) or ``<served>:N`` is a served version; any other
+    number or alias names a candidate."""
     client = client_for(resolve_uri(tracking_uri))
+    ref = ref.lstrip("@")
+    served = served_of(name)
+    if ref == CHAMPION or ref.startswith(served + ":"):
+        name, ref = served, ref.split(":")[-1]
+    else:
+        name = candidates_of(name)
     mv = resolve_version(client, name, ref)
     return {
         "name": name, "version": str(mv.version),

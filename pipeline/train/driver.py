@@ -17,6 +17,7 @@ from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
 from pipeline.train.identity import check_or_record, pop_stop
+from pipeline.train.model_log import MODEL_LOGGED_TAG, log_final_model
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
@@ -39,6 +40,8 @@ class TrainOutcome:
     checkpoint_path: str | None
     model_uri: str | None = None
     classes: list[str] = field(default_factory=list)
+    # set when the fit finished but its model could not be logged (pipeline.train.model_log)
+    log_model_command: str | None = None
 
 
 def run_name_for(cfg: TrainConfig) -> str:
@@ -90,8 +93,8 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
     tracker = MlflowTracker(uri, run_id)
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config.yaml")  # verbatim, for reproduction
-    if tags:
-        tracker.set_tags(tags)
+    # false until the model is logged: an outage at the end leaves the documented state (model_log)
+    tracker.set_tags({**(tags or {}), **({MODEL_LOGGED_TAG: "false"} if cfg.tracking.log_model else {})})
     return TrainRun(run_id, name, uri, experiment)
 
 
@@ -153,26 +156,11 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
     )
 
 
-def _log_final_model(cfg: TrainConfig, result: Any, uri: str, run_id: str,
-                     classes: list[str], framing: dict[str, Any]) -> str | None:
-    """Log the best weights (kept in the latest checkpoint) as the run's pyfunc model."""
-    from pipeline.train.checkpoint import load_from_checkpoint
-    from pipeline.train.builders import poster_config
-    from pipeline.artifact.pyfunc import log_poster_model
-
-    if not cfg.tracking.log_model or result.checkpoint is None:
-        return None
-    ck = load_from_checkpoint(result.checkpoint)
-    state = ck["best_model"] or ck["model"]
-    extra = {"bgr": cfg.data.bgr, "use_crop": True, "variant": cfg.model.variant, "framing": framing}
-    return with_retry(lambda: log_poster_model(uri, run_id, state, poster_config(cfg.model, len(classes)),
-                                               classes, extra), f"log model to run {run_id}")
-
-
 def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None = None,
                  step_hook: StepHook | None = None) -> TrainOutcome:
     """Fit ``cfg`` into the open ``run`` (``open_run``), then log the model; the MLflow run ends
-    FINISHED or FAILED with the fit.
+    FAILED when the fit fails, else FINISHED, also when the model could not be logged
+    (``TrainOutcome.log_model_command`` then says how to log it later).
 
     `step_hook(epoch, step, rank, scratch_dir)` runs on every worker before each train step (it is
     pickled to the workers); the tests use it to kill a worker mid-epoch (tests/fault_injection.py).
@@ -186,15 +174,18 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
         stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{run.name}")
         if stopped:  # the loop stopped on non-finite losses: a clean stop, not a crash to retry
             raise TrainingStopped(f"run {run.name} stopped: {stopped}")
-        model_uri = _log_final_model(cfg, result, uri, run_id, classes,
-                                     record_of_manifest(manifest))
     except BaseException:
         end_run(uri, run_id, "FAILED")
         raise
+    # The fit is done and its checkpoint saved: from here a tracking outage cannot fail the run
+    # (pipeline.train.model_log documents the state it ends in when the model is not logged).
+    model_uri = command = None
+    if cfg.tracking.log_model and result.checkpoint is not None:
+        model_uri, command = log_final_model(result.checkpoint, uri, run_id)
     end_run(uri, run_id, "FINISHED")
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     return TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
-                        model_uri, classes)
+                        model_uri, classes, command)
 
 
 def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:

@@ -1,25 +1,24 @@
-"""`python -m pipeline.tune`: the command line over `pipeline.tune.sweep`."""
+"""`python -m pipeline.tune`: the command line over `pipeline.tune.sweep`.
+
+Exit status: 0 done; 2 bad usage, config, shards or space; 5 the sweep finished but MLflow stayed
+unreachable while recording it (the printed ``--resume --name`` command records it, training nothing).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.cli import non_negative_float, positive_int
+from pipeline.cli import int_range, non_negative_float, non_negative_int, positive_int, seed
 from pipeline.config import ConfigError, load_config
 from pipeline.runtime import ensure_ray
 from pipeline.tune import sweep as sweep_module
 from pipeline.tune.search import SweepCfg, SweepError
 from pipeline.tune.sweep import run_sweep
 
-
-def _halving(text: str) -> int:
-    v = positive_int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
-    return v
+EXIT_NOT_RECORDED = 5  # the sweep finished but MLflow stayed unreachable: `--resume --name` records it
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     d = SweepCfg()
     p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=sweep_module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,13 +32,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument("--search", choices=["random", "optuna", "hyperopt"], default=d.search)
     p.add_argument("--grace-period", type=positive_int, default=d.grace_period, help="ASHA: epochs before a stop")
-    p.add_argument("--reduction-factor", type=_halving, default=d.reduction_factor, help="ASHA halving rate")
+    p.add_argument("--reduction-factor", type=int_range(2), default=d.reduction_factor, help="ASHA halving rate")
     p.add_argument("--trial-cpus", type=non_negative_float, default=d.trial_cpus, help="CPUs of each trial's driver (0: none)")
-    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the search algorithm")
+    p.add_argument("--max-failures", type=non_negative_int, default=d.max_failures, help="retries of a crashed trial")
+    p.add_argument("--seed", type=seed, default=d.seed, help="seed of the search algorithm")
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides of the base config")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def sweep_cfg_from_args(args: argparse.Namespace) -> SweepCfg:
@@ -83,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[tune] best trial {out.best.trial_id}: {out.metric}={out.best.score:.4f} "
               f"run {out.best.run_id}; registered version: {out.registered_version}")
     print(f"[tune] MLflow parent run {out.parent_run_id} in '{out.experiment}' at {out.tracking_uri}")
-    return 0
+    return 0 if out.recorded else EXIT_NOT_RECORDED

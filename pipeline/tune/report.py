@@ -151,8 +151,9 @@ def register_best(best: TrialRow | None, tracking_uri: str, name: str, alias: st
     if best is None or best.run_id is None:
         print("[tune] no completed trial, nothing to register")
         return None
+    from pipeline.registry.names import candidates_of
     from pipeline.registry.versions import register_run  # tune -> registry, never the other way
 
     version = register_run(best.run_id, tracking_uri=tracking_uri, name=name, alias=alias)
-    print(f"[tune] registered run {best.run_id} as {name} version {version} (@{alias})")
+    print(f"[tune] registered run {best.run_id} as {candidates_of(name)} version {version} (@{alias})")
     return None if version is None else str(version)
