@@ -76,7 +76,21 @@ def local_out(text: str) -> str:
     return text
 
 
-local_out.bad_values = ()  # type: ignore[attr-defined]  # needs a file on disk; tests/test_cli_errors.py
+def local_out_file(text: str) -> str:
+    """An argparse type for an output file: refused when a folder above it is an existing file, or
+    when it is an existing folder. URIs pass through."""
+    if "://" in text:
+        return text
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{p} is a folder; give a file path (e.g. {p / 'out.parquet'})")
+    local_out(str(p.parent))
+    return text
+
+
+# these need a file on disk to fail: tests/test_cli_errors.py and test_cli_flags.py try them
+local_out.bad_values = ()  # type: ignore[attr-defined]
+local_out_file.bad_values = ()  # type: ignore[attr-defined]
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -123,13 +123,22 @@ def test_good_values_still_parse():
     assert (s.per_class, s.test_fraction) == (1, 0.0)
 
 
-def test_out_under_a_file_is_refused(tmp_path):
-    from pipeline.synth.cli import build_parser as synth
-
+@pytest.mark.parametrize("mod,argv", [
+    ("pipeline.synth.cli", ["--out", "{file}/sub"]),
+    ("pipeline.ingest.cli", ["--source", "synthetic", "--out", "{file}/sub"]),
+    ("pipeline.evaluate.cli", ["--model", "m", "--shards", "s", "--out", "{file}/sub"]),
+    ("pipeline.predict.cli", ["--input-dir", "d", "--out", "{file}/sub/p.parquet"]),
+    ("pipeline.predict.cli", ["--input-dir", "d", "--out", "{dir}"]),
+    ("pipeline.demo.__main__", ["--out", "{file}"]),
+    ("pipeline.registry.cli", ["review", "--shards", "s", "--out", "{file}/x"]),
+])
+def test_output_paths_that_cannot_be_written_are_refused(tmp_path, mod, argv):
     f = tmp_path / "file.txt"
     f.write_text("x")
+    argv = [a.replace("{file}", str(f)).replace("{dir}", str(tmp_path)) for a in argv]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
-        synth().parse_args(["--out", str(f / "sub")])
+        importlib.import_module(mod).build_parser().parse_args(argv)
     assert exc.value.code == 2
-    assert "--out" in err.getvalue() and "is a file" in err.getvalue()
+    last = err.getvalue().strip().splitlines()[-1]
+    assert "argument --out" in last and ("is a file" in last or "is a folder" in last), last

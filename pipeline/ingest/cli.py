@@ -16,7 +16,8 @@ import logging
 import sys
 from dataclasses import fields
 
-from pipeline.cli import fraction, fraction_closed, int_range, non_negative_float, positive_float, positive_int, seed
+from pipeline.cli import (fraction, fraction_closed, int_range, local_out, non_negative_float, positive_float,
+                          positive_int, seed)
 from pipeline.ingest.options import IngestOptions
 from pipeline.ingest.sources import SOURCES
 
@@ -26,7 +27,7 @@ def _input_output(g) -> None:
     g.add_argument("--source", required=True, choices=sorted(SOURCES),
                    help="dataset layout of --input (synthetic needs no input)")
     g.add_argument("--input", "--root", "-i", dest="input", help="dataset folder or file (local path or URI such as s3://...)")
-    g.add_argument("--out", "-o", required=True, help="output folder (local path or URI)")
+    g.add_argument("--out", "-o", required=True, type=local_out, help="output folder (local path or URI)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output (only on success)")
     g.add_argument("--limit", type=positive_int, help="ingest only the first N inputs (quick checks)")
     g.add_argument("--allow-outside-input", action="store_true",

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.cli import local_out, non_negative_float, positive_int
+from pipeline.cli import local_out, local_out_file, non_negative_float, positive_int
 from pipeline.predict import files
 from pipeline.predict.files import DEFAULT_MODEL, Prediction, classify, prepare
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input-dir", help="every image file under DIR (recursively)")
     src.add_argument("--shards", help="shard root (pipeline.ingest output); rows are aligned faces")
     batch.add_argument("--split", default="test", help="shard split (default test)")
-    batch.add_argument("--out", help="output Parquet file, one row per input")
+    batch.add_argument("--out", type=local_out_file, help="output Parquet file, one row per input")
     batch.add_argument("--batch-size", type=positive_int, default=16, help="images per actor call")
     batch.add_argument("--actors", type=positive_int, default=2, help="model actors in the pool")
     batch.add_argument("--cpus-per-actor", type=non_negative_float, default=0.5, help="CPUs reserved per actor (fractional ok)")

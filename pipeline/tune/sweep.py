@@ -252,8 +252,8 @@ def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any],
         sweep_report.fix_up_runs(rows, client)  # idempotent: safe to retry whole
         return rows
 
-    later = (f"python -m pipeline.tune --resume --name {sweep.name} "
-             f"run.storage_path={Path(exp_path).parent}")
+    later = (f"python -m pipeline.tune --resume --name {sweep.name} "  # the CLI checks the shards first
+             f"run.storage_path={Path(exp_path).parent} data.shards={cfg.data.shards}")
     try:
         rows = with_retry(rows_now, f"record sweep {sweep.name}")
     except Exception as e:
