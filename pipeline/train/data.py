@@ -162,10 +162,15 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, augment: Callable |
         # majority rows every epoch. Row order is seeded (shuffle), the draw is not.
         batch = resample(batch, weights, np.random.default_rng())
     if len(batch["label"]) == 0:
-        return {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
-                "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
-    out = decode_batch(batch)
-    return augment(out) if augment is not None else out
+        out = {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+               "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
+    else:
+        out = decode_batch(batch)
+    if augment is not None:
+        return augment(out)
+    # held in the worker: the sample id lets it sort the rows (epochs.canonical_rows), so the
+    # order Ray Data delivers them in does not change the batches
+    return {**out, "sample_id": np.asarray(batch["sample_id"]).astype(str)}
 
 
 def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,

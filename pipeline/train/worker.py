@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,16 +61,9 @@ def setup(job: WorkerJob) -> RankContext:
     cfg = job.cfg
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
-    torch.set_num_threads(cfg.scaling.torch_threads)
-    _seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
     device = ray.train.torch.get_device()
-    apply_precision(cfg.scaling)
-    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
-    model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
-    loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
-    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
-    ema = build_ema(cfg.optim, unwrap(model))
+    # DDP (gloo on CPU, nccl on GPU)
+    model, loss_fn, optimizer, scheduler, ema = build_parts(job, device, rank, ray.train.torch.prepare_model)
     state = checkpoint.restore(ray.train.get_checkpoint(), unwrap(model), optimizer, scheduler, ema)
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
@@ -81,6 +74,25 @@ def setup(job: WorkerJob) -> RankContext:
         autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
         scheduler=scheduler, ema=ema, state=state, tracker=tracker, train_batches=train_batches,
         val_it=ray.train.get_dataset_shard("val") if job.has_val else None)
+
+
+def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
+                wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> tuple[Any, ...]:
+    """Threads, seeds, then (model, loss, optimiser, scheduler, EMA) in the order that draws
+    the initial weights; ``wrap`` is Ray Train's ``prepare_model`` (DDP) in a worker. One place
+    for the worker and bench/profile_seeds.py's one-process fit, so a seed gives both the same
+    weights and the same dropout draws."""
+    cfg = job.cfg
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
+    apply_precision(cfg.scaling)
+    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
+    if wrap is not None:
+        model = wrap(model)
+    loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
+    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
+    return model, loss_fn, optimizer, scheduler, build_ema(cfg.optim, unwrap(model))
 
 
 def _train_batches(job: WorkerJob, rank: int, start_epoch: int) -> EpochBatches | CachedEpochs:
@@ -249,7 +261,8 @@ def _timed(it: Iterator[Any]) -> Iterator[tuple[Any, float]]:
         yield item, time.perf_counter() - t0
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch global RNGs (torch: the initial weights, dropout, drop-path)."""
     import random
 
     random.seed(seed)
