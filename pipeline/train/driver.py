@@ -39,6 +39,8 @@ class TrainOutcome:
     checkpoint_path: str | None
     model_uri: str | None = None
     classes: list[str] = field(default_factory=list)
+    # unix times on the driver: fit called / returned, model logged (bench/parity.py)
+    times: dict[str, float] = field(default_factory=dict)
 
 
 def run_name_for(cfg: TrainConfig) -> str:
@@ -180,21 +182,27 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
     uri, run_id = run.tracking_uri, run.run_id
+    times = {"start": time.time()}
     try:
         trainer = build_trainer(cfg, manifest, run, callbacks, step_hook)
+        times["fit_called"] = time.time()
         result = trainer.fit()
+        times["fit_returned"] = time.time()
         stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{run.name}")
         if stopped:  # the loop stopped on non-finite losses: a clean stop, not a crash to retry
             raise TrainingStopped(f"run {run.name} stopped: {stopped}")
         model_uri = _log_final_model(cfg, result, uri, run_id, classes,
                                      record_of_manifest(manifest))
+        times["model_logged"] = time.time()
     except BaseException:
         end_run(uri, run_id, "FAILED")
         raise
     end_run(uri, run_id, "FINISHED")
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
-                        model_uri, classes)
+    out = TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
+                       model_uri, classes, times)
+    times["done"] = time.time()
+    return out
 
 
 def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:

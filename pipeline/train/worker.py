@@ -23,7 +23,7 @@ from pipeline.tracking import tracker_for
 from pipeline.train import checkpoint
 from pipeline.train.builders import (apply_precision, autocast_enabled, build_ema, build_loss, build_model,
                                      build_optimizer, build_scheduler, speed_up, unwrap)
-from pipeline.train.context import RankContext, WorkerJob
+from pipeline.train.context import RankContext, WorkerJob, process_started_at
 from pipeline.train.data import batch_augmenter
 from pipeline.train.epochs import CachedEpochs, EpochBatches
 from pipeline.train.identity import write_stop
@@ -36,18 +36,23 @@ from pipeline.transforms import to_model_inputs
 
 def train_fn_per_worker(loop_config: dict[str, WorkerJob]) -> None:
     """Ray Train's entry point (its ``train_loop_config`` must be a dict: ``{"job": WorkerJob}``)."""
+    entered = time.time()
     ctx = setup(loop_config["job"])
+    ctx.times.at.update(process=process_started_at(), entry=entered, setup_done=time.time())
     for epoch in range(ctx.state.start_epoch, ctx.cfg.schedule.epochs):
         ctx.progress.epoch = epoch
-        metrics = run_epoch(ctx)
+        with ctx.times.phase("first_epoch" if epoch == ctx.state.start_epoch else "epochs"):
+            metrics = run_epoch(ctx)
         if ctx.progress.stop_reason:  # a clean stop: no exception, so Ray does not retry it
             stop(ctx, metrics)
             break
         metrics["lr"] = ctx.scheduler.get_last_lr()[0]  # the lr this epoch ran with
         ctx.scheduler.step()
         average_buffers(ctx.synced_modules, ctx.dist_device)  # evaluate the weights rank 0 saves
-        metrics.update(validate(ctx))
-        report_epoch(ctx, metrics)
+        with ctx.times.phase("validate"):
+            metrics.update(validate(ctx))
+        with ctx.times.phase("report"):
+            report_epoch(ctx, metrics)
     finish(ctx)
 
 
@@ -213,8 +218,11 @@ def _final_test(ctx: RankContext) -> None:
     eval_model, state = ctx.eval_model, ctx.state
     if state.best_state is not None:
         eval_model.load_state_dict(state.best_state)
-    cm, metrics = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
+    with ctx.times.phase("test"):
+        cm, metrics = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
     final = {f"test_{k}": v for k, v in metrics.items()}
+    ctx.times.at["test_done"] = time.time()
+    final.update(ctx.times.metrics())  # where this rank's time went (bench/parity.py)
     metric = ctx.cfg.checkpoint.metric
     # Tune/ASHA read the configured metric from every result, the last one included.
     final[metric] = final[f"best_{metric}"] = state.best_metric
