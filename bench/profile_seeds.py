@@ -17,6 +17,7 @@ each fit's final weights with the logits averaged over every test face and its m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,25 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import schema as S  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.context import RankContext, WorkerJob  # noqa: E402
-from pipeline.train.data import batch_augmenter, carve_fraction, val_carve  # noqa: E402
+from pipeline.train.data import batch_augmenter  # noqa: E402
 from pipeline.train.epochs import CachedEpochs  # noqa: E402
+from pipeline.train.held import HeldSplits, eval_rows, train_rows  # noqa: E402
 from pipeline.train.worker import build_parts, run_epoch  # noqa: E402
 from pipeline.transforms import decode_batch, to_model_inputs  # noqa: E402
-
-
-def load_split(shards: Path, split: str, group: str = "") -> dict[str, np.ndarray]:
-    """Decoded rows of one split: image, crop, label, plus sample_id and the ``group`` column."""
-    keys = [S.SAMPLE_ID, *([group] if group else [])]
-    t = pq.read_table(shards / split, columns=[S.IMAGE, S.LANDMARK_CROP, S.LABEL, *keys])
-    cols = {c: np.array(t.column(c).to_pylist(), dtype=object) for c in (S.IMAGE, S.LANDMARK_CROP, *keys)}
-    cols[S.LABEL] = np.array(t.column(S.LABEL).to_pylist())
-    return {**decode_batch(cols), **{c: cols[c] for c in keys}}
 
 
 def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = False) -> tuple[float, ...]:
@@ -93,13 +85,15 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
 
 
 def fit_rows(shards: Path, cfg) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
-    """(train rows minus the pipeline's val carve, test rows, the manifest's classes): what a
-    pipeline fit of ``cfg`` on ``shards`` trains and tests on."""
+    """(train rows minus the pipeline's val carve, test rows, the manifest's classes), decoded:
+    what a pipeline fit of ``cfg`` on ``shards`` trains and tests on, read by the functions a
+    worker reads them with (pipeline.train.held)."""
     manifest = S.read_manifest(str(shards))
-    carve, group = val_carve(cfg.data, manifest)  # the pipeline's val carve, left out
-    train, test = load_split(shards, "train", group), load_split(shards, "test")
-    keep = carve_fraction(train, group) >= carve
-    return {k: v[keep] for k, v in train.items()}, test, list(manifest["classes"])
+    held = HeldSplits.of(dataclasses.replace(cfg.data, shards=str(shards)), manifest)
+    parts = list(train_rows(held, cfg.data).iter_batches())
+    train = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    test = eval_rows(held, "test").rows
+    return train, {**decode_batch(test), S.SAMPLE_ID: test[S.SAMPLE_ID]}, list(manifest["classes"])
 
 
 def seeded(cfg_path: str, shards: Path, seed: int, overrides: list[str]):

@@ -16,6 +16,7 @@ from pipeline.tracking import NullTracker, Tracker
 from pipeline.train.builders import unwrap
 from pipeline.train.checkpoint import TrainState
 from pipeline.train.epochs import CachedEpochs, EpochBatches
+from pipeline.train.held import HeldSplits
 
 # (epoch, step, rank, scratch_dir), called on every rank before each train step: the tests kill a
 # worker with it (tests/fault_injection.py); production passes none.
@@ -32,7 +33,9 @@ class WorkerJob:
     run_id: str | None = None  # the open MLflow run rank 0 logs to (None: no tracking)
     has_val: bool = False
     has_test: bool = False
-    cache_train: bool = False  # train rows held decoded in the worker (pipeline.train.data.worker_cache)
+    # small sets (pipeline.train.data.worker_cache): each rank reads and holds the rows itself
+    # (pipeline.train.held); None: the splits stream through Ray Data
+    held: HeldSplits | None = None
     class_weights: list[float] | None = None  # inverse-frequency loss weights (data.class_balanced_loss)
     marker_dir: str = ""  # scratch folder handed to the step hook
     run_dir: str | None = None  # <storage>/<name>: where rank 0 leaves a stop reason for the driver

@@ -131,8 +131,8 @@ def batch_augmenter(d: Any) -> Callable[..., dict[str, np.ndarray]]:
 
 
 def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:
-    """Whether each rank holds its train rows decoded in memory (``data.worker_cache``; "auto":
-    when a rank's share of the train rows fits ``data.worker_cache_mb`` decoded and the balanced
+    """Whether each rank holds the train rows decoded in memory (``data.worker_cache``; "auto":
+    when the train rows fit ``data.worker_cache_mb`` decoded and the balanced
     sampler, which draws anew every epoch, is off). Decided once here for driver and workers."""
     if d.worker_cache != "auto":
         return d.worker_cache == "always"
@@ -141,7 +141,7 @@ def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:
     rows = sum(manifest.get("counts", {}).get("train", {}).values())
     if d.max_train_rows > 0:
         rows = min(rows, d.max_train_rows)
-    return rows / max(num_workers, 1) * ROW_BYTES <= d.worker_cache_mb * 2**20
+    return rows * ROW_BYTES <= d.worker_cache_mb * 2**20  # every rank holds all rows (train.held)
 
 
 def train_transform(d: Any, carve: float, weights: list[float] | None = None, augment: bool = True

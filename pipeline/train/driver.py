@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
+from pipeline.train.held import HeldSplits
 from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
@@ -117,12 +118,14 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
 
     classes = list(manifest["classes"])
     check_model_config(cfg, manifest)
-    cached = worker_cache(cfg.data, manifest, cfg.scaling.num_workers)
-    datasets = build_datasets(cfg, manifest, cached=cached)
+    # small sets: every rank reads and holds the rows itself (pipeline.train.held), no Ray Data
+    held = HeldSplits.of(cfg.data, manifest) if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else None
+    datasets = build_datasets(cfg, manifest) if held is None else {}
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
         cfg=cfg, classes=classes, tracking_uri=run.tracking_uri, run_id=run.run_id,
-        has_val="val" in datasets, has_test="test" in datasets, cache_train=cached,
+        has_val=held.has_val if held else "val" in datasets, has_test=held.has_test if held else "test" in datasets,
+        held=held,
         class_weights=class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
         marker_dir=f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
         run_dir=f"{storage.rstrip('/')}/{name}",
@@ -139,7 +142,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),

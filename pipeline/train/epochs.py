@@ -88,41 +88,44 @@ def canonical_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(rows[k])[order] for k in CACHED_KEYS}
 
 
-def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rank: int) -> list[tuple[np.ndarray, int]]:
+def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+               world: int = 1) -> list[tuple[np.ndarray, int]]:
     """One epoch of held rows: (row indices, augmentation seed) per batch, drawn from
-    (``seed``, ``epoch``, ``rank``) only; the last partial batch is dropped (equal steps on
-    every rank, as ``drop_last`` when streamed)."""
-    rng = np.random.default_rng([seed, epoch, rank])
-    order = rng.permutation(n)
-    starts = range(0, n - batch_size + 1, batch_size)
-    seeds = rng.integers(0, 2**63, size=len(starts))
+    (``seed``, ``epoch``, ``rank``) only. With ``world`` > 1 every rank holds all ``n`` rows:
+    one permutation drawn from (``seed``, ``epoch``) is cut into ``world`` equal slices, rank r
+    takes slice r (DistributedSampler's way: a row is in one rank's batches per epoch, and
+    ranks mix anew every epoch). The last partial batch is dropped: equal steps on every rank."""
+    rng = np.random.default_rng([seed, epoch, rank] if world == 1 else [seed, epoch])
+    per = n // world
+    order = rng.permutation(n)[rank * per:(rank + 1) * per]
+    starts = range(0, per - batch_size + 1, batch_size)
+    seeds = rng.integers(0, 2**63, size=(world, len(starts)))[0 if world == 1 else rank]
     return [(order[s:s + batch_size], int(k)) for s, k in zip(starts, seeds)]
 
 
 class CachedEpochs:
-    """A rank's train rows held decoded in memory and re-augmented in the worker every epoch
+    """Train rows held decoded in memory and re-augmented in the worker every epoch
     (``data.worker_cache``: small train sets).
 
-    The first epoch reads the shard once through Ray Data (read → row shuffle → val carve →
-    decode, split equally across ranks, no augmentation) and sorts the rows by sample id
-    (``canonical_rows``); every epoch then permutes the held rows (``epoch_plan``: seeded by
-    ``seed``, epoch and rank) and augments each batch (``augment``, seeded the same
-    way) in a background thread ``prefetch_batches`` ahead of the step loop. Re-running the Ray
-    Data pipeline every epoch made an epoch of 669 rows on 2 cores 6.9 s, not 6.0 s (its tasks'
-    start-up and the all-to-all shuffle competing with the step and validation for the cores);
-    this costs the augmentation alone (~25 ms a batch of 32). A rank keeps the rows of its first split: the row shuffle before the split mixed
-    classes across ranks, and equal splits keep equal step counts. Same interface as
-    ``EpochBatches``.
+    The first epoch reads ``shard`` once (``pipeline.train.held.Rows``: every rank reads all
+    train rows itself; or a Ray Data iterator of one rank's split) and sorts the rows by sample
+    id (``canonical_rows``); every epoch then permutes the held rows (``epoch_plan``: seeded by
+    ``seed`` and epoch, and by rank unless ``world`` > 1 ranks share one permutation) and
+    augments each batch (``augment``, seeded the same way) in a background thread
+    ``prefetch_batches`` ahead of the step loop. Re-running the Ray Data pipeline every epoch
+    made an epoch of 669 rows on 2 cores 6.9 s, not 6.0 s; this costs the augmentation alone
+    (~25 ms a batch of 32). Same interface as ``EpochBatches``.
     """
 
     def __init__(self, shard: Any, batch_size: int, prefetch_batches: int, augment: Augment, *,
                  seed: int = 0, rank: int = 0, start_epoch: int = 0,
-                 rows: dict[str, np.ndarray] | None = None) -> None:
+                 rows: dict[str, np.ndarray] | None = None, world: int = 1) -> None:
         self.shard = shard
         self.batch_size = batch_size
         self.prefetch = max(1, prefetch_batches)
         self.augment = augment
         self.seed, self.rank = seed, rank
+        self.world = world  # > 1: every rank holds all rows and takes its slice (epoch_plan)
         self.next_epoch = start_epoch
         # rows given (bench/profile_seeds.py: decoded in the process) skip the Ray Data read
         self.rows: dict[str, np.ndarray] | None = canonical_rows(rows) if rows is not None else None
@@ -161,7 +164,7 @@ class CachedEpochs:
             return
         if self._pending is None:
             epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
-            plan = epoch_plan(len(self.rows["label"]), self.batch_size, self.seed, epoch, self.rank)
+            plan = epoch_plan(len(self.rows["label"]), self.batch_size, self.seed, epoch, self.rank, self.world)
             self._pending = (plan, deque(self._submit(plan, i) for i in range(min(self.prefetch, len(plan)))))
 
     def epoch(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -26,10 +26,11 @@ from pipeline.train.builders import (apply_precision, autocast_enabled, build_em
 from pipeline.train.context import RankContext, WorkerJob, process_started_at
 from pipeline.train.data import batch_augmenter
 from pipeline.train.epochs import CachedEpochs, EpochBatches
+from pipeline.train.held import eval_rows, train_rows
 from pipeline.train.identity import write_stop
 from pipeline.train.rank_eval import allreduce_sum, average_buffers, iter_partition
 from pipeline.train.step import optimizer_steps, skip_nonfinite, train_step
-from pipeline.transforms import to_model_inputs
+from pipeline.transforms import decode_batch, to_model_inputs
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -73,12 +74,19 @@ def setup(job: WorkerJob) -> RankContext:
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
-    train_batches = _train_batches(job, rank, state.start_epoch)
+    train_batches = _train_batches(job, rank, world, state.start_epoch)
     return RankContext(
         job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
         autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
         scheduler=scheduler, ema=ema, state=state, tracker=tracker, train_batches=train_batches,
-        val_it=ray.train.get_dataset_shard("val") if job.has_val else None)
+        val_it=_eval_source(job, "val") if job.has_val else None)
+
+
+def _eval_source(job: WorkerJob, split: str) -> Any:
+    """Rows of a val/test split: read by the rank itself (small sets, ``held``) or Ray Data's."""
+    import ray.train
+
+    return eval_rows(job.held, split) if job.held is not None else ray.train.get_dataset_shard(split)
 
 
 def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
@@ -100,16 +108,17 @@ def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
     return model, loss_fn, optimizer, scheduler, build_ema(cfg.optim, unwrap(model))
 
 
-def _train_batches(job: WorkerJob, rank: int, start_epoch: int) -> EpochBatches | CachedEpochs:
-    """This rank's epochs: held in memory (small sets, ``data.worker_cache``) or streamed."""
+def _train_batches(job: WorkerJob, rank: int, world: int, start_epoch: int) -> EpochBatches | CachedEpochs:
+    """This rank's epochs: all rows read and held by every rank (small sets, ``held``; each
+    rank takes its slice of one permutation per epoch) or its split streamed through Ray Data."""
     import ray.train
 
-    d, shard = job.cfg.data, ray.train.get_dataset_shard("train")
-    if job.cache_train:
-        return CachedEpochs(shard, d.batch_size, d.prefetch_batches, batch_augmenter(d), seed=d.seed,
-                            rank=rank, start_epoch=start_epoch)
-    return EpochBatches(shard, d.batch_size, d.prefetch_batches, shuffle_buffer=d.shuffle_buffer,
-                        seed=d.seed, rank=rank, start_epoch=start_epoch)
+    d = job.cfg.data
+    if job.held is not None:
+        return CachedEpochs(train_rows(job.held, d), d.batch_size, d.prefetch_batches, batch_augmenter(d),
+                            seed=d.seed, rank=rank, world=world, start_epoch=start_epoch)
+    return EpochBatches(ray.train.get_dataset_shard("train"), d.batch_size, d.prefetch_batches,
+                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, rank=rank, start_epoch=start_epoch)
 
 
 def run_epoch(ctx: RankContext) -> dict[str, float]:
@@ -211,15 +220,13 @@ def finish(ctx: RankContext) -> None:
 
 def _final_test(ctx: RankContext) -> None:
     """Evaluate the best weights on the test split across all ranks; rank 0 logs the artifacts."""
-    import ray.train
-
     from pipeline.tracking import log_confusion
 
     eval_model, state = ctx.eval_model, ctx.state
     if state.best_state is not None:
         eval_model.load_state_dict(state.best_state)
     with ctx.times.phase("test"):
-        cm, metrics = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
+        cm, metrics = _evaluate(ctx, eval_model, _eval_source(ctx.job, "test"))
     final = {f"test_{k}": v for k, v in metrics.items()}
     ctx.times.at["test_done"] = time.time()
     final.update(ctx.times.metrics())  # where this rank's time went (bench/parity.py)
@@ -236,15 +243,15 @@ def _final_test(ctx: RankContext) -> None:
 def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
               cache: list | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """All-reduced confusion matrix and its metrics, ``log_loss`` included (the evaluator's
-    formulas). With ``cache`` (a list), this rank's encoded rows are kept
-    after the first pass, so later epochs skip re-reading the split through Ray Data (each rank
-    holds only its own 1/world of the rows, still JPEG-encoded)."""
+    formulas). With ``cache`` (a list), this rank's rows are kept after the first pass, so later
+    epochs skip re-reading the split through Ray Data (each rank holds only its own 1/world of
+    the rows): decoded up to ``data.worker_cache_mb`` (no decode every epoch), encoded beyond."""
     if cache:
         batches: Iterator[dict[str, np.ndarray]] = iter(cache)
     else:
         batches = iter_partition(iterator, ctx.rank, ctx.world, ctx.cfg.data.eval_batch_size)
         if cache is not None:
-            batches = _tee_into(batches, cache)
+            batches = _tee_into(batches, cache, ctx.cfg.data.worker_cache_mb * 2**20)
     res = evaluate_batches(eval_model, batches, ctx.classes, ctx.device, ctx.cfg.data.bgr,
                            ctx.use_crop, ctx.autocast)
     cm = allreduce_sum(res.confusion, ctx.dist_device)
@@ -252,8 +259,13 @@ def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
     return cm, EvalResult(cm, ctx.classes, nll_sum=nll).quality()
 
 
-def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list) -> Iterator[dict[str, np.ndarray]]:
+def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list,
+              decoded_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    held = 0
     for b in batches:
+        if held < decoded_bytes and len(b["label"]):
+            b = decode_batch(b)
+            held += b["image"].nbytes + b["crop"].nbytes
         cache.append(b)
         yield b
 
