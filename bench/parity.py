@@ -83,6 +83,21 @@ def one_process_fit(cfg, shards: Path) -> dict:
     return {"acc": accs[-1][0], "seconds": time.time() - t0, "load_s": loaded - t0, "losses": losses}
 
 
+def projected_ratio(rows: list[dict], epochs: int, to: int) -> float:
+    """Pipeline / one-process time of a ``to``-epoch fit, from this run's ``epochs``-epoch fits:
+    each path's per-epoch cost (pipeline: its later epochs' steps plus validation and report per
+    epoch; one process: its whole fit minus reading the rows, over the epochs, the final test
+    counted as an epoch's worth) and the rest as fixed cost."""
+    pipe, one = [], []
+    for r in rows:
+        m, p, o = r["pipeline"]["metrics"], r["pipeline"]["seconds"], r["one"]
+        per = (m.get("time_epochs_s", 0.0) / max(epochs - 1, 1)
+               + (m.get("time_validate_s", 0.0) + m.get("time_report_s", 0.0)) / epochs)
+        pipe.append(p + (to - epochs) * per)
+        one.append(o["seconds"] + (to - epochs) * (o["seconds"] - o["load_s"]) / epochs)
+    return float(np.mean(pipe) / np.mean(one))
+
+
 def phase_seconds(p: dict) -> list[tuple[str, float]]:
     out = []
     for label, *keys in PHASES:
@@ -94,7 +109,7 @@ def phase_seconds(p: dict) -> list[tuple[str, float]]:
     return out
 
 
-def report(rows: list[dict], ray_start_s: float) -> None:
+def report(rows: list[dict], ray_start_s: float, epochs: int) -> None:
     print("\nseed  pipeline acc  one-process acc  max |train loss gap|  pipeline s  one-process s  ratio")
     for r in rows:
         p, o = r["pipeline"], r["one"]
@@ -108,6 +123,8 @@ def report(rows: list[dict], ray_start_s: float) -> None:
               f"{np.mean(secs):.1f} s a fit")
     ratio = np.mean([r["pipeline"]["seconds"] for r in rows]) / np.mean([r["one"]["seconds"] for r in rows])
     print(f"time ratio pipeline / one process: {ratio:.2f} (Ray start once, not in either: {ray_start_s:.1f} s)")
+    if epochs < 20:
+        print(f"projected to schedule.epochs=20 from this run's per-epoch times: {projected_ratio(rows, epochs, 20):.2f}")
     print("\npipeline phase (mean over seeds)                       seconds")
     phases = [phase_seconds(r["pipeline"]) for r in rows]
     for i, (label, _) in enumerate(phases[0]):
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"train losses {'identical' if again['losses'] == first['losses'] else 'DIFFER'}", flush=True)
     finally:
         ray.shutdown()
-    report(rows, ray_start_s)
+    report(rows, ray_start_s, profile_seeds.seeded(args.config, shards, 0, args.overrides).schedule.epochs)
     return 0
 
 

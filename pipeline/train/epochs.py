@@ -96,10 +96,10 @@ def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     takes slice r (DistributedSampler's way: a row is in one rank's batches per epoch, and
     ranks mix anew every epoch). The last partial batch is dropped: equal steps on every rank."""
     rng = np.random.default_rng([seed, epoch, rank] if world == 1 else [seed, epoch])
-    per = n // world
-    order = rng.permutation(n)[rank * per:(rank + 1) * per]
+    per, part = n // world, rank if world > 1 else 0  # world 1: the rows are this rank's own
+    order = rng.permutation(n)[part * per:(part + 1) * per]
     starts = range(0, per - batch_size + 1, batch_size)
-    seeds = rng.integers(0, 2**63, size=(world, len(starts)))[0 if world == 1 else rank]
+    seeds = rng.integers(0, 2**63, size=(world, len(starts)))[part]
     return [(order[s:s + batch_size], int(k)) for s, k in zip(starts, seeds)]
 
 
