@@ -5,18 +5,19 @@
 
 One ``bench/learning.py`` run is one seed, and a test split of ~170 rows has a sampling sd of
 about 0.03, so a profile change worth 0.03 cannot be told from noise in one run. This script
-trains the profile's model, loss, optimiser, schedule and augmentation (the pipeline's own
-builders and ``augment_batch``) in one process on 2 threads, on the train rows minus the
-pipeline's val carve (``carve_fraction``, by group when the shards have one), and prints the test
-accuracy after every epoch and the final one per seed, then their mean: about 100 s per seed for
-20 epochs of 670 rows on 2 cores. ``--flip-test`` also scores each fit's final weights with the
-logits averaged over every test face and its mirror image (test-time flip), paired with the plain
-score. It is a screen, not the product: the pipeline run
-(``bench/learning.py``) stays the figure that counts.
+trains the profile in one process through the training worker's own functions (``build_parts``,
+``CachedEpochs``, ``run_epoch``: the same seeds, batches, augmentation draws, steps and EMA as a
+one-worker ``pipeline.train`` fit of ``run.seed=S data.seed=S``, see bench/parity.py), on the
+train rows minus the pipeline's val carve (``carve_fraction``, by group when the shards have
+one), and prints the test accuracy after every epoch and the final one per seed, then their
+mean: about 100 s per seed for 20 epochs of 670 rows on 2 cores. ``--flip-test`` also scores
+each fit's final weights with the logits averaged over every test face and its mirror image
+(test-time flip), paired with the plain score.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,24 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import schema as S  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.train.builders import (build_ema, build_loss, build_model, build_optimizer,  # noqa: E402
-                                     build_scheduler)
-from pipeline.train.data import batch_augmenter, carve_fraction, val_carve  # noqa: E402
+from pipeline.train.context import RankContext, WorkerJob  # noqa: E402
+from pipeline.train.data import batch_augmenter  # noqa: E402
+from pipeline.train.epochs import CachedEpochs  # noqa: E402
+from pipeline.train.held import HeldSplits, eval_rows, train_rows  # noqa: E402
+from pipeline.train.worker import build_parts, run_epoch  # noqa: E402
 from pipeline.transforms import decode_batch, to_model_inputs  # noqa: E402
-
-
-def load_split(shards: Path, split: str, group: str = "") -> dict[str, np.ndarray]:
-    """Decoded rows of one split: image, crop, label, plus sample_id and the ``group`` column."""
-    keys = [S.SAMPLE_ID, *([group] if group else [])]
-    t = pq.read_table(shards / split, columns=[S.IMAGE, S.LANDMARK_CROP, S.LABEL, *keys])
-    cols = {c: np.array(t.column(c).to_pylist(), dtype=object) for c in (S.IMAGE, S.LANDMARK_CROP, *keys)}
-    cols[S.LABEL] = np.array(t.column(S.LABEL).to_pylist())
-    return {**decode_batch(cols), **{c: cols[c] for c in keys}}
 
 
 def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = False) -> tuple[float, ...]:
@@ -60,60 +53,76 @@ def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = F
     return tuple(float((torch.cat(p).numpy() == rows["label"]).mean()) for p in preds if p)
 
 
-def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: int, seed: int,
-        batch: int, flip: bool = False) -> list[tuple[float, ...]]:
-    """Test accuracy after each epoch of one seed (global batch ``batch``, as DDP ranks x batch_size);
-    with ``flip``, (plain, mirror-averaged) per epoch."""
-    torch.manual_seed(seed)
-    augment, rng = batch_augmenter(cfg.data), np.random.default_rng(seed)
-    model = build_model(cfg.model, classes, load_weights=False)
-    loss_fn, opt = build_loss(cfg.loss), build_optimizer(cfg.optim, model.parameters())
-    sched = build_scheduler(cfg.schedule, opt)
-    ema = build_ema(cfg.optim, model)  # evaluated instead of the weights when optim.ema_decay > 0
-    curve = []
-    for _ in range(cfg.schedule.epochs):
-        perm = rng.permutation(len(train["label"]))
-        for s in range(0, len(perm) - batch + 1, batch):  # drop the last partial batch, as the pipeline
-            idx = perm[s:s + batch]
-            b = augment({"image": train["image"][idx], "crop": train["crop"][idx], "label": train["label"][idx]})
-            logits, feats = model(*to_model_inputs(b["image"], b["crop"]))
-            loss, _ = loss_fn(logits, feats, torch.as_tensor(b["label"]))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
-        sched.step()
-        curve.append(accuracy(ema.module if ema is not None else model, test, flip))
-    return curve
+def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: list[str],
+        flip: bool = False, curve: bool = True) -> tuple[list[tuple[float, ...]], list[float]]:
+    """One fit of ``cfg`` (seeded by ``run.seed`` / ``data.seed``) through the worker's own
+    functions: ``build_parts`` (threads, seeds, model, loss, optimiser, schedule, EMA),
+    ``CachedEpochs`` (the rows sorted by sample id, the per-epoch plan and seeded augmentation)
+    and ``run_epoch`` (steps, EMA updates); the schedule steps once an epoch, as in
+    ``train_fn_per_worker``. Returns (test accuracy of the evaluated weights after each epoch,
+    or only the last one without ``curve``; with ``flip`` (plain, mirror-averaged)) and the mean
+    train loss of each epoch. Equal to a one-worker pipeline fit; with ``scaling.num_workers`` N
+    the rows go in one process as global batches of N x ``data.batch_size`` (BatchNorm then sees
+    the global batch, not one rank's)."""
+    d = cfg.data
+    job = WorkerJob(cfg=cfg, classes=list(classes))
+    model, loss_fn, opt, sched, ema = build_parts(job, torch.device("cpu"))
+    batches = CachedEpochs(None, d.batch_size * cfg.scaling.num_workers, d.prefetch_batches,
+                           batch_augmenter(d), seed=d.seed, rows=train)
+    ctx = RankContext(job=job, model=model, loss_fn=loss_fn, optimizer=opt, scheduler=sched, ema=ema,
+                      train_batches=batches)
+    accs, losses = [], []
+    try:
+        for epoch in range(cfg.schedule.epochs):
+            ctx.progress.epoch = epoch
+            losses.append(run_epoch(ctx)["train_loss"])
+            sched.step()
+            if curve or epoch + 1 == cfg.schedule.epochs:
+                accs.append(accuracy(ctx.eval_model, test, flip))
+    finally:
+        batches.close()
+    return accs, losses
+
+
+def fit_rows(shards: Path, cfg) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """(train rows minus the pipeline's val carve, test rows, the manifest's classes), decoded:
+    what a pipeline fit of ``cfg`` on ``shards`` trains and tests on, read by the functions a
+    worker reads them with (pipeline.train.held)."""
+    manifest = S.read_manifest(str(shards))
+    held = HeldSplits.of(dataclasses.replace(cfg.data, shards=str(shards)), manifest)
+    parts = list(train_rows(held, cfg.data).iter_batches())
+    train = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    test = eval_rows(held, "test").rows
+    return train, {**decode_batch(test), S.SAMPLE_ID: test[S.SAMPLE_ID]}, list(manifest["classes"])
+
+
+def seeded(cfg_path: str, shards: Path, seed: int, overrides: list[str]):
+    """The config of one seed: ``run.seed`` (weights, dropout) and ``data.seed`` (row order,
+    augmentation) both set to it, as ``python -m pipeline.train run.seed=S data.seed=S``."""
+    return load_config(cfg_path, [f"data.shards={shards}", *overrides, f"run.seed={seed}", f"data.seed={seed}"])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", required=True, help="an ingest output with train and test splits")
     ap.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", default="0,1,2", help="each sets run.seed and data.seed")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: scaling.torch_threads)")
     ap.add_argument("--flip-test", action="store_true",
                     help="also score the logits averaged over each test face and its mirror image")
     ap.add_argument("overrides", nargs="*", help="key=value on top of --config")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     shards = Path(args.shards)
-    cfg = load_config(args.config, [f"data.shards={shards}", *args.overrides])
-    carve, group = val_carve(cfg.data, S.read_manifest(str(shards)))  # the pipeline's val carve, left out
-    train, test = load_split(shards, "train", group), load_split(shards, "test")
-    keep = carve_fraction(train, group) >= carve
-    train = {k: v[keep] for k, v in train.items()}
-    classes = int(max(train["label"].max(), test["label"].max())) + 1
+    overrides = [*args.overrides, *([f"scaling.torch_threads={args.threads}"] if args.threads else [])]
+    cfg = load_config(args.config, [f"data.shards={shards}", *overrides])
+    train, test, classes = fit_rows(shards, cfg)
     batch = cfg.data.batch_size * cfg.scaling.num_workers
     print(f"{shards.name}: {len(train['label'])} train / {len(test['label'])} test rows, global batch {batch}, "
           f"overrides {args.overrides}", flush=True)
     finals = []
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.perf_counter()
-        curve = fit(cfg, train, test, classes, seed, batch, args.flip_test)
+        curve, _ = fit(seeded(args.config, shards, seed, overrides), train, test, classes, args.flip_test)
         finals.append(curve[-1])
         per_epoch = " ".join(f"{a[0]:.3f}" for a in curve)
         mirror = f" mirror-averaged {curve[-1][1]:.3f}" if args.flip_test else ""

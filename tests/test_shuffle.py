@@ -308,7 +308,7 @@ def test_worker_cache_holds_small_sets_only_and_never_freezes_the_balanced_draw(
     d = load_config(None, []).data
     fits = d.worker_cache_mb * 2**20 // ROW_BYTES  # rows one worker may hold decoded
     assert worker_cache(d, manifest(fits), 1) and not worker_cache(d, manifest(fits + 2), 1)
-    assert worker_cache(d, manifest(2 * fits), 2), "each rank holds its share only"
+    assert not worker_cache(d, manifest(2 * fits), 2), "every rank holds all rows (pipeline.train.held)"
     capped = load_config(None, [f"data.max_train_rows={fits}"]).data
     assert worker_cache(capped, manifest(10 * fits), 1)
     balanced = load_config(None, ["data.sampler=balanced"]).data

@@ -44,7 +44,7 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict[str, np.ndar
                      classes: list[str], device: torch.device | str = "cpu", bgr: bool = False,
                      use_crop: bool = True, autocast: bool = False) -> EvalResult:
     """Confusion matrix and summed log loss over encoded shard rows (``image``/``landmark_crop``
-    bytes + ``label``)."""
+    bytes + ``label``) or decoded ones (``image``/``crop`` uint8 arrays + ``label``)."""
     was_training = model.training
     model.eval()
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
@@ -52,8 +52,11 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict[str, np.ndar
     for batch in batches:
         if len(batch["label"]) == 0:
             continue
-        images = np.stack([decode_image(b, IMAGE_SIZE) for b in batch["image"]])
-        crops = np.stack([decode_image(b, CROP_SIZE) for b in batch["landmark_crop"]])
+        if "crop" in batch:  # decoded already (the training loop's val cache)
+            images, crops = batch["image"], batch["crop"]
+        else:
+            images = np.stack([decode_image(b, IMAGE_SIZE) for b in batch["image"]])
+            crops = np.stack([decode_image(b, CROP_SIZE) for b in batch["landmark_crop"]])
         t0 = time.perf_counter()
         logits = predict_logits(model, images, crops, device, bgr, use_crop, autocast)
         seconds += time.perf_counter() - t0

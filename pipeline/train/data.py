@@ -131,8 +131,8 @@ def batch_augmenter(d: Any) -> Callable[..., dict[str, np.ndarray]]:
 
 
 def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:
-    """Whether each rank holds its train rows decoded in memory (``data.worker_cache``; "auto":
-    when a rank's share of the train rows fits ``data.worker_cache_mb`` decoded and the balanced
+    """Whether each rank holds the train rows decoded in memory (``data.worker_cache``; "auto":
+    when the train rows fit ``data.worker_cache_mb`` decoded and the balanced
     sampler, which draws anew every epoch, is off). Decided once here for driver and workers."""
     if d.worker_cache != "auto":
         return d.worker_cache == "always"
@@ -141,7 +141,7 @@ def worker_cache(d: Any, manifest: dict[str, Any], num_workers: int) -> bool:
     rows = sum(manifest.get("counts", {}).get("train", {}).values())
     if d.max_train_rows > 0:
         rows = min(rows, d.max_train_rows)
-    return rows / max(num_workers, 1) * ROW_BYTES <= d.worker_cache_mb * 2**20
+    return rows * ROW_BYTES <= d.worker_cache_mb * 2**20  # every rank holds all rows (train.held)
 
 
 def train_transform(d: Any, carve: float, weights: list[float] | None = None, augment: bool = True
@@ -162,10 +162,15 @@ def _train_batch(batch: dict[str, np.ndarray], carve: float, augment: Callable |
         # majority rows every epoch. Row order is seeded (shuffle), the draw is not.
         batch = resample(batch, weights, np.random.default_rng())
     if len(batch["label"]) == 0:
-        return {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
-                "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
-    out = decode_batch(batch)
-    return augment(out) if augment is not None else out
+        out = {"image": np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+               "crop": np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), "label": np.zeros((0,), np.int64)}
+    else:
+        out = decode_batch(batch)
+    if augment is not None:
+        return augment(out)
+    # held in the worker: the sample id lets it sort the rows (epochs.canonical_rows), so the
+    # order Ray Data delivers them in does not change the batches
+    return {**out, "sample_id": np.asarray(batch["sample_id"]).astype(str)}
 
 
 def read_split(root: str, split: str, d: Any, manifest: dict[str, Any], shuffle: Any = None,

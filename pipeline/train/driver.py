@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
+from pipeline.train.held import HeldSplits
 from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.train.model_log import MODEL_LOGGED_TAG, log_final_model
 from pipeline.runtime import ray_log_level
@@ -42,6 +43,8 @@ class TrainOutcome:
     classes: list[str] = field(default_factory=list)
     # set when the fit finished but its model could not be logged (pipeline.train.model_log)
     log_model_command: str | None = None
+    # unix times on the driver: fit called / returned, model logged (bench/parity.py)
+    times: dict[str, float] = field(default_factory=dict)
 
 
 def run_name_for(cfg: TrainConfig) -> str:
@@ -118,12 +121,14 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
 
     classes = list(manifest["classes"])
     check_model_config(cfg, manifest)
-    cached = worker_cache(cfg.data, manifest, cfg.scaling.num_workers)
-    datasets = build_datasets(cfg, manifest, cached=cached)
+    # small sets: every rank reads and holds the rows itself (pipeline.train.held), no Ray Data
+    held = HeldSplits.of(cfg.data, manifest) if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else None
+    datasets = build_datasets(cfg, manifest) if held is None else {}
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
         cfg=cfg, classes=classes, tracking_uri=run.tracking_uri, run_id=run.run_id,
-        has_val="val" in datasets, has_test="test" in datasets, cache_train=cached,
+        has_val=held.has_val if held else "val" in datasets, has_test=held.has_test if held else "test" in datasets,
+        held=held,
         class_weights=class_weights(manifest, classes) if cfg.data.class_balanced_loss else None,
         marker_dir=f"{storage}/{name}" if "://" not in storage else "/tmp/poster-markers/" + name,
         run_dir=f"{storage.rstrip('/')}/{name}",
@@ -140,7 +145,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
@@ -168,9 +173,12 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
     manifest = read_manifest(cfg.data.shards)
     classes = list(manifest["classes"])
     uri, run_id = run.tracking_uri, run.run_id
+    times = {"start": time.time()}
     try:
         trainer = build_trainer(cfg, manifest, run, callbacks, step_hook)
+        times["fit_called"] = time.time()
         result = trainer.fit()
+        times["fit_returned"] = time.time()
         stopped = pop_stop(f"{cfg.run.storage_path.rstrip('/')}/{run.name}")
         if stopped:  # the loop stopped on non-finite losses: a clean stop, not a crash to retry
             raise TrainingStopped(f"run {run.name} stopped: {stopped}")
@@ -182,10 +190,13 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
     model_uri = command = None
     if cfg.tracking.log_model and result.checkpoint is not None:
         model_uri, command = log_final_model(result.checkpoint, uri, run_id)
+    times["model_logged"] = time.time()
     end_run(uri, run_id, "FINISHED")
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
-                        model_uri, classes, command)
+    out = TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
+                       model_uri, classes, command, times)
+    times["done"] = time.time()
+    return out
 
 
 def _final_metrics(result: Any, uri: str, run_id: str) -> dict[str, Any]:

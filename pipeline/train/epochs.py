@@ -72,32 +72,63 @@ class EpochBatches:
 
 Augment = Callable[..., dict[str, np.ndarray]]  # aug(batch, rng=generator) -> augmented batch
 CACHED_KEYS = ("image", "crop", "label")
+SAMPLE_ID = "sample_id"
+
+
+def canonical_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The held rows (``CACHED_KEYS``) sorted by sample id when the rows carry one.
+
+    Why: Ray Data hands the rows over in the order its tasks finish, which differs from run to
+    run; the epoch plans index into this array, so an unsorted cache made the same seed train on
+    other batches every run. Sorted, the batches depend only on the rows, the seed, the epoch and
+    the rank, and bench/profile_seeds.py, given the same rows, draws the very same batches."""
+    if SAMPLE_ID not in rows:
+        return {k: rows[k] for k in CACHED_KEYS}
+    order = np.argsort(np.asarray(rows[SAMPLE_ID]).astype(str), kind="stable")
+    return {k: np.asarray(rows[k])[order] for k in CACHED_KEYS}
+
+
+def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+               world: int = 1) -> list[tuple[np.ndarray, int]]:
+    """One epoch of held rows: (row indices, augmentation seed) per batch, drawn from
+    (``seed``, ``epoch``, ``rank``) only. With ``world`` > 1 every rank holds all ``n`` rows:
+    one permutation drawn from (``seed``, ``epoch``) is cut into ``world`` equal slices, rank r
+    takes slice r (DistributedSampler's way: a row is in one rank's batches per epoch, and
+    ranks mix anew every epoch). The last partial batch is dropped: equal steps on every rank."""
+    rng = np.random.default_rng([seed, epoch, rank] if world == 1 else [seed, epoch])
+    per, part = n // world, rank if world > 1 else 0  # world 1: the rows are this rank's own
+    order = rng.permutation(n)[part * per:(part + 1) * per]
+    starts = range(0, per - batch_size + 1, batch_size)
+    seeds = rng.integers(0, 2**63, size=(world, len(starts)))[part]
+    return [(order[s:s + batch_size], int(k)) for s, k in zip(starts, seeds)]
 
 
 class CachedEpochs:
-    """A rank's train rows held decoded in memory and re-augmented in the worker every epoch
+    """Train rows held decoded in memory and re-augmented in the worker every epoch
     (``data.worker_cache``: small train sets).
 
-    The first epoch reads the shard once through Ray Data (read → row shuffle → val carve →
-    decode, split equally across ranks, no augmentation); every epoch then permutes the held rows
-    (seeded by ``seed``, epoch and rank) and augments each batch (``augment``, seeded the same
-    way) in a background thread ``prefetch_batches`` ahead of the step loop. Re-running the Ray
-    Data pipeline every epoch made an epoch of 669 rows on 2 cores 6.9 s, not 6.0 s (its tasks'
-    start-up and the all-to-all shuffle competing with the step and validation for the cores);
-    this costs the augmentation alone (~25 ms a batch of 32). A rank keeps the rows of its first split: the row shuffle before the split mixed
-    classes across ranks, and equal splits keep equal step counts. Same interface as
-    ``EpochBatches``.
+    The first epoch reads ``shard`` once (``pipeline.train.held.Rows``: every rank reads all
+    train rows itself; or a Ray Data iterator of one rank's split) and sorts the rows by sample
+    id (``canonical_rows``); every epoch then permutes the held rows (``epoch_plan``: seeded by
+    ``seed`` and epoch, and by rank unless ``world`` > 1 ranks share one permutation) and
+    augments each batch (``augment``, seeded the same way) in a background thread
+    ``prefetch_batches`` ahead of the step loop. Re-running the Ray Data pipeline every epoch
+    made an epoch of 669 rows on 2 cores 6.9 s, not 6.0 s; this costs the augmentation alone
+    (~25 ms a batch of 32). Same interface as ``EpochBatches``.
     """
 
     def __init__(self, shard: Any, batch_size: int, prefetch_batches: int, augment: Augment, *,
-                 seed: int = 0, rank: int = 0, start_epoch: int = 0) -> None:
+                 seed: int = 0, rank: int = 0, start_epoch: int = 0,
+                 rows: dict[str, np.ndarray] | None = None, world: int = 1) -> None:
         self.shard = shard
         self.batch_size = batch_size
         self.prefetch = max(1, prefetch_batches)
         self.augment = augment
         self.seed, self.rank = seed, rank
+        self.world = world  # > 1: every rank holds all rows and takes its slice (epoch_plan)
         self.next_epoch = start_epoch
-        self.rows: dict[str, np.ndarray] | None = None
+        # rows given (bench/profile_seeds.py: decoded in the process) skip the Ray Data read
+        self.rows: dict[str, np.ndarray] | None = canonical_rows(rows) if rows is not None else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poster-augment")
         self._fill: Future | None = None
         # the next epoch's plan (row indices and augmentation seed of each batch) and its first
@@ -106,12 +137,13 @@ class CachedEpochs:
         self.first_wait_s = 0.0
 
     def _load(self) -> dict[str, np.ndarray]:
-        parts = [{k: b[k] for k in CACHED_KEYS}
+        keys = (*CACHED_KEYS, SAMPLE_ID)
+        parts = [{k: b[k] for k in keys if k in b}
                  for b in self.shard.iter_batches(batch_size=256, batch_format="numpy")]
         if not parts:
             return {"image": np.zeros((0,), np.uint8), "crop": np.zeros((0,), np.uint8),
                     "label": np.zeros((0,), np.int64)}
-        return {k: np.concatenate([p[k] for p in parts]) for k in CACHED_KEYS}
+        return canonical_rows({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     def _batch(self, idx: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
         rows = self.rows
@@ -132,12 +164,7 @@ class CachedEpochs:
             return
         if self._pending is None:
             epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
-            rng = np.random.default_rng([self.seed, epoch, self.rank])
-            n = len(self.rows["label"])
-            order = rng.permutation(n)
-            starts = range(0, n - self.batch_size + 1, self.batch_size)  # drop_last: equal steps
-            seeds = rng.integers(0, 2**63, size=len(starts))
-            plan = [(order[s:s + self.batch_size], int(k)) for s, k in zip(starts, seeds)]
+            plan = epoch_plan(len(self.rows["label"]), self.batch_size, self.seed, epoch, self.rank, self.world)
             self._pending = (plan, deque(self._submit(plan, i) for i in range(min(self.prefetch, len(plan)))))
 
     def epoch(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,31 +23,37 @@ from pipeline.tracking import tracker_for
 from pipeline.train import checkpoint
 from pipeline.train.builders import (apply_precision, autocast_enabled, build_ema, build_loss, build_model,
                                      build_optimizer, build_scheduler, speed_up, unwrap)
-from pipeline.train.context import RankContext, WorkerJob
+from pipeline.train.context import RankContext, WorkerJob, process_started_at
 from pipeline.train.data import batch_augmenter
 from pipeline.train.epochs import CachedEpochs, EpochBatches
+from pipeline.train.held import eval_rows, train_rows
 from pipeline.train.identity import write_stop
 from pipeline.train.rank_eval import allreduce_sum, average_buffers, iter_partition
 from pipeline.train.step import optimizer_steps, skip_nonfinite, train_step
-from pipeline.transforms import to_model_inputs
+from pipeline.transforms import decode_batch, to_model_inputs
 
 
 # --- the recipe ----------------------------------------------------------------------------
 
 def train_fn_per_worker(loop_config: dict[str, WorkerJob]) -> None:
     """Ray Train's entry point (its ``train_loop_config`` must be a dict: ``{"job": WorkerJob}``)."""
+    entered = time.time()
     ctx = setup(loop_config["job"])
+    ctx.times.at.update(process=process_started_at(), entry=entered, setup_done=time.time())
     for epoch in range(ctx.state.start_epoch, ctx.cfg.schedule.epochs):
         ctx.progress.epoch = epoch
-        metrics = run_epoch(ctx)
+        with ctx.times.phase("first_epoch" if epoch == ctx.state.start_epoch else "epochs"):
+            metrics = run_epoch(ctx)
         if ctx.progress.stop_reason:  # a clean stop: no exception, so Ray does not retry it
             stop(ctx, metrics)
             break
         metrics["lr"] = ctx.scheduler.get_last_lr()[0]  # the lr this epoch ran with
         ctx.scheduler.step()
         average_buffers(ctx.synced_modules, ctx.dist_device)  # evaluate the weights rank 0 saves
-        metrics.update(validate(ctx))
-        report_epoch(ctx, metrics)
+        with ctx.times.phase("validate"):
+            metrics.update(validate(ctx))
+        with ctx.times.phase("report"):
+            report_epoch(ctx, metrics)
     finish(ctx)
 
 
@@ -61,38 +67,58 @@ def setup(job: WorkerJob) -> RankContext:
     cfg = job.cfg
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
-    torch.set_num_threads(cfg.scaling.torch_threads)
-    _seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
     device = ray.train.torch.get_device()
-    apply_precision(cfg.scaling)
-    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
-    model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
-    loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
-    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
-    ema = build_ema(cfg.optim, unwrap(model))
+    # DDP (gloo on CPU, nccl on GPU)
+    model, loss_fn, optimizer, scheduler, ema = build_parts(job, device, rank, ray.train.torch.prepare_model)
     state = checkpoint.restore(ray.train.get_checkpoint(), unwrap(model), optimizer, scheduler, ema)
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
-    train_batches = _train_batches(job, rank, state.start_epoch)
+    train_batches = _train_batches(job, rank, world, state.start_epoch)
     return RankContext(
         job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
         autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
         scheduler=scheduler, ema=ema, state=state, tracker=tracker, train_batches=train_batches,
-        val_it=ray.train.get_dataset_shard("val") if job.has_val else None)
+        val_it=_eval_source(job, "val") if job.has_val else None)
 
 
-def _train_batches(job: WorkerJob, rank: int, start_epoch: int) -> EpochBatches | CachedEpochs:
-    """This rank's epochs: held in memory (small sets, ``data.worker_cache``) or streamed."""
+def _eval_source(job: WorkerJob, split: str) -> Any:
+    """Rows of a val/test split: read by the rank itself (small sets, ``held``) or Ray Data's."""
     import ray.train
 
-    d, shard = job.cfg.data, ray.train.get_dataset_shard("train")
-    if job.cache_train:
-        return CachedEpochs(shard, d.batch_size, d.prefetch_batches, batch_augmenter(d), seed=d.seed,
-                            rank=rank, start_epoch=start_epoch)
-    return EpochBatches(shard, d.batch_size, d.prefetch_batches, shuffle_buffer=d.shuffle_buffer,
-                        seed=d.seed, rank=rank, start_epoch=start_epoch)
+    return eval_rows(job.held, split) if job.held is not None else ray.train.get_dataset_shard(split)
+
+
+def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
+                wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> tuple[Any, ...]:
+    """Threads, seeds, then (model, loss, optimiser, scheduler, EMA) in the order that draws
+    the initial weights; ``wrap`` is Ray Train's ``prepare_model`` (DDP) in a worker. One place
+    for the worker and bench/profile_seeds.py's one-process fit, so a seed gives both the same
+    weights and the same dropout draws."""
+    cfg = job.cfg
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
+    apply_precision(cfg.scaling)
+    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
+    if wrap is not None:
+        model = wrap(model)
+    loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
+    scheduler = build_scheduler(cfg.schedule, getattr(optimizer, "base_optimizer", optimizer))  # SAM wraps one
+    return model, loss_fn, optimizer, scheduler, build_ema(cfg.optim, unwrap(model))
+
+
+def _train_batches(job: WorkerJob, rank: int, world: int, start_epoch: int) -> EpochBatches | CachedEpochs:
+    """This rank's epochs: all rows read and held by every rank (small sets, ``held``; each
+    rank takes its slice of one permutation per epoch) or its split streamed through Ray Data."""
+    import ray.train
+
+    d = job.cfg.data
+    if job.held is not None:
+        return CachedEpochs(train_rows(job.held, d), d.batch_size, d.prefetch_batches, batch_augmenter(d),
+                            seed=d.seed, rank=rank, world=world, start_epoch=start_epoch)
+    return EpochBatches(ray.train.get_dataset_shard("train"), d.batch_size, d.prefetch_batches,
+                        shuffle_buffer=d.shuffle_buffer, seed=d.seed, rank=rank, start_epoch=start_epoch)
 
 
 def run_epoch(ctx: RankContext) -> dict[str, float]:
@@ -194,15 +220,16 @@ def finish(ctx: RankContext) -> None:
 
 def _final_test(ctx: RankContext) -> None:
     """Evaluate the best weights on the test split across all ranks; rank 0 logs the artifacts."""
-    import ray.train
-
     from pipeline.tracking import log_confusion
 
     eval_model, state = ctx.eval_model, ctx.state
     if state.best_state is not None:
         eval_model.load_state_dict(state.best_state)
-    cm, metrics = _evaluate(ctx, eval_model, ray.train.get_dataset_shard("test"))
+    with ctx.times.phase("test"):
+        cm, metrics = _evaluate(ctx, eval_model, _eval_source(ctx.job, "test"))
     final = {f"test_{k}": v for k, v in metrics.items()}
+    ctx.times.at["test_done"] = time.time()
+    final.update(ctx.times.metrics())  # where this rank's time went (bench/parity.py)
     metric = ctx.cfg.checkpoint.metric
     # Tune/ASHA read the configured metric from every result, the last one included.
     final[metric] = final[f"best_{metric}"] = state.best_metric
@@ -216,15 +243,15 @@ def _final_test(ctx: RankContext) -> None:
 def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
               cache: list | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """All-reduced confusion matrix and its metrics, ``log_loss`` included (the evaluator's
-    formulas). With ``cache`` (a list), this rank's encoded rows are kept
-    after the first pass, so later epochs skip re-reading the split through Ray Data (each rank
-    holds only its own 1/world of the rows, still JPEG-encoded)."""
+    formulas). With ``cache`` (a list), this rank's rows are kept after the first pass, so later
+    epochs skip re-reading the split through Ray Data (each rank holds only its own 1/world of
+    the rows): decoded up to ``data.worker_cache_mb`` (no decode every epoch), encoded beyond."""
     if cache:
         batches: Iterator[dict[str, np.ndarray]] = iter(cache)
     else:
         batches = iter_partition(iterator, ctx.rank, ctx.world, ctx.cfg.data.eval_batch_size)
         if cache is not None:
-            batches = _tee_into(batches, cache)
+            batches = _tee_into(batches, cache, ctx.cfg.data.worker_cache_mb * 2**20)
     res = evaluate_batches(eval_model, batches, ctx.classes, ctx.device, ctx.cfg.data.bgr,
                            ctx.use_crop, ctx.autocast)
     cm = allreduce_sum(res.confusion, ctx.dist_device)
@@ -232,8 +259,13 @@ def _evaluate(ctx: RankContext, eval_model: torch.nn.Module, iterator: Any,
     return cm, EvalResult(cm, ctx.classes, nll_sum=nll).quality()
 
 
-def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list) -> Iterator[dict[str, np.ndarray]]:
+def _tee_into(batches: Iterator[dict[str, np.ndarray]], cache: list,
+              decoded_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    held = 0
     for b in batches:
+        if held < decoded_bytes and len(b["label"]):
+            b = decode_batch(b)
+            held += b["image"].nbytes + b["crop"].nbytes
         cache.append(b)
         yield b
 
@@ -249,7 +281,8 @@ def _timed(it: Iterator[Any]) -> Iterator[tuple[Any, float]]:
         yield item, time.perf_counter() - t0
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch global RNGs (torch: the initial weights, dropout, drop-path)."""
     import random
 
     random.seed(seed)
