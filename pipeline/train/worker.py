@@ -65,7 +65,8 @@ def setup(job: WorkerJob) -> RankContext:
     _seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
     device = ray.train.torch.get_device()
     apply_precision(cfg.scaling)
-    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
+    model = speed_up(build_model(cfg.model, len(job.classes), tracking_uri=job.tracking_uri).to(device),
+                     cfg.scaling, device)
     model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU)
     loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)

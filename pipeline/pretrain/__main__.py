@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.pretrain.cli import main
+
+sys.exit(main())
