@@ -14,27 +14,35 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.pretrain import points as P
 from pipeline.schema import CROP_SIZE, LANDMARK_CROP, LANDMARKS
 from pipeline.transforms import decode_image, to_model_inputs
+from poster_model.ir50 import resize_input
 from poster_model.mobilefacenet import MobileFaceNet
 
 
 class LandmarkRegressor(nn.Module):
     """MobileFaceNet with its regressor trained; ``net`` holds the exported (official) layout."""
 
-    def __init__(self, mean: np.ndarray | None = None, spread: np.ndarray | None = None) -> None:
+    def __init__(self, mean: np.ndarray | None = None, spread: np.ndarray | None = None,
+                 input_size: int = CROP_SIZE) -> None:
         super().__init__()
+        self.input_size = input_size  # POSTER resizes the crop to its input_size (nearest) first
         self.net = MobileFaceNet()
         self.net.requires_grad_(True)  # the GDC head is frozen inside POSTER, trained here
         if mean is not None and spread is not None:
             with torch.no_grad():
-                self.net.output_layer.bn.bias.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
-                self.net.output_layer.bn.weight.copy_(torch.as_tensor(spread, dtype=torch.float32).reshape(-1))
+                self.net.output_layer.bn.bias.copy_(torch.tensor(mean, dtype=torch.float32).reshape(-1))
+                self.net.output_layer.bn.weight.copy_(torch.tensor(spread, dtype=torch.float32).reshape(-1))
 
     def forward(self, x: torch.Tensor, _unused: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net.landmarks(x)
+        if self.input_size == CROP_SIZE:
+            out = self.net.landmarks(x)
+        else:  # e.g. the smoke profile's 64: the net sees what POSTER feeds it; the head wants 7x7
+            fmap = self.net.features(resize_input(x, self.input_size))[-1]
+            out = self.net.output_layer(F.interpolate(fmap, size=7, mode="bilinear", align_corners=False))
         return out, out  # the train step's (logits, features) pair
 
 
@@ -56,11 +64,13 @@ class LandmarkTask:
     def __init__(self, hflip: float = 0.5, area_min: float = 0.8, shift: float = 0.05,
                  rotation: float = 15.0) -> None:
         self.aug = dict(hflip=hflip, area_min=area_min, shift=shift, rotation=rotation)
+        self.input_size = CROP_SIZE
 
     def configure(self, data_cfg: Any) -> "LandmarkTask":
         """The augmentation strengths of ``data.*`` (pipeline.pretrain.config)."""
         self.aug = dict(hflip=data_cfg.hflip, area_min=data_cfg.crop_area_min, shift=data_cfg.shift,
                         rotation=data_cfg.rotation)
+        self.input_size = data_cfg.input_size
         return self
 
     def rows(self, table: Any) -> tuple[Any, int]:
@@ -83,7 +93,7 @@ class LandmarkTask:
         return {**batch, "image": crops, "crop": crops, "label": pts.reshape(len(pts), -1)}
 
     def build_model(self, stats: dict[str, Any]) -> nn.Module:
-        return LandmarkRegressor(stats.get("mean"), stats.get("spread"))
+        return LandmarkRegressor(stats.get("mean"), stats.get("spread"), self.input_size)
 
     def loss(self) -> nn.Module:
         return PointLoss()
