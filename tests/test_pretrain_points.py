@@ -86,3 +86,18 @@ def test_random_frozen_landmark_net_warns_once_and_is_tagged(tmp_path, capsys):
     assert not any("random and frozen" in x for x in _limits(tags, {}, None, [], {}))
     trainable = ModelCfg(overrides={"landmark_trainable": True})
     assert LW.landmark_net_tags(trainable) == {"poster.landmark_net": "random-trainable"}
+
+
+def test_pretrain_cli_refuses_bad_input_before_ray(tmp_path, capsys):
+    from pipeline.pretrain.cli import main
+
+    assert main(["landmarks", "--shards", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "nope") in err
+    assert main(["landmarks", "--shards", str(tmp_path), "schedule.epochz=3"]) == 2
+    assert "schedule.epochz" in capsys.readouterr().err
+    assert main(["landmarks", "--shards", "a", "b", "data.input_size=100"]) == 2
+    assert main(["landmarks", "--shards", "a", "b", "optim.lr=0.01", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "task: landmarks" in printed and "- a\n" in printed and "lr: 0.01" in printed
+    assert "metric: val_nme" in printed  # the task's defaults survive an override of their section

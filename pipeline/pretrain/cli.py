@@ -7,6 +7,7 @@ import sys
 from pipeline.config import ConfigError, dump_yaml
 from pipeline.pretrain.config import load_pretrain_config
 from pipeline.pretrain.tasks import TASK_NAMES
+from pipeline.train.data import shards_refusal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,7 +20,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ingest output directories (labels are not read; several sets at once)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key.path=value, e.g. schedule.epochs=10 optim.lr=1e-3")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # `--shards A B key=value`: argparse hands the overrides to --shards; a key=value is never a folder
+    args.overrides = [s for s in args.shards if "=" in s] + args.overrides
+    args.shards = [s for s in args.shards if "=" not in s]
+    if not args.shards:
+        p.error("--shards needs at least one ingest output directory")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
+    for root in cfg.data.shards:  # before Ray starts: a wrong folder is an answer, not a traceback
+        if (refusal := shards_refusal(root)) is not None:
+            print(f"error: --shards {root}: {refusal}", file=sys.stderr)
+            return 2
     from pipeline.pretrain.driver import run_pretraining
     from pipeline.runtime import ensure_ray
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import dump_yaml
+from pipeline.config import RUNS_DIR, dump_yaml
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.pretrain.data import PretrainRows, decode_all, load_rows
 from pipeline.pretrain.tasks import get_task
@@ -117,7 +117,10 @@ def _finish(cfg: PretrainConfig, task: Any, rows: PretrainRows, stats: dict[str,
     tracker = MlflowTracker(uri, run_id)
     tracker.log_metrics({**{f"heldout_{k}": v for k, v in final.items()},
                          **{f"baseline_{k}": v for k, v in base.items()}}, step=cfg.schedule.epochs)
-    weights = Path(cfg.run.storage_path) / name / task.weights_file
+    # beside the checkpoints when they are local; with s3:// storage the MLflow artifact is the copy
+    # that lasts, and this file is the driver's local one
+    local_root = Path(cfg.run.storage_path) if "://" not in cfg.run.storage_path else RUNS_DIR / "pretrain"
+    weights = local_root / name / task.weights_file
     sha = save_weights_file(task.export(model), weights, {"task": cfg.task, "run_id": run_id, **final})
     with tempfile.TemporaryDirectory() as d:
         tracker.log_artifact(task.picture(model, held, Path(d) / f"{cfg.task}_heldout.png"), "pictures")
