@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.faces.align import IBUG68_FLIP
 from pipeline.transforms import _warp
 
 N_POINTS = 68
@@ -18,26 +19,8 @@ REGIONS: dict[str, tuple[int, int]] = {
 OUTER_EYE_CORNERS = (36, 45)  # the NME normaliser (inter-ocular distance, 300-W convention)
 
 
-def _mirror_pairs() -> list[tuple[int, int]]:
-    """Point pairs that swap under a horizontal flip (the subject's left <-> right)."""
-    pairs = [(i, 16 - i) for i in range(8)]                      # jaw, 8 stays (chin)
-    pairs += [(17 + i, 26 - i) for i in range(5)]                # brows
-    pairs += [(31, 35), (32, 34)]                                # nostrils; 27-30 and 33 stay
-    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]   # eyes
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lip; 51, 57 stay
-    pairs += [(60, 64), (61, 63), (65, 67)]                      # inner lip; 62, 66 stay
-    return pairs
-
-
-def flip_permutation() -> np.ndarray:
-    """``perm[i]``: the point that lands on point i's role after a horizontal flip (an involution)."""
-    perm = np.arange(N_POINTS)
-    for a, b in _mirror_pairs():
-        perm[a], perm[b] = b, a
-    return perm
-
-
-FLIP_PERM = flip_permutation()
+# the project's one mirror table (pipeline.faces.align; the generator's symmetric face uses it too)
+FLIP_PERM = IBUG68_FLIP
 
 
 def flip_points(pts: np.ndarray) -> np.ndarray:
