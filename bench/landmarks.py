@@ -36,6 +36,15 @@ sys.path.insert(0, str(REPO / "bench"))
 import numpy as np  # noqa: E402
 
 SMOKE_INPUT = 64  # configs/smoke.yaml: model.overrides.input_size
+# ../shared beside the checkout, or POSTER_SHARED (a git worktree lives elsewhere)
+SHARED = Path(os.environ.get("POSTER_SHARED", REPO.parent / "shared"))
+
+
+def _learning():
+    import learning  # bench/learning.py
+
+    learning.MUXSPACE = SHARED / "data" / "muxspace_dev"
+    return learning
 
 
 def _results(work: Path) -> dict:
@@ -50,20 +59,29 @@ def _save(work: Path, key: str, value) -> None:
 
 
 def feature_spread(shards: Path, weights: str, n: int = 64) -> dict:
-    """Landmark-net and IR-50 feature maps on ``n`` held-out faces, in POSTER-tiny at the smoke side."""
-    import torch
+    """``feature_maps`` on the first ``n`` held-out faces of a shard set."""
+    import pyarrow.dataset as pads
 
     from pipeline.pretrain.data import decode_all
     from pipeline.pretrain.tasks import get_task
     from pipeline.schema import IMAGE
-    from pipeline.transforms import decode_image, to_model_inputs
-    from poster_model import load_pretrained, poster_tiny
-    from poster_model.ir50 import resize_input
-    import pyarrow.dataset as pads
+    from pipeline.transforms import decode_image
 
     table = pads.dataset(str(shards / "test"), format="parquet").to_table().slice(0, n)
     crops = decode_all(get_task("landmarks"), table)["image"]
     faces = np.stack([decode_image(b, 224) for b in table.column(IMAGE).to_pylist()])
+    return feature_maps(faces, crops, weights)
+
+
+def feature_maps(faces: np.ndarray, crops: np.ndarray, weights: str) -> dict:
+    """Landmark-net and IR-50 feature maps of POSTER-tiny at the smoke side, eval mode, on the
+    same faces: std across faces of each value (averaged) and the mean magnitude."""
+    import torch
+
+    from pipeline.transforms import to_model_inputs
+    from poster_model import load_pretrained, poster_tiny
+    from poster_model.ir50 import resize_input
+
     x_face, x_crop = to_model_inputs(faces, crops)
     out = {}
     for name, path in (("random_frozen", None), ("pretrained", weights)):
@@ -80,7 +98,7 @@ def feature_spread(shards: Path, weights: str, n: int = 64) -> dict:
 
 
 def prepare(work: Path, epochs: int) -> None:
-    from learning import build_split  # bench/learning.py
+    build_split = _learning().build_split
 
     from pipeline.pretrain import load_pretrain_config, run_pretraining
 
@@ -100,7 +118,7 @@ def prepare(work: Path, epochs: int) -> None:
 
 
 def fit(work: Path, name: str, seeds: list[int], arms: list[str]) -> None:
-    from learning import train_pipeline  # bench/learning.py
+    train_pipeline = _learning().train_pipeline
 
     res = _results(work)
     shards, weights = Path(res["sets"][name]), res["pretrain"]["weights"]
