@@ -2,8 +2,9 @@
 (``pipeline.pretrain.landmark_task``: model, augmentation, loss, NME) and POSTER-tiny at the smoke
 profile's settings, driven by a bare torch loop in this process (not ``pipeline.train``).
 
-    python bench/landmarks_local.py [--work runs/bench_landmarks_local] [--seeds 0,1,2]
-                                    [--pretrain-epochs 8] [--epochs 10] [--sets muxspace,lab48]
+    python bench/landmarks_local.py pretrain [--work runs/bench_landmarks_local] [--pretrain-epochs 8]
+    python bench/landmarks_local.py poster [--sets muxspace,lab48] [--arms random-frozen,pretrained]
+                                           [--seeds 0,1,2] [--epochs 10]
 
 Faces: muxspace (LFW photos aligned in-process by ``FaceProcessor``, the ingest's detector and
 framing) and lab48 (bench/lab_set.py's CK+-like 48 px faces, kept framing: the crop is the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import hashlib
 import re
 import sys
@@ -155,13 +157,22 @@ def train_poster(faces: dict[str, np.ndarray], weights: str | None, seed: int, e
     return float((torch.cat(preds).numpy() == faces["label"][te]).mean())
 
 
+def _record(work: Path, key: str, value) -> None:
+    f = work / "results.json"
+    res = json.loads(f.read_text()) if f.exists() else {}
+    res[key] = value
+    f.write_text(json.dumps(res, indent=1, default=float))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("pretrain", "poster"), help="pretrain (then (a)), or POSTER fits (b)")
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_landmarks_local"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--pretrain-epochs", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--sets", default="muxspace,lab48")
+    ap.add_argument("--arms", default="random-frozen,pretrained")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,20 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     mux = load_muxspace(work / "muxspace.npz")
     print(f"muxspace: {len(mux['label'])} faces, {int(mux['test'].sum())} held-out ({time.perf_counter() - t0:.0f} s)")
     weights = work / "mobilefacenet_landmarks.pth"
-    p = pretrain(mux, args.pretrain_epochs, weights)
-    print(f"(c) pretraining on {p['train_rows']} faces, {p['epochs']} epochs, {args.threads} threads: "
-          f"{p['seconds']:.0f} s; held-out NME {p['heldout']['nme']:.4f} vs mean shape {p['baseline']['nme']:.4f}")
-    for key in p["heldout"]:
-        print(f"      {key:<10} {p['heldout'][key]:.4f}  baseline {p['baseline'][key]:.4f}")
-    te = np.flatnonzero(mux["test"])[:64]
-    for name, v in feature_maps(mux["image"][te], mux["crop"][te], str(weights)).items():
-        print(f"(a) {name:<24} std across faces {v['std_across_faces']:.3g}   mean |x| {v['mean_abs']:.3g}")
+    if args.stage == "pretrain":
+        p = pretrain(mux, args.pretrain_epochs, weights)
+        _record(work, "pretrain", p)
+        print(f"(c) pretraining on {p['train_rows']} faces, {p['epochs']} epochs, {args.threads} threads: "
+              f"{p['seconds']:.0f} s; held-out NME {p['heldout']['nme']:.4f} vs mean shape {p['baseline']['nme']:.4f}")
+        for key in p["heldout"]:
+            print(f"      {key:<10} {p['heldout'][key]:.4f}  baseline {p['baseline'][key]:.4f}")
+        te = np.flatnonzero(mux["test"])[:64]
+        feats = feature_maps(mux["image"][te], mux["crop"][te], str(weights))
+        _record(work, "features", feats)
+        for name, v in feats.items():
+            print(f"(a) {name:<24} std across faces {v['std_across_faces']:.3g}   mean |x| {v['mean_abs']:.3g}")
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.sets.split(","):
         faces = mux if name == "muxspace" else load_lab48(work)
-        accs = {arm: [train_poster(faces, w, s, args.epochs) for s in seeds]
-                for arm, w in (("random-frozen", None), ("pretrained", str(weights)))}
-        for arm, a in accs.items():
+        for arm in args.arms.split(","):
+            a = []
+            for seed in seeds:
+                t1 = time.perf_counter()
+                a.append(train_poster(faces, str(weights) if arm == "pretrained" else None, seed, args.epochs))
+                _record(work, f"fit/{name}/{arm}/{seed}", {"test_accuracy": a[-1], "epochs": args.epochs,
+                                                          "seconds": time.perf_counter() - t1})
+                print(f"[{name}] {arm} seed {seed}: {a[-1]:.3f} ({time.perf_counter() - t1:.0f} s)", flush=True)
             print(f"(b) {name:<9} {arm:<14} test acc by person: mean {np.mean(a):.3f} sd {np.std(a):.3f} "
                   f"({', '.join(f'{x:.3f}' for x in a)}; {int(faces['test'].sum())} test faces)", flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s")
