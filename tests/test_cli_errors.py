@@ -33,6 +33,8 @@ CASES = [
     (["pipeline.registry", "review", "--shards", MISSING, "--tracking-uri", "sqlite:///{tmp}/m.db"], 2, MISSING),
     (["pipeline.predict", "{tmp}/none.jpg", "--model", "{tmp}/none.pt"], 2, "cannot load model"),
     (["pipeline.demo", "--epochs", "0"], 2, "--epochs"),
+    (["pipeline.pretrain", "landmarks", "--shards", MISSING], 2, MISSING),
+    (["pipeline.pretrain", "landmarks", "--shards", MISSING, "data.input_size=100"], 2, "data.input_size"),
 ]
 
 
