@@ -22,6 +22,9 @@ class Task(Protocol):
     registered_name: str            # the MLflow registered model the result goes to
     weights_file: str               # the exported file's name (artifact and local copy)
 
+    def configure(self, data_cfg: Any) -> "Task":
+        """Take the task's settings from ``data.*`` (augmentation strengths, input side); returns self."""
+
     def rows(self, table: Any) -> tuple[Any, int]:
         """Keep the rows the task can learn from; (table, rows dropped)."""
 
