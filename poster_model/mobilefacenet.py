@@ -3,7 +3,8 @@
 Module names follow the official `mobilefacenet_model_best.pth.tar` so its 333 entries load strictly.
 POSTER uses only the `conv_6_sep` features [B,512,7,7]. The landmark regressor (`output_layer`, GDC) is
 kept as frozen parameters so the pretrained file loads whole and the parameter count matches the
-spec, but it is never executed: its output was thrown away by the official model anyway.
+spec; POSTER never executes it (the official model threw its output away). `landmarks()` runs it:
+`pipeline.pretrain landmarks` trains the whole net through it, as the official file was trained.
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ class GDCHead(nn.Module):
         self.linear = nn.Linear(ch, out, bias=False)
         self.bn = nn.BatchNorm1d(out)
 
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        """conv_6_sep map [B,512,7,7] -> [B,136] (x0,y0,x1,y1,... as the official net's output)."""
+        return self.bn(self.linear(self.conv_6_dw(fmap).flatten(1)))
+
 
 class MobileFaceNet(nn.Module):
     """[B,3,112,112] -> conv_6_sep features [B,512,7,7]."""
@@ -81,6 +86,10 @@ class MobileFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[-1]
+
+    def landmarks(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,112,112] -> 68 points [B,136] through the GDC regressor (trained by pretraining)."""
+        return self.output_layer(self.features(x)[-1])
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The maps POSTER V2 uses: conv_3 [B,64,28,28], conv_4 [B,128,14,14], conv_6_sep [B,512,7,7]."""

@@ -35,6 +35,8 @@ CASES = [
     (["pipeline.demo", "--epochs", "0"], 2, "--epochs"),
     (["pipeline.predict", "--input-dir", "{tmp}", "--out", "{tmp}/p.parquet", "--batch-size", "0"], 2, "--batch-size"),
     (["pipeline.synth", "--out", "/dev/null/faces", "--per-class", "2"], 2, "not a folder"),
+    (["pipeline.pretrain", "landmarks", "--shards", MISSING], 2, MISSING),
+    (["pipeline.pretrain", "landmarks", "--shards", MISSING, "data.input_size=100"], 2, "data.input_size"),
 ]
 
 

@@ -79,8 +79,13 @@ def _limits(tags: dict[str, str], params: dict[str, str], manifest: dict[str, An
     if variant in ("tiny", "v2_tiny"):
         out.append(f"`{variant}` is a CPU smoke variant (thin IR-50, narrow fusion), far below the paper's capacity.")
     if not params.get("model.ir50_weights") and tags.get("poster.source") != "official":
-        out.append("No pretrained IR-50 / MobileFaceNet weights were configured: backbones "
+        which = "IR-50" if params.get("model.mobilefacenet_weights") else "IR-50 / MobileFaceNet"
+        out.append(f"No pretrained {which} weights were configured: backbones "
                    "started from random initialisation.")
+    if tags.get("poster.landmark_net") == "random-frozen":
+        out.append("The landmark net (MobileFaceNet) was **random and frozen**: its features are near-constant, "
+                   "so the landmark stream carried almost no signal. Pretrain one with `python -m pipeline.pretrain "
+                   "landmarks` and set `model.mobilefacenet_weights`.")
     if tags.get("poster.source") == "official":
         out.append("Imported official checkpoint: its training data and alignment are the "
                    "authors' (RAF-DB aligned 100×100 or AffectNet crops, recorded as its framing); `poster.dataset_hash` names no project manifest, "

@@ -17,17 +17,23 @@ def poster_config(mcfg: ModelCfg, num_classes: int) -> poster_model.PosterConfig
     return poster_config_for(mcfg.variant, mcfg.overrides, num_classes)
 
 
-def build_model(mcfg: ModelCfg, num_classes: int, load_weights: bool = True) -> torch.nn.Module:
-    """Model for training: pretrained backbones from local files when configured."""
+def build_model(mcfg: ModelCfg, num_classes: int, load_weights: bool = True,
+                tracking_uri: str = "") -> torch.nn.Module:
+    """Model for training: pretrained backbones from local files when configured; the landmark
+    net may also be a registered ``pipeline.pretrain landmarks`` model (``models:/...``, read from
+    ``tracking_uri``'s registry)."""
     if mcfg.official_checkpoint and load_weights:
         model = poster_model.load_official_checkpoint(
             mcfg.official_checkpoint, variant=mcfg.variant, num_classes=num_classes)
         return model.train()
     model = poster_model.build_poster(poster_config(mcfg, num_classes))
     if load_weights and (mcfg.ir50_weights or mcfg.mobilefacenet_weights or mcfg.image_backbone_weights):
-        poster_model.load_pretrained(model, ir50_path=mcfg.ir50_weights or None,
-                                     mobilefacenet_path=mcfg.mobilefacenet_weights or None,
-                                     image_backbone_path=mcfg.image_backbone_weights or None)
+        from pipeline.landmark_weights import landmark_file
+
+        with landmark_file(mcfg.mobilefacenet_weights, tracking_uri) as landmarks:
+            poster_model.load_pretrained(model, ir50_path=mcfg.ir50_weights or None,
+                                         mobilefacenet_path=landmarks,
+                                         image_backbone_path=mcfg.image_backbone_weights or None)
     return model
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import TrainConfig, dump_yaml
+from pipeline.landmark_weights import landmark_net_tags
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
 from pipeline.train.held import HeldSplits
@@ -92,8 +93,11 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
         # data.worker_cache=auto, resolved: "cached" (held in each worker) or "streamed"
         "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else "streamed",
     }
+    landmark_tags = landmark_net_tags(cfg.model, uri)  # source + hash; warns once when random-frozen
+    created_with.update(landmark_tags)
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, created_with)
     tracker = MlflowTracker(uri, run_id)
+    tracker.set_tags(landmark_tags)
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config.yaml")  # verbatim, for reproduction
     # false until the model is logged: an outage at the end leaves the documented state (model_log)

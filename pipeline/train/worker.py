@@ -99,7 +99,8 @@ def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
     torch.set_num_threads(cfg.scaling.torch_threads)
     seed_everything(cfg.run.seed + rank)  # before the model is built: it draws the initial weights
     apply_precision(cfg.scaling)
-    model = speed_up(build_model(cfg.model, len(job.classes)).to(device), cfg.scaling, device)
+    model = speed_up(build_model(cfg.model, len(job.classes), tracking_uri=job.tracking_uri).to(device),
+                     cfg.scaling, device)
     if wrap is not None:
         model = wrap(model)
     loss_fn = build_loss(cfg.loss, job.class_weights).to(device)
