@@ -19,6 +19,7 @@ from pipeline.train.data import build_datasets, check_shards, class_weights, val
 from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
+from pipeline.storage import checkpoint_uri
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
         end_run(uri, run_id, "FAILED")
         raise
     end_run(uri, run_id, "FINISHED")
-    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    # pyarrow drops the scheme (bucket/ray/...): hand on the URI the user gave (s3://bucket/ray/...)
+    ckpt = checkpoint_uri(result.checkpoint, cfg.run.storage_path) if result.checkpoint is not None else None
     return TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
                         model_uri, classes)
 
