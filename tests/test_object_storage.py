@@ -156,3 +156,25 @@ def test_ingest_model_and_batch_predict_in_the_bucket(ray_session, s3, tmp_path,
     assert predict_cli.main(["--model", f"{bucket}/models/none", "--shards", shards,
                              "--out", f"{bucket}/preds/x.parquet"]) == 2
     assert "nothing at that key" in capsys.readouterr().err
+
+
+def test_placement_strategy_and_elastic_workers_config():
+    """scaling.num_workers: an int or [min, max] (elastic); scaling.placement_strategy: Ray's four.
+    Both reach Ray Train's own ScalingConfig, which validates them again."""
+    import ray.train
+
+    from pipeline.config import ELASTIC_POLICY, ConfigError, load_config
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      ["scaling.num_workers=[1, 2]", "scaling.placement_strategy=STRICT_SPREAD"])
+    assert cfg.scaling.elastic and cfg.scaling.ray_num_workers() == (1, 2)
+    assert (cfg.scaling.min_workers, cfg.scaling.max_workers) == (1, 2)
+    sc = ray.train.ScalingConfig(num_workers=cfg.scaling.ray_num_workers(),
+                                 placement_strategy=cfg.scaling.placement_strategy)
+    assert sc.elasticity_enabled and sc.placement_strategy == "STRICT_SPREAD"
+    assert load_config(None, ["scaling.num_workers=3"]).scaling.ray_num_workers() == 3
+    assert "optim.lr is not rescaled" in ELASTIC_POLICY and "global batch" in ELASTIC_POLICY
+    for bad in ("scaling.num_workers=[2, 1]", "scaling.num_workers=[0, 2]", "scaling.num_workers=[1, 2, 3]",
+                "scaling.num_workers=0", "scaling.placement_strategy=ANYWHERE"):
+        with pytest.raises(ConfigError, match="scaling"):
+            load_config(None, [bad])

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import TrainConfig, dump_yaml
+from pipeline.config import ELASTIC_POLICY, TrainConfig, dump_yaml
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
 from pipeline.train.identity import check_or_record, pop_stop
@@ -85,7 +85,10 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
         "poster.framing": framing_of_manifest(manifest).name,
         "poster.val_carve": val_carve_tag(cfg.data, manifest),  # data.group_column=auto, resolved
         # data.worker_cache=auto, resolved: "cached" (held in each worker) or "streamed"
-        "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else "streamed",
+        "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.min_workers) else "streamed",
+        "poster.workers": str(cfg.scaling.num_workers),
+        "poster.placement_strategy": cfg.scaling.placement_strategy,
+        "poster.elastic_policy": ELASTIC_POLICY,
     }
     run_id = start_or_resume_run(uri, experiment, name, parent_run_id, created_with)
     tracker = MlflowTracker(uri, run_id)
@@ -116,7 +119,8 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
 
     classes = list(manifest["classes"])
     check_model_config(cfg, manifest)
-    cached = worker_cache(cfg.data, manifest, cfg.scaling.num_workers)
+    # the fewest workers hold the most rows each: the cache must fit then
+    cached = worker_cache(cfg.data, manifest, cfg.scaling.min_workers)
     datasets = build_datasets(cfg, manifest, cached=cached)
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
@@ -135,8 +139,9 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job},  # Ray Train wants a dict; the TrainConfig object rides in the job as is
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.ray_num_workers(), use_gpu=use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.scaling.placement_strategy),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
