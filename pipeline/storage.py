@@ -118,11 +118,10 @@ def _explain(err: Exception, location: str, what: str) -> str:
 
 def preflight(location: str, what: str, *, must_exist: bool = False) -> None:
     """Check a location before any Ray work: one StorageError line for a wrong endpoint, bad keys,
-    a missing bucket or (``must_exist``) a missing object/prefix. Local paths: only ``must_exist``."""
+    a missing bucket or (``must_exist``) a missing object/prefix. Local paths are left to the
+    commands' own checks (they name the missing manifest or folder)."""
     location = str(location)
     if not is_uri(location):
-        if must_exist and not os.path.exists(location):
-            raise StorageError(f"{what}={location}: no such file or directory")
         return
     check_uri(location, what)
     if scheme(location) not in ("s3", "s3a"):
