@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def node_loss(s3_shards: str, tmp: Path) -> dict[str, float]:
         while True:
             try:
                 with fs.open_input_stream(snap) as f:
-                    if b"checkpoint_" in f.read():
+                    if re.search(rb"checkpoint_\d{4}-\d\d-\d\d_", f.read()):  # a folder, not a JSON key
                         break
             except OSError:
                 pass

@@ -191,7 +191,9 @@ def test_local_cluster_end_to_end(tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             keys = bucket_keys(s3, "poster-e2e", f"ray/{run_name}/")
-            if snapshot in keys and b"checkpoint_" in s3.get_object(Bucket="poster-e2e", Key=snapshot)["Body"].read():
+            # a checkpoint folder's name (checkpoint_<date>_<time>), not the JSON's own checkpoint_* keys
+            if snapshot in keys and re.search(rb"checkpoint_\d{4}-\d\d-\d\d_",
+                                              s3.get_object(Bucket="poster-e2e", Key=snapshot)["Body"].read()):
                 break
             time.sleep(0.2)
         else:
