@@ -99,14 +99,17 @@ def node_loss(s3_shards: str, tmp: Path) -> dict[str, float]:
     from pipeline.train import open_run, run_training
 
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    node = cluster.add_node(num_cpus=1)
+    one = {"poster_node": 1}  # as cluster/local.sh: one per node, so the elastic count is per node
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
+                                                            "resources": one})
+    node = cluster.add_node(num_cpus=1, resources=one)
     ray.init(address=cluster.address, logging_level="WARNING")
     stamps = tmp / "stamps"
     stamps.mkdir()
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
         f"data.shards={s3_shards}", "run.name=bench-node-loss", "schedule.epochs=3", *TRAIN_OVERRIDES,
         "scaling.num_workers=[1, 2]", "scaling.placement_strategy=STRICT_SPREAD", "data.batch_size=8",
+        "scaling.worker_resources={poster_node: 1}",
         "scaling.torch_threads=1", "run.storage_path=s3://bench/ray", "checkpoint.select=last",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"])
     fs, snap = filesystem("s3://bench/ray/bench-node-loss/checkpoint_manager_snapshot.json")

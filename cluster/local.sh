@@ -259,7 +259,7 @@ start_nodes() {  # NODES-1 worker nodes: each `ray start --address` is its own r
     echo "Starting worker node $i ($NODE_CPUS CPUs, temp dir $node_tmp) ..."
     setsid "$RAY" start --block --address "$HOST:$RAY_PORT" --node-ip-address "$HOST" --num-cpus "$NODE_CPUS" \
       --dashboard-agent-listen-port 0 --temp-dir "$node_tmp" --disable-usage-stats \
-      > "$STATE_DIR/node$i.log" 2>&1 < /dev/null &
+      --resources '{"poster_node": 1}' > "$STATE_DIR/node$i.log" 2>&1 < /dev/null &
     NODE_PIDS+="${NODE_PIDS:+ }$!"
   done
 }
@@ -319,7 +319,8 @@ cmd_up() {
   local ray_args=(start --head --block --node-ip-address "$HOST" --port "$RAY_PORT"
     --num-cpus "$NUM_CPUS" --include-dashboard true --dashboard-host "$HOST"
     --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "$CLIENT_PORT"
-    --dashboard-agent-listen-port 0 --temp-dir "$RAY_TMP" --disable-usage-stats)
+    --dashboard-agent-listen-port 0 --temp-dir "$RAY_TMP" --disable-usage-stats
+    --resources '{"poster_node": 1}')  # one per node: scaling.worker_resources={poster_node: 1} spreads by it
   [[ -n "$NUM_GPUS" ]] && ray_args+=(--num-gpus "$NUM_GPUS")
   [[ -n "$OBJECT_STORE_MB" ]] && ray_args+=(--object-store-memory "$((OBJECT_STORE_MB * 1024 * 1024))")
 

@@ -142,6 +142,12 @@ class ScalingCfg:
     # how Ray places the workers' bundles: PACK (fewest nodes), SPREAD (best effort), STRICT_SPREAD
     # (one worker per node: a 2-worker run needs 2 nodes), STRICT_PACK (one node)
     placement_strategy: str = "PACK"
+    # custom Ray resources each worker also needs, e.g. {poster_node: 1}. Why: Ray 2.60's elastic
+    # policy counts the workers that fit by per-node resources and ignores placement_strategy, so
+    # an elastic STRICT_SPREAD run whose node died asks for 2 workers on one node and times out;
+    # a resource every node has once (cluster/local.sh gives each node poster_node=1) makes the
+    # count one per node
+    worker_resources: dict = field(default_factory=dict)
     cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
     gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
     torch_threads: int = 1
@@ -347,6 +353,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.select in ("best", "last"), "checkpoint.select must be best or last"),
         (_workers_ok(cfg.scaling.num_workers),
          f"scaling.num_workers must be an int >= 1 or [min, max] with 1 <= min <= max, got {cfg.scaling.num_workers!r}"),
+        (all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+             for v in cfg.scaling.worker_resources.values()),
+         "scaling.worker_resources values must be positive numbers, e.g. {poster_node: 1}"),
         (cfg.scaling.placement_strategy in PLACEMENT_STRATEGIES,
          f"scaling.placement_strategy must be one of {PLACEMENT_STRATEGIES}"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),

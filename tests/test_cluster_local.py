@@ -180,7 +180,8 @@ def test_local_cluster_end_to_end(tmp_path):
         sub = run([RAY, "job", "submit", "--no-wait", "--working-dir", ".", "--runtime-env",
                    "cluster/runtime_env.yaml", "--", "python", "-m", "pipeline.train", "--config",
                    "configs/smoke.yaml", "schedule.epochs=3", "scaling.num_workers=[1, 2]",
-                   "scaling.placement_strategy=STRICT_SPREAD", "data.batch_size=8", "scaling.torch_threads=1",
+                   "scaling.placement_strategy=STRICT_SPREAD", "scaling.worker_resources={poster_node: 1}",
+                   "data.batch_size=8", "scaling.torch_threads=1",
                    f"data.shards={shards}", f"run.storage_path={storage}", "checkpoint.select=last",
                    f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}"], client, 120)
         job = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr)

@@ -133,7 +133,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
         step_hook=step_hook,
     )
     use_gpu = cfg.scaling.gpus_per_worker > 0
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.worker_resources}
     if use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
