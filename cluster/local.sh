@@ -104,7 +104,7 @@ load_state() {
   local line key value n=0 seen=" "
   while IFS= read -r line || [[ -n "$line" ]]; do
     n=$((n + 1))
-    [[ "$line" =~ ^([A-Z_]+)=([A-Za-z0-9_./+-]*)$ ]] || die "$STATE:$n: not a KEY=value line; refusing to use it"
+    [[ "$line" =~ ^([A-Z][A-Z0-9_]*)=([A-Za-z0-9_./+-]*)$ ]] || die "$STATE:$n: not a KEY=value line; refusing to use it"
     key="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
     [[ " ${STATE_KEYS[*]} ${OPTIONAL_KEYS[*]} " == *" $key "* ]] || die "$STATE:$n: unknown key $key"
     case "$key" in
