@@ -323,6 +323,8 @@ def _state(env: dict, **values) -> Path:
     {"RAY_TMP": "/tmp/x`touch {marker}`"},
     {"PATH": "/nonexistent"},                 # a key the script does not know
     {"RAY_PID": None},                        # a key missing
+    {"NODE_PIDS": "12+$(touch {marker})"},    # up --nodes: worker-node leaders joined by +
+    {"S3_PID": "1;touch {marker}"},           # up --s3
 ])
 def test_state_file_is_parsed_not_sourced(tmp_path, bad):
     marker = tmp_path / "pwned"
