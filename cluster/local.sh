@@ -2,6 +2,8 @@
 # cluster/local.sh up|down|status -- a local Ray head + MLflow tracking server, both on 127.0.0.1.
 #
 #   cluster/local.sh up       # start both, wait until they answer, print the export lines
+#   cluster/local.sh up --nodes 2 --s3   # + a worker node (its own raylet, resources, temp dir) and an
+#                             # S3 endpoint (moto server) that holds MLflow's artifacts
 #   source runs/cluster/env.sh   # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
 #   ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipeline.train ...
 #   cluster/local.sh status
@@ -19,6 +21,12 @@
 #                                 plain ray.init() elsewhere never attaches to this head by accident
 #   POSTER_START_TIMEOUT=120      seconds to wait for each service to answer
 #   POSTER_STOP_TIMEOUT=30        seconds between SIGTERM and SIGKILL on `down`
+#   POSTER_NODE_CPUS=1            logical CPUs of each worker node (up --nodes N: N-1 worker nodes)
+#   POSTER_S3_PORT=9000           S3 endpoint (up --s3: moto_server on 127.0.0.1)
+#   POSTER_S3_BUCKET=poster       bucket created by up --s3; MLflow artifacts go to s3://BUCKET/mlartifacts
+#   S3 keys: $POSTER_CLUSTER_DIR/s3_credentials (AWS ini format, mode 600; generated when missing). They
+#   reach the Ray nodes and MLflow in their environment (AWS_ACCESS_KEY_ID/...), never on a command line;
+#   env.sh points clients at the file (AWS_SHARED_CREDENTIALS_FILE) with AWS_ENDPOINT_URL and AWS_REGION.
 # Numbers must be plain decimal integers: they are checked before any arithmetic (bash arithmetic
 # would evaluate an expression such as a[$(cmd)]). Token auth is always on.
 #
@@ -37,6 +45,10 @@ NUM_GPUS="${POSTER_NUM_GPUS:-}"
 OBJECT_STORE_MB="${POSTER_OBJECT_STORE_MB:-}"
 TIMEOUT="${POSTER_START_TIMEOUT:-120}"
 STOP_TIMEOUT="${POSTER_STOP_TIMEOUT:-30}"
+NODE_CPUS="${POSTER_NODE_CPUS:-1}"
+S3_PORT="${POSTER_S3_PORT:-9000}"
+S3_BUCKET="${POSTER_S3_BUCKET:-poster}"
+NODES=1 WITH_S3=0
 STATE_DIR="${POSTER_CLUSTER_DIR:-$REPO/runs/cluster}"
 mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"            # absolute: the sqlite URI and token path need it
@@ -50,6 +62,8 @@ SAFE_PATH='^[A-Za-z0-9_./+-]+$'   # what a path may look like in the state file 
 if [[ -x "$REPO/.venv/bin/ray" ]]; then BIN="$REPO/.venv/bin/"; export PATH="$REPO/.venv/bin:$PATH"; else BIN=""; fi
 RAY="${BIN}ray"
 MLFLOW="${BIN}mlflow"
+MOTO="${BIN}moto_server"
+PYTHON="${BIN}python"
 
 die() { echo "local.sh: $*" >&2; exit 1; }
 
@@ -71,6 +85,9 @@ check_settings() {
   [[ -z "$OBJECT_STORE_MB" ]] || check_int POSTER_OBJECT_STORE_MB "$OBJECT_STORE_MB" 64 16777216
   check_int POSTER_START_TIMEOUT "$TIMEOUT" 1 86400
   check_int POSTER_STOP_TIMEOUT "$STOP_TIMEOUT" 0 86400
+  check_int POSTER_NODE_CPUS "$NODE_CPUS" 1 4096
+  check_int POSTER_S3_PORT "$S3_PORT" 1 65535
+  [[ "$S3_BUCKET" =~ ^[a-z0-9][a-z0-9.-]{2,62}$ ]] || die "POSTER_S3_BUCKET must be a valid bucket name (3-63 of a-z 0-9 . -)"
   [[ "$RAY_TMP" =~ $SAFE_PATH ]] || die "POSTER_RAY_TEMP_DIR may hold only letters, digits and _ . / + -"
   [[ "$STATE_DIR" =~ $SAFE_PATH ]] || die "POSTER_CLUSTER_DIR may hold only letters, digits and _ . / + -"
   if [[ -n "${POSTER_RAY_AUTH:-}" && "${POSTER_RAY_AUTH}" != token ]]; then
@@ -81,15 +98,18 @@ check_settings() {
 # load_state: read state.env as data. Known keys only, values of the expected shape, no expansion;
 # anything else stops the script before a value is used.
 STATE_KEYS=(RAY_PID MLFLOW_PID RAY_PORT DASHBOARD_PORT CLIENT_PORT MLFLOW_PORT RAY_TMP)
+OPTIONAL_KEYS=(NODE_PIDS S3_PID S3_PORT)   # up --nodes / --s3 only
+NODE_PIDS="" S3_PID=""
 load_state() {
   local line key value n=0 seen=" "
   while IFS= read -r line || [[ -n "$line" ]]; do
     n=$((n + 1))
-    [[ "$line" =~ ^([A-Z_]+)=([A-Za-z0-9_./+-]*)$ ]] || die "$STATE:$n: not a KEY=value line; refusing to use it"
+    [[ "$line" =~ ^([A-Z][A-Z0-9_]*)=([A-Za-z0-9_./+-]*)$ ]] || die "$STATE:$n: not a KEY=value line; refusing to use it"
     key="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
-    [[ " ${STATE_KEYS[*]} " == *" $key "* ]] || die "$STATE:$n: unknown key $key"
+    [[ " ${STATE_KEYS[*]} ${OPTIONAL_KEYS[*]} " == *" $key "* ]] || die "$STATE:$n: unknown key $key"
     case "$key" in
       RAY_TMP) [[ "$value" =~ $SAFE_PATH ]] || die "$STATE:$n: bad path" ;;
+      NODE_PIDS) [[ "$value" =~ ^([0-9]{1,9}(\+[0-9]{1,9})*)?$ ]] || die "$STATE:$n: NODE_PIDS must be PIDs joined by +" ;;
       *) check_int "$STATE:$n $key" "$value" 1 4194304 ;;
     esac
     printf -v "$key" '%s' "$value"
@@ -168,6 +188,12 @@ write_env() {
     echo "export RAY_AUTH_MODE=token"
     echo "export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
     echo "export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT"
+    if ((WITH_S3)); then  # the keys stay in the file: env.sh holds no secret
+      echo "export AWS_ENDPOINT_URL=http://$HOST:$S3_PORT"
+      echo "export AWS_REGION=us-east-1"
+      echo "export AWS_SHARED_CREDENTIALS_FILE=$S3_CREDS"
+      echo "export POSTER_S3_BUCKET=$S3_BUCKET"
+    fi
   } > "$STATE_DIR/env.sh"
 }
 
@@ -192,7 +218,69 @@ stop_pids() {  # SIGTERM all at once, wait, SIGKILL what is left, wait for it to
   return 0  # the caller reports what survived
 }
 
+S3_CREDS="$STATE_DIR/s3_credentials"
+
+s3_keys() {  # export the keys from the credentials file into this shell's environment (no argv)
+  if [[ ! -s "$S3_CREDS" ]]; then
+    (umask 077; printf '[default]\naws_access_key_id = poster-%s\naws_secret_access_key = %s\n' \
+      "$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n')" "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')" > "$S3_CREDS")
+  fi
+  local line
+  while IFS= read -r line; do
+    [[ "$line" =~ ^aws_access_key_id\ *=\ *([A-Za-z0-9/+=_-]+)$ ]] && export AWS_ACCESS_KEY_ID="${BASH_REMATCH[1]}"
+    [[ "$line" =~ ^aws_secret_access_key\ *=\ *([A-Za-z0-9/+=_-]+)$ ]] && export AWS_SECRET_ACCESS_KEY="${BASH_REMATCH[1]}"
+  done < "$S3_CREDS"
+  [[ -n "${AWS_ACCESS_KEY_ID:-}" && -n "${AWS_SECRET_ACCESS_KEY:-}" ]] || die "$S3_CREDS: no [default] keys"
+  export AWS_ENDPOINT_URL="http://$HOST:$S3_PORT" AWS_REGION=us-east-1 MLFLOW_S3_ENDPOINT_URL="http://$HOST:$S3_PORT"
+  unset AWS_SHARED_CREDENTIALS_FILE AWS_PROFILE AWS_SESSION_TOKEN
+}
+
+start_s3() {  # moto's S3 server on loopback
+  command -v "$MOTO" >/dev/null || die "moto_server not found (pip install 'moto[server]')"
+  echo "Starting S3 endpoint (moto, http://$HOST:$S3_PORT, bucket $S3_BUCKET) ..."
+  setsid "$MOTO" -H "$HOST" -p "$S3_PORT" > "$STATE_DIR/s3.log" 2>&1 < /dev/null &
+  S3_PID=$!
+}
+
+s3_ready() {  # answers, and the bucket exists (created with the keys from the environment)
+  "$PYTHON" - "$S3_BUCKET" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3")
+name = sys.argv[1]
+if name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+    s3.create_bucket(Bucket=name)
+PY
+}
+
+start_nodes() {  # NODES-1 worker nodes: each `ray start --address` is its own raylet + object store
+  local i node_tmp
+  for ((i = 1; i < NODES; i++)); do
+    node_tmp="$RAY_TMP-node$i"
+    echo "Starting worker node $i ($NODE_CPUS CPUs, temp dir $node_tmp) ..."
+    setsid "$RAY" start --block --address "$HOST:$RAY_PORT" --node-ip-address "$HOST" --num-cpus "$NODE_CPUS" \
+      --dashboard-agent-listen-port 0 --temp-dir "$node_tmp" --disable-usage-stats \
+      --resources '{"poster_node": 1}' > "$STATE_DIR/node$i.log" 2>&1 < /dev/null &
+    NODE_PIDS+="${NODE_PIDS:+ }$!"
+  done
+}
+
+nodes_ready() {  # every node alive in the GCS (the head counts)
+  local n
+  n="$(curl_ray '/nodes?view=summary' 2>/dev/null | "$PYTHON" -c '
+import json, sys
+d = json.load(sys.stdin)["data"]["summary"]
+print(sum(1 for n in d if n["raylet"]["state"] == "ALIVE"))' 2>/dev/null)" || return 1
+  [[ "$n" == "$NODES" ]]
+}
+
 cmd_up() {
+  while (($#)); do
+    case "$1" in
+      --nodes) [[ $# -ge 2 ]] || die "--nodes needs a number"; check_int --nodes "$2" 1 16; NODES=$((10#$2)); shift 2 ;;
+      --s3) WITH_S3=1; shift ;;
+      *) die "up: unknown option $1 (use --nodes N, --s3)" ;;
+    esac
+  done
   if [[ -f "$STATE" ]]; then
     load_state
     if [[ -n "$(recorded_alive)" ]]; then
@@ -200,7 +288,9 @@ cmd_up() {
     fi
     rm -f "$STATE" "$STATE_DIR/pids"  # left by a head that died on its own
   fi
-  for p in "$RAY_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$MLFLOW_PORT"; do
+  local ports=("$RAY_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$MLFLOW_PORT")
+  ((WITH_S3)) && ports+=("$S3_PORT")
+  for p in "${ports[@]}"; do
     port_busy "$p" && die "port $p on $HOST is in use; pick others with POSTER_*_PORT"
   done
   command -v "$RAY" >/dev/null || die "ray not found (make venv, or put ray on PATH)"
@@ -218,11 +308,19 @@ cmd_up() {
   # 30 s, and after a Train job it waits all of them out. A dev head has nothing to hand over.
   export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+  local artifacts="$STATE_DIR/mlartifacts"
+  if ((WITH_S3)); then
+    s3_keys  # every process started below (Ray nodes, MLflow) reads the keys from its environment
+    start_s3
+    wait_for s3 "$S3_PID" s3_ready || { kill -TERM "$S3_PID" 2>/dev/null; die "S3 endpoint did not start"; }
+    artifacts="s3://$S3_BUCKET/mlartifacts"
+  fi
 
   local ray_args=(start --head --block --node-ip-address "$HOST" --port "$RAY_PORT"
     --num-cpus "$NUM_CPUS" --include-dashboard true --dashboard-host "$HOST"
     --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "$CLIENT_PORT"
-    --dashboard-agent-listen-port 0 --temp-dir "$RAY_TMP" --disable-usage-stats)
+    --dashboard-agent-listen-port 0 --temp-dir "$RAY_TMP" --disable-usage-stats
+    --resources '{"poster_node": 1}')  # one per node: scaling.worker_resources={poster_node: 1} spreads by it
   [[ -n "$NUM_GPUS" ]] && ray_args+=(--num-gpus "$NUM_GPUS")
   [[ -n "$OBJECT_STORE_MB" ]] && ray_args+=(--object-store-memory "$((OBJECT_STORE_MB * 1024 * 1024))")
 
@@ -232,14 +330,14 @@ cmd_up() {
   setsid "$RAY" "${ray_args[@]}" > "$STATE_DIR/ray.log" 2>&1 < /dev/null &
   local ray_pid=$!
 
-  echo "Starting MLflow server (http://$HOST:$MLFLOW_PORT, sqlite $STATE_DIR/mlflow.db) ..."
+  echo "Starting MLflow server (http://$HOST:$MLFLOW_PORT, sqlite $STATE_DIR/mlflow.db, artifacts $artifacts) ..."
   mkdir -p "$STATE_DIR/mlartifacts"
   # MLflow's background job runner (huey consumers, ~7 processes) serves GenAI features this
   # project does not use; off by default to keep the 2-core box free. Set it to true to keep it.
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
   setsid "$MLFLOW" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$STATE_DIR/mlflow.db" \
-    --artifacts-destination "$STATE_DIR/mlartifacts" > "$STATE_DIR/mlflow.log" 2>&1 < /dev/null &
+    --artifacts-destination "$artifacts" > "$STATE_DIR/mlflow.log" 2>&1 < /dev/null &
   local mlflow_pid=$!
 
   cat > "$STATE" <<EOF
@@ -251,15 +349,24 @@ CLIENT_PORT=$CLIENT_PORT
 MLFLOW_PORT=$MLFLOW_PORT
 RAY_TMP=$RAY_TMP
 EOF
+  if ((WITH_S3)); then printf 'S3_PID=%s\nS3_PORT=%s\n' "$S3_PID" "$S3_PORT" >> "$STATE"; fi
 
-  record_pids "$ray_pid" "$mlflow_pid"  # already now, so that a failed start can be cleaned up
-  if ! wait_for ray "$ray_pid" ray_ready || \
-     ! wait_for mlflow "$mlflow_pid" curl -fsS --max-time 5 "http://$HOST:$MLFLOW_PORT/health"; then
+  record_pids "$ray_pid" "$mlflow_pid" $S3_PID  # already now, so that a failed start can be cleaned up
+  local ok=1
+  wait_for ray "$ray_pid" ray_ready || ok=0
+  if ((ok && NODES > 1)); then
+    start_nodes
+    echo "NODE_PIDS=${NODE_PIDS// /+}" >> "$STATE"
+    record_pids "$ray_pid" "$mlflow_pid" $S3_PID $NODE_PIDS
+    wait_for ray "$ray_pid" nodes_ready || ok=0
+  fi
+  if ((ok)); then wait_for mlflow "$mlflow_pid" curl -fsS --max-time 5 "http://$HOST:$MLFLOW_PORT/health" || ok=0; fi
+  if ((!ok)); then
     echo "local.sh: start failed; stopping what was started" >&2
     cmd_down >&2 || true
     exit 1
   fi
-  record_pids "$ray_pid" "$mlflow_pid"  # now with everything the head and MLflow started
+  record_pids "$ray_pid" "$mlflow_pid" $S3_PID $NODE_PIDS  # now with everything they started
   write_env
   echo "Up in $((SECONDS - t0))s ($(wc -l < "$STATE_DIR/pids") processes, PIDs in $STATE_DIR/pids)."
   cmd_info
@@ -289,8 +396,11 @@ cmd_down() {
   # `up` (Ray workers, job drivers).
   local ours=() p
   mapfile -t ours < <(recorded_alive)
-  local leaders=()
-  for p in "$RAY_PID" "$MLFLOW_PID"; do
+  local leaders=() nodes=()
+  for p in ${NODE_PIDS//+/ }; do
+    [[ " ${ours[*]} " == *" $p "* ]] && nodes+=("$p")
+  done
+  for p in "$RAY_PID" "$MLFLOW_PID" $S3_PID ${NODE_PIDS//+/ }; do
     [[ " ${ours[*]} " == *" $p "* ]] && leaders+=("$p")
   done
   local pids=()
@@ -301,6 +411,7 @@ cmd_down() {
     # The leaders first: `ray start --block` stops its own processes in order (raylet, GCS, ...);
     # then whatever is left, e.g. job drivers, which run in sessions of their own.
     echo "Stopping Ray head (pid $RAY_PID) and MLflow (pid $MLFLOW_PID): ${#pids[@]} processes ..."
+    ((${#nodes[@]})) && stop_pids "${nodes[@]}"  # worker nodes before the head they report to
     ((${#leaders[@]})) && stop_pids "${leaders[@]}"
     local rest=()
     for p in "${pids[@]}"; do alive "$p" && rest+=("$p"); done
@@ -333,7 +444,7 @@ cmd_status() {
 
 check_settings
 case "${1:-}" in
-  up) cmd_up ;;
+  up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   *) echo "usage: $0 up|down|status   (settings: see the head of this file)" >&2; exit 2 ;;

@@ -125,9 +125,29 @@ class ScheduleCfg:
     min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
+# What a change of the worker count does (docs/design.md, cluster/README.md "Losing a node"); the
+# same line goes in every run's tags (poster.elastic_policy).
+ELASTIC_POLICY = ("per-worker batch fixed (data.batch_size): global batch = data.batch_size x workers "
+                  "and changes with them; optim.lr is not rescaled; an epoch still covers every train row "
+                  "once, split over the workers present")
+
+
 @dataclass
 class ScalingCfg:
-    num_workers: int = 2
+    # an int (fixed), or [min, max]: elastic (Ray Train starts with what fits, at least min, and
+    # grows to max when nodes come; a lost node shrinks the group and the run restarts from the
+    # last checkpoint with the workers left)
+    num_workers: int | list = 2
+    # how Ray places the workers' bundles: PACK (fewest nodes), SPREAD (best effort), STRICT_SPREAD
+    # (one worker per node: a 2-worker run needs 2 nodes), STRICT_PACK (one node)
+    placement_strategy: str = "PACK"
+    # custom Ray resources each worker also needs, e.g. {poster_node: 1}. Why: Ray 2.60's elastic
+    # policy counts the workers that fit by per-node resources and ignores placement_strategy, so
+    # an elastic STRICT_SPREAD run whose node died asks for 2 workers on one node and times out;
+    # a resource every node has once (cluster/local.sh gives each node poster_node=1) makes the
+    # count one per node
+    worker_resources: dict = field(default_factory=dict)
     cpus_per_worker: float = 0.5  # < 1 on 2 cores so Ray Data keeps a CPU (else it hangs)
     gpus_per_worker: float = 0.0  # > 0 → NCCL DDP on GPUs
     torch_threads: int = 1
@@ -145,6 +165,22 @@ class ScalingCfg:
     def __post_init__(self) -> None:
         if isinstance(self.compile, bool):
             self.compile = "default" if self.compile else "off"
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        return int(self.num_workers[0]) if self.elastic else int(self.num_workers)
+
+    @property
+    def max_workers(self) -> int:
+        return int(self.num_workers[-1]) if self.elastic else int(self.num_workers)
+
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """What Ray Train's ScalingConfig takes: an int, or (min, max) for an elastic run."""
+        return (self.min_workers, self.max_workers) if self.elastic else self.min_workers
 
 
 @dataclass
@@ -293,6 +329,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+def _workers_ok(n: Any) -> bool:
+    ints = lambda xs: all(isinstance(x, int) and not isinstance(x, bool) for x in xs)  # noqa: E731
+    if isinstance(n, list):
+        return len(n) == 2 and ints(n) and 1 <= n[0] <= n[1]
+    return ints([n]) and n >= 1
+
+
 def validate(cfg: TrainConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     from poster_model.losses import TERMS as LOSS_TERMS  # the loss terms' one home (imports torch)
@@ -308,7 +351,13 @@ def validate(cfg: TrainConfig) -> None:
          "schedule.name must be cosine, exponential or constant"),
         (cfg.checkpoint.mode in ("max", "min"), "checkpoint.mode must be max or min"),
         (cfg.checkpoint.select in ("best", "last"), "checkpoint.select must be best or last"),
-        (cfg.scaling.num_workers >= 1, "scaling.num_workers must be >= 1"),
+        (_workers_ok(cfg.scaling.num_workers),
+         f"scaling.num_workers must be an int >= 1 or [min, max] with 1 <= min <= max, got {cfg.scaling.num_workers!r}"),
+        (all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+             for v in cfg.scaling.worker_resources.values()),
+         "scaling.worker_resources values must be positive numbers, e.g. {poster_node: 1}"),
+        (cfg.scaling.placement_strategy in PLACEMENT_STRATEGIES,
+         f"scaling.placement_strategy must be one of {PLACEMENT_STRATEGIES}"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.schedule.epochs >= 1, "schedule.epochs must be >= 1"),
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),

@@ -151,13 +151,9 @@ def validate_schema(table_or_schema: pa.Table | pa.Schema, where: str = "table")
 
 def filesystem(uri: str):
     """(pyarrow FileSystem, path) for a local path or a URI such as s3://bucket/x or file:///x."""
-    from pyarrow import fs as pafs
+    from pipeline.storage import filesystem as fs_of
 
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return fs_of(uri)
 
 
 def join(base: str, *parts: str) -> str:

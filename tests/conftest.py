@@ -14,6 +14,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# Object storage in tests is a moto server on 127.0.0.1 (the `s3` fixture), never a real account.
+# Its endpoint and keys go in the environment now, before Ray starts: Ray workers (Ray Data reads,
+# Train workers) inherit them from the session's raylet, as a cluster node's would.
+from s3_server import S3Server, free_port as _free_port  # noqa: E402
+
+S3_TEST = S3Server(_free_port())
+for _k in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+    os.environ.pop(_k, None)
+os.environ.update(S3_TEST.env())
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +40,14 @@ def ray_session():
     ensure_ray(num_cpus=2, object_store_memory=768 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """The session's S3 endpoint (moto server, any key accepted), started on first use."""
+    S3_TEST.start()
+    yield S3_TEST
+    S3_TEST.stop()
 
 
 @pytest.fixture(scope="session")

@@ -86,82 +86,195 @@ def submit(entrypoint: list[str], env: dict, timeout: float) -> tuple[str, float
     return job.group(0), time.monotonic() - t0
 
 
-@pytest.mark.slow
-def test_local_cluster_end_to_end(ray_session, tmp_path):
-    from pipeline.ingest import IngestOptions, ingest
+def client_env(env: dict, state: Path) -> dict:
+    client = dict(env)
+    for line in (state / "env.sh").read_text().splitlines():
+        if line.startswith("export "):
+            key, value = line[len("export "):].split("=", 1)
+            client[key] = value
+    return client
 
+
+def node_processes(leader: int) -> list[int]:
+    """A worker node: its `ray start --block` leader's session (setsid) and everything below it."""
+    table = [tuple(map(int, line.split())) for line in
+             subprocess.run(["ps", "-eo", "pid=,ppid=,sid="], capture_output=True, text=True).stdout.splitlines()]
+    keep = {pid for pid, _, sid in table if sid == leader} | {leader}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid, _ in table if ppid in keep} - keep
+        keep |= more
+        grew = bool(more)
+    return sorted(p for p in keep if alive(p))
+
+
+def s3_client(client: dict):
+    """boto3 on the cluster's endpoint, with the keys from the credentials file env.sh names."""
+    import boto3
+
+    text = Path(client["AWS_SHARED_CREDENTIALS_FILE"]).read_text()
+    key = re.search(r"aws_access_key_id = (\S+)", text).group(1)
+    secret = re.search(r"aws_secret_access_key = (\S+)", text).group(1)
+    return boto3.client("s3", endpoint_url=client["AWS_ENDPOINT_URL"], region_name=client["AWS_REGION"],
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def wait_job(job: str, env: dict, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run([RAY, "job", "status", job], env, 60)
+        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if state in out.stdout + out.stderr or f"' {state.lower()}" in out.stdout + out.stderr:
+                return state
+        time.sleep(2)
+    return "TIMEOUT"
+
+
+@pytest.mark.slow
+def test_local_cluster_end_to_end(tmp_path):
+    """Two Ray nodes + S3 endpoint + MLflow server (artifacts in the bucket), all through
+    `ray job submit`: ingest to S3; a 2-worker STRICT_SPREAD fit (elastic [1, 2]) with its
+    checkpoints in S3, whose worker node is killed (raylet and all) in epoch 2 and which still
+    finishes, each epoch logged once; the model registered, its files in the bucket, loaded
+    through models:/; batch predict S3 -> S3 reconciled; no S3 secret in argv, logs or MLflow."""
     missing = [p for p in ("pipeline/train/__main__.py", "pipeline/ingest/__main__.py") if not (REPO / p).exists()]
     if missing:
-        pytest.skip(f"pipeline entry points not written yet ({', '.join(missing)}); "
-                    "the e2e cluster test runs once they exist")
+        pytest.skip(f"pipeline entry points not written yet ({', '.join(missing)})")
     env = base_env(tmp_path)
+    for k in [k for k in env if k.startswith("AWS_")]:  # the cluster's own S3, not the test session's
+        env.pop(k)
+    env.update(POSTER_S3_PORT=str(free_ports(1)[0]), POSTER_NODE_CPUS="1", POSTER_S3_BUCKET="poster-e2e")
     state = Path(env["POSTER_CLUSTER_DIR"])
-    shards, storage = tmp_path / "shards", tmp_path / "ray_results"
     experiment = run_name = f"cluster-e2e-{env['POSTER_RAY_PORT']}"
     recorded: list[int] = []
     timings = {}
     try:
         t0 = time.monotonic()
-        up = run([str(LOCAL_SH), "up"], env, 240)
+        up = run([str(LOCAL_SH), "up", "--nodes", "2", "--s3"], env, 300)
         assert up.returncode == 0, up.stdout + up.stderr
-        timings["up"] = time.monotonic() - t0
+        timings["up (2 nodes + S3 + MLflow)"] = time.monotonic() - t0
         recorded = [int(line.split("\t")[0]) for line in (state / "pids").read_text().splitlines()]
         assert recorded and all(alive(p) for p in recorded)
-        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{env['POSTER_MLFLOW_PORT']}" in up.stdout
         assert "export RAY_AUTH_MODE=token" in up.stdout  # token auth is on by default
+        secret = re.search(r"aws_secret_access_key = (\S+)", (state / "s3_credentials").read_text()).group(1)
+        assert oct((state / "s3_credentials").stat().st_mode)[-3:] == "600"
+        client = client_env(env, state)
+        uri, bucket = client["MLFLOW_TRACKING_URI"], "s3://poster-e2e"
+        s3 = s3_client(client)
+        node_leaders = [int(p) for p in re.search(r"NODE_PIDS=(\S+)", (state / "state.env").read_text())
+                        .group(1).split("+")]
+        assert len(node_leaders) == 1 and alive(node_leaders[0])
 
-        client = dict(env)
-        for line in (state / "env.sh").read_text().splitlines():
-            if line.startswith("export "):
-                key, value = line[len("export "):].split("=", 1)
-                client[key] = value
-        uri = client["MLFLOW_TRACKING_URI"]
+        shards, storage = f"{bucket}/data/synthetic", f"{bucket}/ray"
+        _, timings["ingest job -> S3"] = submit(
+            ["python", "-m", "pipeline.ingest", "--source", "synthetic", "--out", shards,
+             "--per-class", "12", "--seed", "0"], client, 300)
+        assert "data/synthetic/_manifest.json" in bucket_keys(s3, "poster-e2e", "data/synthetic/")
 
-        # The shards come from the session's Ray, in-process: an ingest job cost ~40 s of CI for
-        # a driver start-up that test_ingest's RAY_ADDRESS test covers; the job here is training.
         t0 = time.monotonic()
-        assert ingest(IngestOptions("synthetic", str(shards), per_class=8, seed=0, progress=False)).reconciled
-        timings["ingest (session Ray)"] = time.monotonic() - t0
-        _, timings["train job"] = submit(
-            # The smoke profile, cut to 2 epochs: the code path (DDP, checkpoints, MLflow model)
-            # is the same, and the test stays near two minutes.
-            ["python", "-m", "pipeline.train", "--config", "configs/smoke.yaml", "schedule.epochs=2",
-             "scaling.num_workers=2", "data.batch_size=16", "scaling.torch_threads=1",  # DDP on the cluster
-             f"data.shards={shards}",
-             f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}",
-             f"run.storage_path={storage}"], client, 600)
+        sub = run([RAY, "job", "submit", "--no-wait", "--working-dir", ".", "--runtime-env",
+                   "cluster/runtime_env.yaml", "--", "python", "-m", "pipeline.train", "--config",
+                   "configs/smoke.yaml", "schedule.epochs=3", "scaling.num_workers=[1, 2]",
+                   "scaling.placement_strategy=STRICT_SPREAD", "scaling.worker_resources={poster_node: 1}",
+                   "data.batch_size=8", "scaling.torch_threads=1",
+                   f"data.shards={shards}", f"run.storage_path={storage}", "checkpoint.select=last",
+                   f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}"], client, 120)
+        job = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr)
+        assert sub.returncode == 0 and job, sub.stdout + sub.stderr
+        job = job.group(0)
+        # epoch 1's checkpoint registered by Ray Train (its snapshot names it) = epoch 2 has begun
+        snapshot = f"ray/{run_name}/checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            keys = bucket_keys(s3, "poster-e2e", f"ray/{run_name}/")
+            # a checkpoint folder's name (checkpoint_<date>_<time>), not the JSON's own checkpoint_* keys
+            if snapshot in keys and re.search(rb"checkpoint_\d{4}-\d\d-\d\d_",
+                                              s3.get_object(Bucket="poster-e2e", Key=snapshot)["Body"].read()):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint of epoch 1 in the bucket within 300 s:\n"
+                        + run([RAY, "job", "logs", job], client, 60).stdout[-4000:])
+        victims = node_processes(node_leaders[0])
+        t_kill = time.monotonic()
+        for pid in victims:  # the whole node at once, as when a machine goes: no drain, no goodbye
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        timings["kill after submit"] = t_kill - t0
+        assert wait_job(job, client, 600) == "SUCCEEDED", run([RAY, "job", "logs", job], client, 60).stdout[-6000:]
+        timings["train job (node lost)"] = time.monotonic() - t0
+        logs = run([RAY, "job", "logs", job], client, 60).stdout
+        printed = re.search(r"checkpoint: (\S+)", logs)
+        assert printed and printed.group(1).startswith(f"{storage}/{run_name}/checkpoint_"), logs[-3000:]
 
-        # The jobs ran from the uploaded working dir (one package per distinct tree hash): source
-        # only, nothing from .venv/.git/runs/data.
+        from mlflow.tracking import MlflowClient
+
+        ml = MlflowClient(tracking_uri=uri)
+        exp = ml.get_experiment_by_name(experiment)
+        runs = ml.search_runs([exp.experiment_id])
+        assert [r.info.run_name for r in runs] == [run_name]
+        r = runs[0]
+        assert r.info.status == "FINISHED" and r.info.artifact_uri.startswith("mlflow-artifacts:")
+        epochs = sorted(m.step for m in ml.get_metric_history(r.info.run_id, "epoch"))
+        assert epochs == [0, 1, 2], f"each epoch logged once: {epochs}"
+        world = {m.step: m.value for m in ml.get_metric_history(r.info.run_id, "world_size")}
+        assert world[0] == 2 and world[2] == 1, world  # both nodes, then the node left
+        rows = {m.step: m.value for m in ml.get_metric_history(r.info.run_id, "train_rows")}
+        r0 = {m.step: m.value for m in ml.get_metric_history(r.info.run_id, "train_rows_rank0")}
+        r1 = {m.step: m.value for m in ml.get_metric_history(r.info.run_id, "train_rows_rank1")}
+        assert r0[0] > 0 and r1[0] > 0 and r0[0] + r1[0] == rows[0], (r0, r1, rows)  # rows on both nodes
+        assert rows[2] >= rows[0] - 8 and r0[2] == rows[2], (rows, r0)  # one rank covers the epoch now
+        assert r.data.tags["poster.placement_strategy"] == "STRICT_SPREAD"
+        assert "optim.lr is not rescaled" in r.data.tags["poster.elastic_policy"]
+        ckpts = {k.split("/")[2] for k in bucket_keys(s3, "poster-e2e", f"ray/{run_name}/checkpoint_")
+                 if re.match(r"checkpoint_\d{4}-", k.split("/")[2])}
+        assert len(ckpts) >= 2, ckpts  # checkpoint.num_to_keep=2 of 3 epochs, in the bucket
+
+        from pipeline.artifact.load import load_model
+        from pipeline.registry.versions import register_run
+
+        version = register_run(r.info.run_id, uri, f"poster-e2e-{env['POSTER_RAY_PORT']}", None)
+        model_uri = f"models:/poster-e2e-{env['POSTER_RAY_PORT']}/{version}"
+        assert any(k.endswith("weights.pt") for k in bucket_keys(s3, "poster-e2e", "mlartifacts/"))
+        loaded = load_model(model_uri, uri)  # through the server's proxy: this client uses no S3 keys
+        assert loaded.classes and loaded.kind == "registry"
+
+        preds = f"{bucket}/preds/test.parquet"
+        _, timings["batch predict job S3 -> S3"] = submit(
+            ["python", "-m", "pipeline.predict", "--model", model_uri, "--tracking-uri", uri,
+             "--shards", shards, "--out", preds, "--actors", "1"], client, 300)
+        assert "preds/test.parquet" in bucket_keys(s3, "poster-e2e", "preds/")
+
+        # The jobs ran from the uploaded working dir: source only, nothing from .venv/.git/runs/data.
         pkgs = list(Path(env["POSTER_RAY_TEMP_DIR"]).glob(
             "session_latest/runtime_resources/working_dir_files/_ray_pkg_*/"))
         assert pkgs, "no unpacked working_dir package on the head"
         for pkg in pkgs:
             files = [f for f in pkg.rglob("*") if f.is_file()]
             upload = sum(f.stat().st_size for f in files)
-            timings[f"upload MiB ({len(files)} files)"] = upload / 2**20
             assert upload < 5 * 2**20, f"working_dir upload unpacked to {upload / 2**20:.1f} MiB"
             assert not {".git", ".venv", "runs", "data"} & {f.relative_to(pkg).parts[0] for f in files}
 
-        from mlflow.tracking import MlflowClient
-
-        ml = MlflowClient(tracking_uri=uri)
-        exp = ml.get_experiment_by_name(experiment)
-        assert exp is not None, f"experiment {experiment} not on the server"
-        runs = ml.search_runs([exp.experiment_id])
-        assert [r.info.run_name for r in runs] == [run_name]
-        assert runs[0].info.status == "FINISHED" and runs[0].data.metrics, runs[0].info
-        assert runs[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
-        assert any((state / "mlartifacts").rglob("*")), "no artifacts reached the server's store"
-        assert any(storage.iterdir()), "no Ray Train results under run.storage_path"
+        # the S3 secret: in no job log, MLflow param or tag, env.sh or command line of ours
+        seen = [logs, (state / "env.sh").read_text(), str(r.data.params), str(r.data.tags)]
+        seen += [Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace") for p in recorded if alive(p)]
+        assert not [t for t in seen if secret in t]
     finally:
         t0 = time.monotonic()
-        down = run([str(LOCAL_SH), "down"], env, 120)
+        down = run([str(LOCAL_SH), "down"], env, 180)
         timings["down"] = time.monotonic() - t0
         time.sleep(1)
         left = [p for p in recorded if alive(p)]
-        shutil.rmtree(env["POSTER_RAY_TEMP_DIR"], ignore_errors=True)
-        print("cluster e2e timings (s) and sizes:", {k: round(v, 2) for k, v in timings.items()})
+        for d in Path("/tmp").glob(Path(env["POSTER_RAY_TEMP_DIR"]).name + "*"):
+            shutil.rmtree(d, ignore_errors=True)
+        print("cluster e2e timings (s):", {k: round(v, 2) for k, v in timings.items()})
         print("local.sh down:", down.stdout.strip(), down.stderr.strip())
     assert down.returncode == 0, down.stdout + down.stderr
     assert left == [], f"processes of ours still running after down: {left}"
@@ -210,6 +323,8 @@ def _state(env: dict, **values) -> Path:
     {"RAY_TMP": "/tmp/x`touch {marker}`"},
     {"PATH": "/nonexistent"},                 # a key the script does not know
     {"RAY_PID": None},                        # a key missing
+    {"NODE_PIDS": "12+$(touch {marker})"},    # up --nodes: worker-node leaders joined by +
+    {"S3_PID": "1;touch {marker}"},           # up --s3
 ])
 def test_state_file_is_parsed_not_sourced(tmp_path, bad):
     marker = tmp_path / "pwned"

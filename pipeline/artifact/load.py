@@ -56,6 +56,28 @@ def is_model_uri(spec: str) -> bool:
     return spec.startswith(("models:/", "runs:/", "m-")) or "://" in spec
 
 
+def is_storage_uri(spec: str) -> bool:
+    """A checkpoint or weights file in object storage (``s3://...``), as ``pipeline.train`` prints it."""
+    from pipeline.storage import scheme
+
+    return scheme(spec) in ("s3", "s3a", "gs", "gcs", "abfs", "hdfs")
+
+
+def _fetch(spec: str, into: str) -> Path:
+    """Copy a checkpoint folder or model file from object storage to ``into`` (small: one run)."""
+    import pyarrow.fs as pafs
+
+    from pipeline.storage import filesystem, preflight
+
+    preflight(spec, "--model", must_exist=True)
+    fs, path = filesystem(spec)
+    target = Path(into) / (Path(path).name or "model")  # a file or a folder, copied as it is
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        target.mkdir()  # copy_files writes into the folder but does not create it
+    pafs.copy_files(path, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target
+
+
 def resolve_model_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     """``models:/NAME/VERSION[/path]``, ``models:/NAME@ALIAS[/path]`` or ``models:/m-…[/path]`` →
     the artifact location it names, looked up in ``tracking_uri``'s registry.
@@ -146,6 +168,11 @@ def _model_file(spec: str, path: Path) -> Path:
 def load_model(spec: str, tracking_uri: str | None = None, variant: str = "large",
                dataset: str = "rafdb", classes: list[str] | None = None) -> LoadedModel:
     """Load any model form the project knows (see the module docstring)."""
+    if is_storage_uri(spec):  # fetched, loaded, and named by the URI the user gave
+        with tempfile.TemporaryDirectory() as d:
+            loaded = load_model(str(_fetch(spec, d)), tracking_uri, variant, dataset, classes)
+        loaded.source = spec
+        return loaded
     path = Path(spec)
     if not path.exists():
         if is_model_uri(spec):

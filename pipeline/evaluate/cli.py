@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     quiet_mlflow()
+    from pipeline.storage import preflight
+
     try:
+        preflight(args.shards, "--shards", must_exist=True)
         manifest = read_manifest(args.shards)
         loaded = load_model(args.model, args.tracking_uri, args.variant, args.dataset,
                             classes=list(manifest["classes"]))

@@ -126,6 +126,12 @@ def ingest(opts: IngestOptions) -> IngestReport:
     if opts.skip_detection:  # IngestOptions already reads it as keep_framing (docs/ingest.md, "Framings")
         log.warning("--skip-detection is deprecated: it is --keep-framing, which keeps the dataset's own "
                     "crop (recorded as its framing); drop it to re-align with the detector like predict does")
+    from pipeline.storage import preflight
+
+    # object storage answers (endpoint, keys, bucket) before any Ray work: one line, not a traceback
+    preflight(opts.out, "--out")
+    if opts.input:
+        preflight(opts.input, "--input", must_exist=True)
     output.check_target(opts.out, opts.overwrite, opts.input)
     plan = _plan(opts)
     cfg = _stage_config(opts, plan)

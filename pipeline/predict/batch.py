@@ -65,7 +65,14 @@ class BatchReport:
 def list_inputs(input_dir: str | Path) -> list[str]:
     """Every file under ``input_dir`` (recursively, sorted, dot-files and dot-folders skipped): each
     is an input and gets a row, so a README or a broken link is a rejected row
-    (not_an_image / unreadable), never silently left out. Broken links are kept for that reason."""
+    (not_an_image / unreadable), never silently left out. Broken links are kept for that reason.
+    A URI (``s3://bucket/photos``) is listed through pyarrow; its files keep the URI form."""
+    from pipeline.storage import is_uri, list_files
+
+    if is_uri(str(input_dir)):
+        root_uri = str(input_dir).rstrip("/")
+        return [f for f in list_files(root_uri)
+                if not any(part.startswith(".") for part in f[len(root_uri):].split("/"))]
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"--input-dir {root}: not a directory")
@@ -209,14 +216,17 @@ def write_predictions(ds: Any, out: str | Path, classes: list[str], shards: bool
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.storage import filesystem, is_uri
+
     schema = _schema(classes, shards)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not is_uri(str(out)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fs, out_path = filesystem(str(out))  # s3://bucket/preds.parquet streams to the bucket
     rows, predicted, reasons = 0, 0, Counter()
     t0 = last = time.perf_counter()
     t_start = t0 if t_start is None else t_start
     first: tuple = ()
-    with pq.ParquetWriter(str(out), schema) as writer:
+    with pq.ParquetWriter(out_path, schema, filesystem=fs) as writer:
         for df in ds.iter_batches(batch_size=None, batch_format="pandas"):
             writer.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False))
             rows += len(df)

@@ -62,8 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.faces.align import FaceProcessor
     from pipeline.faces.framing import FramingError, resolve_for_predict
 
+    from pipeline.storage import StorageError, preflight
+
     args = parse_args(argv)
     quiet_mlflow()
+    try:  # object storage answers before the model loads and Ray starts
+        for flag, where, exists in (("--input-dir", args.input_dir, True), ("--shards", args.shards, True),
+                                    ("--out", args.out, False)):
+            if where:
+                preflight(where, flag, must_exist=exists)
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         loaded = load_model(args.model, args.tracking_uri, args.variant, args.dataset)
     except Exception as e:  # registry unreachable, alias missing, file absent: nothing can be answered

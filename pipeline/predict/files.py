@@ -48,7 +48,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    data = Path(path).read_bytes()  # OSError: missing, permissions, a directory
+    from pipeline.storage import is_uri, read_bytes
+
+    # OSError: missing, permissions, a directory; s3://... through pyarrow (AWS_* variables)
+    data = read_bytes(str(path)) if is_uri(str(path)) else Path(path).read_bytes()
     if not data:
         raise ValueError("empty file")
     try:

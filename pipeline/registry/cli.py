@@ -92,6 +92,9 @@ def _cmd_register(args: argparse.Namespace) -> None:
 
 
 def _cmd_review(args: argparse.Namespace) -> None:
+    from pipeline.storage import preflight
+
+    preflight(args.shards, "--shards", must_exist=True)
     res = review(args.name, args.shards, args.split, args.metric, args.margin, args.promote, args.force,
                  args.reason, args.allow_other_shards, args.tracking_uri, args.batch_size, args.out)
     print(res.report)

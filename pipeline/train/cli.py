@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError, dump_yaml, load_config
-from pipeline.train.data import shards_refusal
+from pipeline.train.data import shards_refusal, storage_refusal
 from pipeline.train.identity import ResumeRefused
 from pipeline.runtime import ensure_ray
 from pipeline.schema import read_manifest
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
+    if (refusal := storage_refusal(cfg)) is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if (refusal := shards_refusal(cfg.data.shards)) is not None:
         print(f"error: {refusal}", file=sys.stderr)
         return 2

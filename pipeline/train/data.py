@@ -53,6 +53,19 @@ def check_shards(root: str, manifest: dict[str, Any]) -> None:
             check_split_schema(root, split, manifest)
 
 
+def storage_refusal(cfg: Any) -> str | None:
+    """A wrong S3 endpoint, bad keys or a missing bucket for data.shards / run.storage_path, as one
+    line, before Ray Train starts (its own error would come minutes later, from a worker)."""
+    from pipeline.storage import StorageError, preflight
+
+    try:
+        preflight(cfg.data.shards, "data.shards", must_exist=True)
+        preflight(cfg.run.storage_path, "run.storage_path")
+    except StorageError as e:
+        return str(e)
+    return None
+
+
 def shards_refusal(shards: str) -> str | None:
     """Why ``shards`` cannot be trained on, as one line for a command line, or None. The train and
     tune CLIs ask before Ray starts, so a missing or foreign folder is an answer, not a traceback."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import TrainConfig, dump_yaml
+from pipeline.config import ELASTIC_POLICY, TrainConfig, dump_yaml
 from pipeline.landmark_weights import landmark_net_tags
 from pipeline.faces.framing import of_manifest as framing_of_manifest, record_of_manifest
 from pipeline.train.data import build_datasets, check_shards, class_weights, val_carve_tag, worker_cache
@@ -22,6 +22,7 @@ from pipeline.train.identity import check_or_record, pop_stop
 from pipeline.train.model_log import MODEL_LOGGED_TAG, log_final_model
 from pipeline.runtime import ray_log_level
 from pipeline.schema import read_manifest
+from pipeline.storage import checkpoint_uri
 from pipeline.tracking import default_tracking_uri, end_run, start_or_resume_run, with_retry, MlflowTracker
 
 if TYPE_CHECKING:
@@ -91,7 +92,10 @@ def open_run(cfg: TrainConfig, *, run_name: str | None = None, parent_run_id: st
         "poster.framing": framing_of_manifest(manifest).name,
         "poster.val_carve": val_carve_tag(cfg.data, manifest),  # data.group_column=auto, resolved
         # data.worker_cache=auto, resolved: "cached" (held in each worker) or "streamed"
-        "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else "streamed",
+        "poster.train_rows": "cached" if worker_cache(cfg.data, manifest, cfg.scaling.min_workers) else "streamed",
+        "poster.workers": str(cfg.scaling.num_workers),
+        "poster.placement_strategy": cfg.scaling.placement_strategy,
+        "poster.elastic_policy": ELASTIC_POLICY,
     }
     landmark_tags = landmark_net_tags(cfg.model, uri)  # source + hash; warns once when random-frozen
     created_with.update(landmark_tags)
@@ -125,8 +129,9 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
 
     classes = list(manifest["classes"])
     check_model_config(cfg, manifest)
-    # small sets: every rank reads and holds the rows itself (pipeline.train.held), no Ray Data
-    held = HeldSplits.of(cfg.data, manifest) if worker_cache(cfg.data, manifest, cfg.scaling.num_workers) else None
+    # small sets: every rank reads and holds the rows itself (pipeline.train.held), no Ray Data;
+    # the fewest workers (elastic min) hold the most rows each: the cache must fit then
+    held = HeldSplits.of(cfg.data, manifest) if worker_cache(cfg.data, manifest, cfg.scaling.min_workers) else None
     datasets = build_datasets(cfg, manifest) if held is None else {}
     storage, name = cfg.run.storage_path, run.name
     job = WorkerJob(
@@ -140,14 +145,15 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
         step_hook=step_hook,
     )
     use_gpu = cfg.scaling.gpus_per_worker > 0
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.worker_resources}
     if use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job},  # Ray Train wants a dict; the TrainConfig object rides in the job as is
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.ray_num_workers(), use_gpu=use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.scaling.placement_strategy),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
         run_config=ray.train.RunConfig(
@@ -196,7 +202,8 @@ def run_training(run: TrainRun, cfg: TrainConfig, *, callbacks: list[Any] | None
         model_uri, command = log_final_model(result.checkpoint, uri, run_id)
     times["model_logged"] = time.time()
     end_run(uri, run_id, "FINISHED")
-    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    # pyarrow drops the scheme (bucket/ray/...): hand on the URI the user gave (s3://bucket/ray/...)
+    ckpt = checkpoint_uri(result.checkpoint, cfg.run.storage_path) if result.checkpoint is not None else None
     out = TrainOutcome(run_id, run.name, uri, run.experiment, _final_metrics(result, uri, run_id), ckpt,
                        model_uri, classes, command, times)
     times["done"] = time.time()

@@ -164,7 +164,22 @@ def run_epoch(ctx: RankContext) -> dict[str, float]:
         "nonfinite_steps": float(ctx.progress.nonfinite_steps),
     })
     metrics.update(mix.metrics())
+    metrics.update(rank_rows(ctx, rows))
     return metrics
+
+
+def rank_rows(ctx: RankContext, rows: int) -> dict[str, float]:
+    """Rows each rank trained on this epoch (``train_rows_rank<r>``), their sum and the world size:
+    on a cluster they show that every node's ranks got data, and after a node loss (elastic) that
+    the epoch still covered the train rows, split over the ranks left."""
+    from pipeline.train.rank_eval import allreduce_sum
+
+    per_rank = np.zeros(ctx.world, dtype=np.int64)
+    per_rank[ctx.rank] = rows
+    per_rank = allreduce_sum(per_rank, ctx.dist_device)
+    out = {f"train_rows_rank{r}": float(n) for r, n in enumerate(per_rank)}
+    out.update({"train_rows": float(per_rank.sum()), "world_size": float(ctx.world)})
+    return out
 
 
 def validate(ctx: RankContext) -> dict[str, float]:

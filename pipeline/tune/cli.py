@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.train.data import shards_refusal
+    from pipeline.train.data import shards_refusal, storage_refusal
 
+    if (refusal := storage_refusal(base)) is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if (refusal := shards_refusal(base.data.shards)) is not None:
         print(f"error: {refusal}", file=sys.stderr)
         return 2

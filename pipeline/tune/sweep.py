@@ -103,7 +103,7 @@ def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
 
     import ray
 
-    need = sweep.max_concurrent * (sweep.trial_cpus + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
+    need = sweep.max_concurrent * (sweep.trial_cpus + cfg.scaling.max_workers * cfg.scaling.cpus_per_worker) + 1
     have = ray.cluster_resources().get("CPU", 0.0)
     if need <= have + 1e-9:
         return
