@@ -30,6 +30,7 @@ BUILDERS = {
     "pipeline.predict.cli": "build_parser",
     "pipeline.synth.cli": "build_parser",
     "pipeline.demo.__main__": "build_parser",
+    "pipeline.pretrain.cli": "build_parser",
 }
 
 

@@ -10,7 +10,7 @@ from pipeline.pretrain.tasks import TASK_NAMES
 from pipeline.train.data import shards_refusal
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     from pipeline.pretrain import driver
 
     p = argparse.ArgumentParser(prog="python -m pipeline.pretrain", description=driver.__doc__,
@@ -20,6 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ingest output directories (labels are not read; several sets at once)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key.path=value, e.g. schedule.epochs=10 optim.lr=1e-3")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     # `--shards A B key=value`: argparse hands the overrides to --shards; a key=value is never a folder
     args.overrides = [s for s in args.shards if "=" in s] + args.overrides
