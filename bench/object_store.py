@@ -94,6 +94,7 @@ def node_loss(s3_shards: str, tmp: Path) -> dict[str, float]:
     from ray.cluster_utils import Cluster
 
     from pipeline.config import load_config
+    from pipeline.runtime import ensure_ray
     from pipeline.storage import filesystem
     from pipeline.synth import TRAIN_OVERRIDES
     from pipeline.train import open_run, run_training
@@ -103,7 +104,8 @@ def node_loss(s3_shards: str, tmp: Path) -> dict[str, float]:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
                                                             "resources": one})
     node = cluster.add_node(num_cpus=1, resources=one)
-    ray.init(address=cluster.address, logging_level="WARNING")
+    os.environ["RAY_ADDRESS"] = cluster.address  # ensure_ray joins it, with this process's token
+    ensure_ray()
     stamps = tmp / "stamps"
     stamps.mkdir()
     cfg = load_config(REPO / "configs" / "smoke.yaml", [
