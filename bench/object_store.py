@@ -137,7 +137,7 @@ def node_loss(s3_shards: str, tmp: Path) -> dict[str, float]:
     after = min((s[3] for s in steps if s[3] > killed.get("t", float("inf"))), default=float("nan"))
     ray.shutdown()
     cluster.shutdown()
-    # Cluster's head leaves its address in /tmp/ray; a later bare ray.init() would dial it
+    # Cluster's head leaves its address in /tmp/ray; a later bare Ray start would dial it
     current = Path("/tmp/ray/ray_current_cluster")
     if current.is_file() and cluster.address.split(":")[-1] in current.read_text():
         current.unlink()
