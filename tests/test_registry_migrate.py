@@ -20,10 +20,10 @@ def test_single_model_registry_is_refused_then_migrated(tmp_path, capsys):
     manifest = {"classes": CLASSES, "content_hash": "f" * 64}
     c = MlflowClient(uri, registry_uri=uri)
     c.create_registered_model(NAME)  # the old layout: versions and both aliases on one model
-    for favour in (0, 1):
-        run = c.get_run(constant_model_run(uri, manifest, favour, "legacy"))
-        model = find_logged_model(c, run)
-        mv = c.create_model_version(NAME, model.model_uri, run.info.run_id, tags={"test_accuracy": str(favour)})
+    run = c.get_run(constant_model_run(uri, manifest, 0, "legacy"))
+    model = find_logged_model(c, run)
+    for i in (0, 1):  # two versions of one logged model: what matters here is which alias is where
+        mv = c.create_model_version(NAME, model.model_uri, run.info.run_id, tags={"test_accuracy": str(i)})
     c.set_registered_model_alias(NAME, "champion", "1")
     c.set_registered_model_alias(NAME, "challenger", "2")
 
