@@ -11,60 +11,21 @@ promote; the MLflow server refuses anyone else (docs/registry.md, "Who may promo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
                                      ReviewRefused, candidates_of, classes_of, utc_now, client_for,
                                      current_user, migrate_command, resolve_uri, served_of)
 from pipeline.registry.history import (ReviewConflict, current_aliases, mark_review, record_review,
                                        registry_lock)
-from pipeline.registry.record import record_decision, record_refusal, review_payload, write_review
+from pipeline.registry.record import (ReviewResult, VersionEval, record_decision, record_refusal, review_payload,  # noqa: F401
+                                      write_review)
 
 TRAINING_SPLITS = ("train",)
 
 
-@dataclass
-class VersionEval:
-    role: str  # champion | challenger
-    version: str
-    run_id: str
-    metrics: dict[str, float]
-    confusion: np.ndarray
-    classes: list[str]
-    parameters: int
-    tags: dict[str, str] = field(default_factory=dict)
-    model: str = ""  # the registered model the version belongs to (candidates or served)
-
-    @property
-    def label(self) -> str:
-        return f"{self.role} v{self.version}"
-
-
-@dataclass
-class ReviewResult:
-    name: str
-    shards: str
-    split: str
-    metric: str
-    margin: float
-    challenger: VersionEval
-    champion: VersionEval | None
-    delta: float | None  # challenger − champion on ``metric``; None without a champion
-    wins: bool  # challenger beats the champion by more than the margin (or there is none)
-    decision: str  # promoted | rejected | none (no --promote)
-    reason: str
-    forced: bool = False
-    report: str = ""
-    history_run_id: str = ""  # this review's run in the experiment <name>/reviews
-    served_version: str = ""  # the challenger's copy in the served model, once promoted
-
-    @property
-    def promoted(self) -> bool:
-        return self.decision == "promoted"
 
 
 def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:

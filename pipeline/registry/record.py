@@ -1,18 +1,60 @@
-"""What a review writes: the decision tags on the versions, the report files and the review
-artifacts in the challenger's run (``pipeline.registry.promotion`` decides; this records)."""
+"""What a review is and writes: the evaluated versions and the result (``VersionEval``,
+``ReviewResult``), the decision tags on the versions, the report files and the review artifacts in
+the challenger's run (``pipeline.registry.promotion`` decides; this records)."""
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from pipeline.registry.history import record_review
 from pipeline.registry.names import REVIEW_METRICS, ReviewRefused, tag_value
 
-if TYPE_CHECKING:
-    from pipeline.registry.promotion import ReviewResult, VersionEval
+
+@dataclass
+class VersionEval:
+    role: str  # champion | challenger
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    classes: list[str]
+    parameters: int
+    tags: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # the registered model the version belongs to (candidates or served)
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} v{self.version}"
+
+
+@dataclass
+class ReviewResult:
+    name: str
+    shards: str
+    split: str
+    metric: str
+    margin: float
+    challenger: VersionEval
+    champion: VersionEval | None
+    delta: float | None  # challenger − champion on ``metric``; None without a champion
+    wins: bool  # challenger beats the champion by more than the margin (or there is none)
+    decision: str  # promoted | rejected | none (no --promote)
+    reason: str
+    forced: bool = False
+    report: str = ""
+    history_run_id: str = ""  # this review's run in the experiment <name>/reviews
+    served_version: str = ""  # the challenger's copy in the served model, once promoted
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
 
 
 def record_decision(client: Any, result: ReviewResult, manifest_hash: str, user: str, when: str) -> None:
