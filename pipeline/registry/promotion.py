@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-
 from pipeline.registry.names import (CHALLENGER, CHAMPION, DEFAULT_NAME, REVIEW_METRICS, RegistryError,
                                      ReviewRefused, candidates_of, classes_of, utc_now, client_for,
                                      current_user, migrate_command, resolve_uri, served_of)
