@@ -21,7 +21,7 @@ from pipeline.train import checkpoint
 from pipeline.train.builders import build_optimizer, build_scheduler, unwrap
 from pipeline.train.context import RankContext, StepHook, WorkerJob
 from pipeline.train.rank_eval import allreduce_sum, average_buffers, iter_partition
-from pipeline.train.worker import _seed_everything, report_epoch, run_epoch, stop
+from pipeline.train.worker import seed_everything, report_epoch, run_epoch, stop
 
 # run_epoch's label-mix metrics count class ids; a regression target has none
 _CLASS_ONLY = ("train_batch_classes", "train_batch_label_entropy")
@@ -74,7 +74,7 @@ def setup(job: PretrainJob) -> tuple[RankContext, Any]:
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
     torch.set_num_threads(cfg.scaling.torch_threads)
-    _seed_everything(cfg.run.seed + rank)
+    seed_everything(cfg.run.seed + rank)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(task.build_model(job.stats).to(device))
     optimizer = build_optimizer(cfg.optim, model.parameters(), cfg.scaling.optimizer_impl)
