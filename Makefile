@@ -1,4 +1,4 @@
-# make demo  -- create .venv and run the whole pipeline on embedded defaults (~10 min on 2 cores)
+# make demo  -- create .venv and run the whole pipeline on embedded defaults (~5 min on 2 cores)
 # make test  -- create .venv and run the whole test suite (what .ci/run calls)
 PY ?= python3
 VENV ?= .venv

@@ -49,10 +49,13 @@ def plot_curves(client: Any, run: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    # the epochs trained: the final report repeats the kept val metric at step = epochs
+    epochs = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
     for ax, keys, title in ((axes[0], ["train_loss", "val_log_loss"], "loss"),
                             (axes[1], ["train_accuracy", "val_accuracy"], "accuracy")):
         for key in keys:
-            hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            hist = sorted((m for m in client.get_metric_history(run.info.run_id, key) if m.step in epochs),
+                          key=lambda m: m.step)
             if hist:
                 ax.plot([m.step + 1 for m in hist], [m.value for m in hist], marker="o", ms=3, label=key)
         ax.set_xlabel("epoch")

@@ -109,7 +109,7 @@ data:        {raw} (raw images), {shards} (shards, _manifest.json, _rejects.parq
 checkpoints: {out / 'ray'}
 MLflow:      {uri}
   open it:   {Path(py).parent / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1
-next:        real data → README "Next, on real data"; a cluster → cluster/README.md
+next:        real data → README "On your data"; a cluster → cluster/README.md
 """)
     return 0
 
