@@ -1,8 +1,7 @@
 """One typed config tree for training, loaded from YAML with ``a.b=c`` overrides.
 
-The tree is plain dataclasses so it can be validated field by field, dumped verbatim to MLflow
-and stored inside checkpoints (only str/int/float/bool/list/dict values, which
-``torch.load(weights_only=True)`` accepts).
+Plain dataclasses: validated field by field, dumped verbatim to MLflow and stored inside
+checkpoints (only str/int/float/bool/list/dict values, which ``torch.load(weights_only=True)`` accepts).
 """
 from __future__ import annotations
 
@@ -211,8 +210,22 @@ class RunCfg:
     new_run_on_change: bool = False
 
 
+class ConfigTree:
+    """What every config tree (training's, pretraining's) offers: a dict, flat params for MLflow
+    (``{"optim.lr": 3e-4, …}``) and a digest for tags and resume checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+    def digest(self) -> str:
+        return digest_of(self.to_dict())
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigTree):
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     loss: LossCfg = field(default_factory=LossCfg)
@@ -222,17 +235,6 @@ class TrainConfig:
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     run: RunCfg = field(default_factory=RunCfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """``{"optim.lr": 3e-4, …}`` for MLflow params."""
-        return flatten(self.to_dict())
-
-    def digest(self) -> str:
-        """Hash of the config, for tags and resume checks."""
-        return digest_of(self.to_dict())
 
 
 def digest_of(data: Any) -> str:

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import (CheckpointCfg, ConfigError, OptimCfg, RunCfg, ScalingCfg, ScheduleCfg, TrackingCfg,
-                             apply_override, digest_of, flatten, from_dict)
+from pipeline.config import (CheckpointCfg, ConfigError, ConfigTree, OptimCfg, RunCfg, ScalingCfg, ScheduleCfg,
+                             TrackingCfg, apply_override, from_dict)
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RegisterCfg:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigTree):
     task: str = "landmarks"
     data: PretrainDataCfg = field(default_factory=PretrainDataCfg)
     optim: OptimCfg = field(default_factory=lambda: OptimCfg(name="adamw", lr=1e-3, weight_decay=1e-4))
@@ -45,15 +45,6 @@ class PretrainConfig:
     checkpoint: CheckpointCfg = field(default_factory=lambda: CheckpointCfg(metric="val_nme", mode="min"))
     run: RunCfg = field(default_factory=RunCfg)
     register: RegisterCfg = field(default_factory=RegisterCfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        return flatten(self.to_dict())
-
-    def digest(self) -> str:
-        return digest_of(self.to_dict())
 
 
 def load_pretrain_config(task: str, shards: list[str], overrides: list[str] | None = None) -> PretrainConfig:
