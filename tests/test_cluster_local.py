@@ -182,8 +182,6 @@ def test_local_cluster_end_to_end(tmp_path):
                    "configs/smoke.yaml", "schedule.epochs=3", "scaling.num_workers=[1, 2]",
                    "scaling.placement_strategy=STRICT_SPREAD", "scaling.worker_resources={poster_node: 1}",
                    "data.batch_size=8", "scaling.torch_threads=1",
-                   # stream through Ray Data (large sets' path): a small set is otherwise read by each rank
-                   "data.worker_cache=never",
                    f"data.shards={shards}", f"run.storage_path={storage}", "checkpoint.select=last",
                    f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}"], client, 120)
         job = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr)
