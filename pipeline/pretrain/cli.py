@@ -44,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
+    from pipeline.storage import StorageError, preflight
+
+    try:  # a wrong S3 endpoint, bad keys or a missing bucket: one line, as pipeline.train says it
+        for root in cfg.data.shards:
+            preflight(root, "--shards", must_exist=True)
+        preflight(cfg.run.storage_path, "run.storage_path")
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for root in cfg.data.shards:  # before Ray starts: a wrong folder is an answer, not a traceback
         if (refusal := shards_refusal(root)) is not None:
             print(f"error: --shards {root}: {refusal}", file=sys.stderr)
