@@ -98,6 +98,7 @@ class Tracker(Protocol):
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
@@ -115,6 +116,9 @@ class NullTracker:
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -148,6 +152,8 @@ class MlflowTracker:
         self._backoff = 1.0
         self._down_since: float | None = None
         self._stash: str | None = None  # copies of artifacts waiting to be sent
+        self._epochs: set[int] | None = None  # epochs the run holds (read once, at the first send)
+        self._rerun: set[int] = set()
         self.dropped: list[str] = []
         # buffered (training loop): queue and move on; else (driver): wait out an outage per call
         self.buffered = buffered
@@ -225,16 +231,37 @@ class MlflowTracker:
         self._submit("params", send)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)  # the time of the measurement, not of the (late) send
-        rows = [
-            Metric(k, float(v), ts, step or 0)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and math.isfinite(float(v))
-        ]
+        rows = _metric_rows(metrics, step or 0)
         if rows:
             self._submit(f"metrics step {step or 0}", lambda: self.client.log_batch(self.run_id, metrics=rows))
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None:
+        """An epoch's metrics, once per run: an epoch the run already holds is not logged again.
+
+        Why: after a lost node or a killed worker, Ray Train restarts from its last *registered*
+        checkpoint, and an epoch whose checkpoint was written but not yet registered runs again.
+        MLflow cannot delete a metric point, so the first completed attempt's values stay (the
+        same values when the world size is unchanged: fits repeat exactly) and the run names the
+        epochs that ran twice (tag ``poster.epochs_rerun``). The check runs when the call is sent,
+        so it also holds for calls buffered through an outage. ``backfill``: the checkpointed
+        epoch's metrics, sent again on resume in case the kill came before they were sent."""
+        rows = _metric_rows({**metrics, "epoch": epoch}, epoch)
+
+        def send() -> None:
+            if self._epochs is None:
+                self._epochs = {int(m.step) for m in self.client.get_metric_history(self.run_id, "epoch")}
+            if epoch in self._epochs:
+                if backfill:
+                    return
+                self._rerun.add(epoch)
+                self.client.set_tag(self.run_id, "poster.epochs_rerun", ",".join(map(str, sorted(self._rerun))))
+                print(f"[tracking] epoch {epoch} ran again after a restart; the values of its first "
+                      "attempt stay logged", file=sys.stderr, flush=True)
+                return
+            self.client.log_batch(self.run_id, metrics=rows)
+            self._epochs.add(epoch)
+
+        self._submit(f"metrics epoch {epoch}", send)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         # the caller may delete the file (a temporary directory) before a buffered call is sent
@@ -256,6 +283,15 @@ class MlflowTracker:
                 self.client.set_tag(self.run_id, k, v)
 
         self._submit("tags " + ",".join(items), send)
+
+
+def _metric_rows(metrics: dict[str, float], step: int) -> list[Any]:
+    """MLflow metric rows stamped now: the time of the measurement, not of a late send."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    return [Metric(k, float(v), ts, step) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))]
 
 
 def tracker_for(rank: int, tracking_uri: str, run_id: str | None) -> Tracker:

@@ -26,6 +26,7 @@ class TrainState:
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     best_tiebreak: float = float("inf")  # val log loss of the best epoch
+    last_metrics: dict[str, float] | None = None  # the checkpointed epoch's metrics (for MLflow)
 
     def update_best(self, value: float | None, mode: str, eval_model: torch.nn.Module, epoch: int,
                     tiebreak: float | None = None, select: str = "best") -> bool:
@@ -65,7 +66,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, ema,
          state: TrainState, cfg: dict[str, Any], classes: list[str],
-         framing: dict[str, Any] | None = None) -> Path:
+         framing: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> Path:
     path = Path(directory) / CKPT_FILE
     torch.save({
         "epoch": epoch,
@@ -81,6 +82,7 @@ def save(directory: str | Path, epoch: int, model: torch.nn.Module, optimizer, s
         "config": copy.deepcopy(cfg),
         "classes": list(classes),
         "framing": dict(framing or {}),  # pipeline.faces.framing spec of the training rows
+        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         "format": "poster-ray/1",
     }, path)
     return path
@@ -107,4 +109,5 @@ def restore(checkpoint: Any, model: torch.nn.Module, optimizer, scheduler, ema) 
     _set_rng_state(ck["rng"])
     return TrainState(start_epoch=ck["epoch"] + 1, best_metric=ck["best_metric"],
                       best_epoch=ck["best_epoch"], best_state=ck["best_model"],
-                      best_tiebreak=ck.get("best_tiebreak", float("inf")))  # older checkpoints: none
+                      best_tiebreak=ck.get("best_tiebreak", float("inf")),  # older checkpoints: none
+                      last_metrics=ck.get("metrics"))

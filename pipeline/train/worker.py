@@ -74,6 +74,8 @@ def setup(job: WorkerJob) -> RankContext:
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
+        if state.last_metrics:  # killed after the checkpoint, before its epoch reached MLflow
+            tracker.log_epoch(state.last_metrics, state.start_epoch - 1, backfill=True)
     train_batches = _train_batches(job, rank, world, state.start_epoch)
     return RankContext(
         job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
@@ -197,14 +199,17 @@ def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
                       tiebreak=metrics.get("val_log_loss"), select=cfg.checkpoint.select)
     metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
                     f"best_{cfg.checkpoint.metric}": state.best_metric})
-    ctx.tracker.log_metrics(metrics, step=epoch)
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if ctx.rank == 0:
             checkpoint.save(d, epoch, unwrap(ctx.model), ctx.optimizer, ctx.scheduler, ctx.ema, state,
-                            cfg.to_dict(), ctx.classes, ctx.job.framing)
+                            cfg.to_dict(), ctx.classes, ctx.job.framing, metrics=metrics)
             ckpt = _ray_checkpoint(d)
         _ray_report(metrics, ckpt)
+    # logged once its checkpoint is persisted: a restart never re-runs an epoch MLflow already
+    # holds from a lost attempt, unless that checkpoint was persisted but not yet registered
+    # (log_epoch keeps the first values then); the checkpoint carries the metrics for a back-fill
+    ctx.tracker.log_epoch(metrics, epoch)
     if ctx.rank == 0:
         print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
               f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
