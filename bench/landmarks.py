@@ -97,21 +97,21 @@ def feature_maps(faces: np.ndarray, crops: np.ndarray, weights: str) -> dict:
     return out
 
 
-def prepare(work: Path, epochs: int) -> None:
+def prepare(work: Path, epochs: int, workers: int = 2) -> None:
     build_split = _learning().build_split
 
     from pipeline.pretrain import load_pretrain_config, run_pretraining
 
     sets = {name: str(build_split(name, work)) for name in ("muxspace", "lab48")}
     cfg = load_pretrain_config("landmarks", [sets["muxspace"]], [
-        f"schedule.epochs={epochs}", f"data.input_size={SMOKE_INPUT}", "scaling.num_workers=2",
+        f"schedule.epochs={epochs}", f"data.input_size={SMOKE_INPUT}", f"scaling.num_workers={workers}",
         f"run.name=bench-landmarks-{int(time.time())}", f"run.storage_path={work / 'ray'}",
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "register.alias=bench"])
     t0 = time.perf_counter()
     out = run_pretraining(cfg)
     wall = time.perf_counter() - t0
     _save(work, "sets", sets)
-    _save(work, "pretrain", {"weights": out.weights_path, "seconds": wall, "epochs": epochs,
+    _save(work, "pretrain", {"weights": out.weights_path, "seconds": wall, "epochs": epochs, "workers": workers,
                              "heldout": out.heldout, "baseline": out.baseline})
     _save(work, "features", feature_spread(Path(sets["muxspace"]), out.weights_path))
     print(json.dumps(_results(work), indent=1), flush=True)
@@ -136,7 +136,7 @@ def report(work: Path) -> None:
     res = _results(work)
     p = res.get("pretrain", {})
     if p:
-        print(f"(c) pretraining: {p['seconds']:.0f} s for {p['epochs']} epochs on 2 cores (Ray start-up included); "
+        print(f"(c) pretraining: {p['seconds']:.0f} s for {p['epochs']} epochs, {p.get('workers', 2)} worker(s) on 2 cores (Ray start-up included); "
               f"held-out NME {p['heldout']['nme']:.4f} vs mean-shape {p['baseline']['nme']:.4f}")
         for k in p["heldout"]:
             print(f"      {k:<10} {p['heldout'][k]:.4f}  baseline {p['baseline'][k]:.4f}")
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=("prepare", "fit", "report"))
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_landmarks"))
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2, help="prepare: Ray Train workers of the pretraining fit")
     ap.add_argument("--set", default="muxspace", choices=("muxspace", "lab48"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default="random,pretrained")
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(2, object_store_memory=768 * 1024**2, log_to_driver=False)
     try:
         if args.stage == "prepare":
-            prepare(work, args.epochs)
+            prepare(work, args.epochs, args.workers)
         else:
             fit(work, args.set, [int(s) for s in args.seeds.split(",")], args.arms.split(","))
     finally:
