@@ -54,33 +54,40 @@ PHASES = [
 ]
 
 
-def pipeline_fit(cfg, work: Path) -> dict:
-    """One ``pipeline.train`` fit of ``cfg`` into a fresh MLflow store and checkpoint folder."""
+def pipeline_fit(cfg, work: Path, tracking_uri: str) -> dict:
+    """One ``pipeline.train`` fit of ``cfg`` into a fresh checkpoint folder and the bench run's
+    MLflow store (one per bench run, as a user's runs share one: only the first fit creates it)."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.train import open_run, run_training
 
     run = work / f"run-{time.time_ns()}"
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, storage_path=str(run / "ray")),
-                              tracking=dataclasses.replace(cfg.tracking, uri=f"sqlite:///{run / 'mlflow.db'}"))
+                              tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
     t0 = time.time()
     out = run_training(open_run(cfg), cfg)
     wall = time.time() - t0
     hist = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
     losses = [m.value for m in sorted(hist, key=lambda m: m.step)]
+    val = [m.value for m in sorted(MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "val_accuracy"),
+                                   key=lambda m: m.step) if m.step < len(losses)]  # not the final test's
     clocks = {**{f"d:{k}": v for k, v in out.times.items()}, "d:t0": t0,
               **{f"w:{k[len('time_at_'):]}": v for k, v in out.metrics.items() if k.startswith("time_at_")}}
-    return {"acc": out.metrics.get("test_accuracy", float("nan")), "seconds": wall, "losses": losses,
+    return {"acc": out.metrics.get("test_accuracy", float("nan")), "seconds": wall, "losses": losses, "val": val,
             "clocks": clocks, "metrics": out.metrics}
 
 
 def one_process_fit(cfg, shards: Path) -> dict:
-    """The same fit in this process: read + decode the rows, train, test (no per-epoch test)."""
+    """The same fit in this process: read + decode the rows, train, validate on the same val
+    carve after every epoch (the pipeline's fit does), test once at the end."""
     t0 = time.time()
     train, test, classes = profile_seeds.fit_rows(shards, cfg)
+    val = profile_seeds.val_rows(shards, cfg)
     loaded = time.time()
-    accs, losses = profile_seeds.fit(cfg, train, test, classes, curve=False)
-    return {"acc": accs[-1][0], "seconds": time.time() - t0, "load_s": loaded - t0, "losses": losses}
+    val_curve: list[float] = []
+    accs, losses = profile_seeds.fit(cfg, train, test, classes, curve=False, val=val, val_curve=val_curve)
+    return {"acc": accs[-1][0], "seconds": time.time() - t0, "load_s": loaded - t0, "losses": losses,
+            "val": val_curve}
 
 
 def projected_ratio(rows: list[dict], epochs: int, to: int) -> float:
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{work / f'mlflow-{time.time_ns()}.db'}"
     if args.shards:
         shards = Path(args.shards).resolve()
     else:
@@ -159,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in (int(s) for s in args.seeds.split(",")):
             cfg = profile_seeds.seeded(args.config, shards, seed, args.overrides)
-            rows.append({"seed": seed, "pipeline": pipeline_fit(cfg, work), "one": one_process_fit(cfg, shards)})
-            print(f"seed {seed}: pipeline {rows[-1]['pipeline']['acc']:.3f} {rows[-1]['pipeline']['seconds']:.0f} s, "
-                  f"one process {rows[-1]['one']['acc']:.3f} {rows[-1]['one']['seconds']:.0f} s", flush=True)
+            rows.append({"seed": seed, "pipeline": pipeline_fit(cfg, work, tracking_uri), "one": one_process_fit(cfg, shards)})
+            p, o = rows[-1]["pipeline"], rows[-1]["one"]
+            same_val = "same" if len(p["val"]) == len(o["val"]) and np.allclose(p["val"], o["val"]) else f"DIFFER {p['val'][-3:]} vs {o['val'][-3:]}"
+            print(f"seed {seed}: pipeline {p['acc']:.3f} {p['seconds']:.0f} s, one process {o['acc']:.3f} "
+                  f"{o['seconds']:.0f} s; val accuracy per epoch {same_val}", flush=True)
         if args.repeat:
-            again = pipeline_fit(profile_seeds.seeded(args.config, shards, rows[0]["seed"], args.overrides), work)
+            again = pipeline_fit(profile_seeds.seeded(args.config, shards, rows[0]["seed"], args.overrides), work, tracking_uri)
             first = rows[0]["pipeline"]
             print(f"repeat of seed {rows[0]['seed']}: test {first['acc']:.3f} then {again['acc']:.3f}; "
                   f"train losses {'identical' if again['losses'] == first['losses'] else 'DIFFER'}", flush=True)

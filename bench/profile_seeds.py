@@ -54,7 +54,8 @@ def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = F
 
 
 def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: list[str],
-        flip: bool = False, curve: bool = True) -> tuple[list[tuple[float, ...]], list[float]]:
+        flip: bool = False, curve: bool = True, val: dict[str, np.ndarray] | None = None,
+        val_curve: list[float] | None = None) -> tuple[list[tuple[float, ...]], list[float]]:
     """One fit of ``cfg`` (seeded by ``run.seed`` / ``data.seed``) through the worker's own
     functions: ``build_parts`` (threads, seeds, model, loss, optimiser, schedule, EMA),
     ``CachedEpochs`` (the rows sorted by sample id, the per-epoch plan and seeded augmentation)
@@ -63,7 +64,8 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
     or only the last one without ``curve``; with ``flip`` (plain, mirror-averaged)) and the mean
     train loss of each epoch. Equal to a one-worker pipeline fit; with ``scaling.num_workers`` N
     the rows go in one process as global batches of N x ``data.batch_size`` (BatchNorm then sees
-    the global batch, not one rank's)."""
+    the global batch, not one rank's). With ``val`` (the pipeline's val carve) the weights are
+    evaluated on it after every epoch, as a pipeline fit validates (into ``val_curve``)."""
     d = cfg.data
     job = WorkerJob(cfg=cfg, classes=list(classes))
     model, loss_fn, opt, sched, ema = build_parts(job, torch.device("cpu"))
@@ -77,6 +79,8 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
             ctx.progress.epoch = epoch
             losses.append(run_epoch(ctx)["train_loss"])
             sched.step()
+            if val is not None:
+                (val_curve if val_curve is not None else []).append(accuracy(ctx.eval_model, val)[0])
             if curve or epoch + 1 == cfg.schedule.epochs:
                 accs.append(accuracy(ctx.eval_model, test, flip))
     finally:
@@ -94,6 +98,16 @@ def fit_rows(shards: Path, cfg) -> tuple[dict[str, np.ndarray], dict[str, np.nda
     train = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
     test = eval_rows(held, "test").rows
     return train, {**decode_batch(test), S.SAMPLE_ID: test[S.SAMPLE_ID]}, list(manifest["classes"])
+
+
+def val_rows(shards: Path, cfg) -> dict[str, np.ndarray] | None:
+    """The pipeline's val carve of ``cfg`` on ``shards``, decoded (None without one)."""
+    held = HeldSplits.of(dataclasses.replace(cfg.data, shards=str(shards)), S.read_manifest(str(shards)))
+    try:
+        rows = eval_rows(held, "val").rows
+    except (KeyError, ValueError):
+        return None
+    return {**decode_batch(rows), S.SAMPLE_ID: rows[S.SAMPLE_ID]} if len(rows[S.SAMPLE_ID]) else None
 
 
 def seeded(cfg_path: str, shards: Path, seed: int, overrides: list[str]):

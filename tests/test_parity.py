@@ -86,7 +86,11 @@ def test_pipeline_fit_equals_the_one_process_fit(ray_session, synthetic_shards, 
     (logged,) = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
 
     train, test, classes = bench.fit_rows(synthetic_shards, cfg)
-    accs, losses = bench.fit(cfg, train, test, classes, curve=False)
+    val_curve: list[float] = []
+    accs, losses = bench.fit(cfg, train, test, classes, curve=False, val=bench.val_rows(synthetic_shards, cfg),
+                             val_curve=val_curve)
+    val_logged = {m.step: m.value for m in MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "val_accuracy")}
+    assert val_curve == [pytest.approx(val_logged[0])]  # the same val carve, validated the same way
     assert out.metrics["train_steps"] == len(train["label"]) // cfg.data.batch_size  # partial batch dropped
     # the same batches, augmentation draws, dropout and steps: float noise at most
     assert losses[0] == pytest.approx(logged.value, rel=1e-5), (losses[0], logged.value)
