@@ -148,7 +148,10 @@ tree_pids() {
 
 record_pids() {  # PID<TAB>start time of every process under the given leaders, for `down`
   local p
-  for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids"
+  # written aside, then renamed: a `down` running meanwhile (say while `add-node` starts a node)
+  # must read the whole old list or the whole new one, never a half-written file
+  for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids.new"
+  mv -f "$STATE_DIR/pids.new" "$STATE_DIR/pids"
 }
 
 recorded_alive() {  # recorded PIDs whose start time still matches: a PID reused since is someone else's
