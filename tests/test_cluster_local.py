@@ -9,6 +9,7 @@ the test session's own Ray (conftest) and with a developer's `cluster/local.sh u
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -122,6 +123,26 @@ def s3_client(client: dict):
     secret = re.search(r"aws_secret_access_key = (\S+)", text).group(1)
     return boto3.client("s3", endpoint_url=client["AWS_ENDPOINT_URL"], region_name=client["AWS_REGION"],
                         aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+@contextlib.contextmanager
+def s3_env(client: dict):
+    """This process's environment pointed at the cluster's S3 endpoint (pyarrow reads the keys
+    from the environment), restored afterwards."""
+    text = Path(client["AWS_SHARED_CREDENTIALS_FILE"]).read_text()
+    want = {"AWS_ENDPOINT_URL": client["AWS_ENDPOINT_URL"], "AWS_REGION": client["AWS_REGION"],
+            "AWS_ACCESS_KEY_ID": re.search(r"aws_access_key_id = (\S+)", text).group(1),
+            "AWS_SECRET_ACCESS_KEY": re.search(r"aws_secret_access_key = (\S+)", text).group(1)}
+    saved = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
@@ -272,6 +293,10 @@ def sweep_survives_node_loss(client: dict, s3, shards: str, node_leader: int, po
     tags = parent[0].data.tags
     assert tags.get("poster.registered_version") and tags["poster.best_run_id"] in {r.info.run_id for r in trials}
     assert f"{sweep}/experiment_state" in " ".join(bucket_keys(s3, "poster-e2e", f"sweeps/{sweep}/"))
+    with s3_env(client):  # `pipeline.tune --resume` would find the sweep in the bucket
+        from ray import tune
+
+        assert tune.Tuner.can_restore(f"s3://poster-e2e/sweeps/{sweep}")
     return logs
 
 
