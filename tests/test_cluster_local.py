@@ -186,6 +186,27 @@ def checkpointed_epoch(s3, bucket: str, run_prefix: str) -> int:
     return max(epochs, default=-1)
 
 
+class LoggedEpochs:
+    """The last epoch an MLflow run (found by its poster.run_name tag) has logged, -1 before any.
+    Rank 0 logs an epoch's metrics as it reports the epoch's checkpoint to Ray Train, whose
+    controller registers it a poll later (seconds): killing right after the log lands early in the
+    next epoch, where waiting for the registration could miss a short run's last epoch."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.ml, self.experiment, self.ids = MlflowClient(tracking_uri=uri), experiment, {}
+
+    def __call__(self, run_name: str) -> int:
+        if run_name not in self.ids:
+            exp = self.ml.get_experiment_by_name(self.experiment)
+            found = self.ml.search_runs([exp.experiment_id], f"tags.`poster.run_name` = '{run_name}'") if exp else []
+            if not found:
+                return -1
+            self.ids[run_name] = found[0].info.run_id
+        return int(max((m.step for m in self.ml.get_metric_history(self.ids[run_name], "epoch")), default=-1))
+
+
 def kill_node(leader: int) -> float:
     """SIGKILL a worker node: its raylet and every process on it at once, as when a machine goes
     (no drain, no goodbye); returns the monotonic time of the kill."""
@@ -244,23 +265,25 @@ def sweep_survives_node_loss(client: dict, s3, shards: str, node_leader: int, po
                           "scaling.worker_resources={poster_node: 1}", "checkpoint.max_failures=2",
                           "scaling.torch_threads=1"], client, runtime_env)
     train = f"sweeps/{sweep}/train"
-    deadline, before = time.monotonic() + 300, {}
+    deadline, before, logged = time.monotonic() + 300, {}, LoggedEpochs(client["MLFLOW_TRACKING_URI"], experiment)
     while True:  # both trials train (one on each node) and have a checkpoint in the bucket
         runs = {k.split("/")[3] for k in bucket_keys(s3, "poster-e2e", f"{train}/") if k.count("/") > 3}
         done = {name: checkpointed_epoch(s3, "poster-e2e", f"{train}/{name}") for name in runs}
         if len(done) == 2 and min(done.values()) >= 0:
             workers, drivers = placed_on(node_leader, sweep, done)
-            # kill just after the node's trial registered a checkpoint: early in its next epoch
-            if not workers or all(before.get(n, -1) < done[n] < 2 for n in workers):
+            now = {n: logged(n) for n in workers}
+            # kill just after the node's trial logged an epoch: early in its next one
+            if not workers or all(before.get(n, -1) < now[n] < 2 for n in workers):
                 break
+            before = now
         if time.monotonic() > deadline:
             pytest.fail(f"no checkpoint of both trials within 300 s ({done}):\n"
                         + run([RAY, "job", "logs", job], client, 60).stdout[-4000:])
-        before = done
         time.sleep(0.2)
     timings["sweep: kill after submit"] = kill_node(node_leader) - t0
     done = {name: checkpointed_epoch(s3, "poster-e2e", f"{train}/{name}") for name in done}  # at the kill
-    assert max(done.values()) < 2, f"a trial finished before the kill: {done}"
+    last = {name: logged(name) for name in done}
+    assert all(last[n] < 2 for n in workers), f"the node's trial finished before the kill: {last}"
     print(f"sweep: on the killed node: Train workers of {workers}, trial drivers of {drivers}; "
           f"checkpointed epochs {done}")
     state = wait_job(job, client, 600)
@@ -281,7 +304,8 @@ def sweep_survives_node_loss(client: dict, s3, shards: str, node_leader: int, po
         start = {m.step: int(m.value) for m in ml.get_metric_history(r.info.run_id, "start_epoch")}
         if max(start.values()) > 0:  # resumed: from its latest checkpoint, not from epoch 0
             first = max(start.values())
-            assert first == done[r.info.run_name] + 1, (r.info.run_name, start, done)
+            # from its latest checkpoint: the one registered at the kill or the one just reported
+            assert done[r.info.run_name] + 1 <= first <= last[r.info.run_name] + 1, (start, done, last)
             assert all(v == (0 if step < first else first) for step, v in start.items()), start
             assert r.data.tags["poster.resumed_from_epoch"] == str(first)
             resumed[r.info.run_name] = (first, int(r.data.tags["poster.trial_attempts"]))
@@ -352,9 +376,9 @@ def test_local_cluster_end_to_end(tmp_path):
                               f"data.shards={shards}", f"run.storage_path={storage}", "checkpoint.select=last",
                               f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.name={run_name}"],
                              client, runtime_env)
-        # epoch 1's checkpoint registered by Ray Train (its snapshot names it) = epoch 2 has begun
-        deadline = time.monotonic() + 300
-        while checkpointed_epoch(s3, "poster-e2e", f"ray/{run_name}") < 1:
+        # epoch 1 logged (and a checkpoint registered to resume from) = epoch 2 has begun
+        deadline, logged = time.monotonic() + 300, LoggedEpochs(uri, experiment)
+        while logged(run_name) < 1 or checkpointed_epoch(s3, "poster-e2e", f"ray/{run_name}") < 0:
             if time.monotonic() > deadline:
                 pytest.fail("no checkpoint of epoch 1 in the bucket within 300 s:\n"
                             + run([RAY, "job", "logs", job], client, 60).stdout[-4000:])
@@ -390,8 +414,7 @@ def test_local_cluster_end_to_end(tmp_path):
         # drop_last), so less than world_size x data.batch_size rows short of the one-rank epoch 2
         assert r.data.tags["poster.train_rows"] == "streamed"
         assert r0[0] > 0 and r0[0] == r1[0] and r0[0] + r1[0] == rows[0], (r0, r1, rows)  # both nodes
-        assert r0[1] == r1[1] and r0[1] + r1[1] == rows[1] and r0[2] == rows[2], (r0, r1, rows)
-        assert 0 <= rows[2] - rows[0] < 2 * 8 and rows[0] == rows[1], rows
+        assert r0[2] == rows[2] and 0 <= rows[2] - rows[0] < 2 * 8, (r0, r1, rows)
         assert r.data.tags["poster.placement_strategy"] == "STRICT_SPREAD"
         assert "optim.lr is not rescaled" in r.data.tags["poster.elastic_policy"]
         ckpts = {k.split("/")[2] for k in bucket_keys(s3, "poster-e2e", f"ray/{run_name}/checkpoint_")
