@@ -6,6 +6,7 @@
 #                             # S3 endpoint (moto server) that holds MLflow's artifacts
 #   source runs/cluster/env.sh   # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
 #   ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m pipeline.train ...
+#   cluster/local.sh add-node # one more worker node (e.g. to replace one that was lost)
 #   cluster/local.sh status
 #   cluster/local.sh down     # stops only the processes `up` started (recorded PIDs), never other Rays
 #
@@ -147,7 +148,10 @@ tree_pids() {
 
 record_pids() {  # PID<TAB>start time of every process under the given leaders, for `down`
   local p
-  for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids"
+  # written aside, then renamed: a `down` running meanwhile (say while `add-node` starts a node)
+  # must read the whole old list or the whole new one, never a half-written file
+  for p in $(tree_pids "$@"); do printf '%s\t%s\n' "$p" "$(started "$p")"; done > "$STATE_DIR/pids.new"
+  mv -f "$STATE_DIR/pids.new" "$STATE_DIR/pids"
 }
 
 recorded_alive() {  # recorded PIDs whose start time still matches: a PID reused since is someone else's
@@ -252,25 +256,55 @@ if name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
 PY
 }
 
-start_nodes() {  # NODES-1 worker nodes: each `ray start --address` is its own raylet + object store
-  local i node_tmp
-  for ((i = 1; i < NODES; i++)); do
-    node_tmp="$RAY_TMP-node$i"
-    echo "Starting worker node $i ($NODE_CPUS CPUs, temp dir $node_tmp) ..."
-    setsid "$RAY" start --block --address "$HOST:$RAY_PORT" --node-ip-address "$HOST" --num-cpus "$NODE_CPUS" \
-      --dashboard-agent-listen-port 0 --temp-dir "$node_tmp" --disable-usage-stats \
-      --resources '{"poster_node": 1}' > "$STATE_DIR/node$i.log" 2>&1 < /dev/null &
-    NODE_PIDS+="${NODE_PIDS:+ }$!"
-  done
+start_node() {  # worker node $1: a `ray start --address` of its own (raylet + object store)
+  local i="$1" node_tmp="$RAY_TMP-node$1"
+  echo "Starting worker node $i ($NODE_CPUS CPUs, temp dir $node_tmp) ..."
+  setsid "$RAY" start --block --address "$HOST:$RAY_PORT" --node-ip-address "$HOST" --num-cpus "$NODE_CPUS" \
+    --dashboard-agent-listen-port 0 --temp-dir "$node_tmp" --disable-usage-stats \
+    --resources '{"poster_node": 1}' > "$STATE_DIR/node$i.log" 2>&1 < /dev/null &
+  NODE_PIDS+="${NODE_PIDS:+ }$!"
 }
 
-nodes_ready() {  # every node alive in the GCS (the head counts)
-  local n
-  n="$(curl_ray '/nodes?view=summary' 2>/dev/null | "$PYTHON" -c '
+alive_nodes() {  # nodes alive in the GCS (the head counts)
+  curl_ray '/nodes?view=summary' 2>/dev/null | "$PYTHON" -c '
 import json, sys
 d = json.load(sys.stdin)["data"]["summary"]
-print(sum(1 for n in d if n["raylet"]["state"] == "ALIVE"))' 2>/dev/null)" || return 1
-  [[ "$n" == "$NODES" ]]
+print(sum(1 for n in d if n["raylet"]["state"] == "ALIVE"))'
+}
+
+nodes_ready() { [[ "$(alive_nodes 2>/dev/null)" == "$NODES" ]]; }
+
+node_env() {  # the environment every Ray node of ours starts in
+  # Inherited client settings must not leak into the head's processes.
+  unset RAY_ADDRESS RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+  export RAY_USAGE_STATS_ENABLED=0
+  # On SIGTERM `ray start --block` first drains the node (for Serve upgrades on Kubernetes), up to
+  # 30 s, and after a Train job it waits all of them out. A dev head has nothing to hand over.
+  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+}
+
+# add-node: one more worker node on a running cluster, e.g. the replacement of a node that was
+# lost (a spot reclaim rehearsed by killing its processes). It joins as `up --nodes` ones do:
+# same resources, token and S3 keys, a temp dir of its own; `down` stops it with the rest.
+cmd_add_node() {
+  [[ -f "$STATE" ]] || die "not up (no $STATE); run 'cluster/local.sh up' first"
+  load_state
+  alive "$RAY_PID" || die "the head (pid $RAY_PID) is not running; run 'cluster/local.sh down', then 'up'"
+  node_env
+  if [[ -n "$S3_PID" ]]; then s3_keys; fi  # the node's workers read and write the bucket
+  local n=1 p
+  for p in ${NODE_PIDS//+/ }; do n=$((n + 1)); done  # a fresh index: a lost node's temp dir stays
+  NODE_PIDS="${NODE_PIDS//+/ }"
+  start_node "$n"
+  { grep -v '^NODE_PIDS=' "$STATE"; echo "NODE_PIDS=${NODE_PIDS// /+}"; } > "$STATE.new" && mv "$STATE.new" "$STATE"
+  record_pids "$RAY_PID" "$MLFLOW_PID" $S3_PID $NODE_PIDS
+  # `ray start` prints this once its raylet has registered with the head (a count of alive nodes
+  # would race with the GCS marking a lost node dead, which takes its health-check timeout)
+  wait_for "node$n" "${NODE_PIDS##* }" grep -q "Ray runtime started" "$STATE_DIR/node$n.log" ||
+    die "worker node $n did not join; log: $STATE_DIR/node$n.log"
+  record_pids "$RAY_PID" "$MLFLOW_PID" $S3_PID $NODE_PIDS
+  echo "Worker node $n up (pid ${NODE_PIDS##* })."
 }
 
 cmd_up() {
@@ -301,13 +335,7 @@ cmd_up() {
     (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$TOKEN_FILE")
   fi
 
-  # Inherited client settings must not leak into the head's processes.
-  unset RAY_ADDRESS RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
-  export RAY_USAGE_STATS_ENABLED=0
-  # On SIGTERM `ray start --block` first drains the node (for Serve upgrades on Kubernetes), up to
-  # 30 s, and after a Train job it waits all of them out. A dev head has nothing to hand over.
-  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
-  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+  node_env
   local artifacts="$STATE_DIR/mlartifacts"
   if ((WITH_S3)); then
     s3_keys  # every process started below (Ray nodes, MLflow) reads the keys from its environment
@@ -355,7 +383,8 @@ EOF
   local ok=1
   wait_for ray "$ray_pid" ray_ready || ok=0
   if ((ok && NODES > 1)); then
-    start_nodes
+    local i
+    for ((i = 1; i < NODES; i++)); do start_node "$i"; done
     echo "NODE_PIDS=${NODE_PIDS// /+}" >> "$STATE"
     record_pids "$ray_pid" "$mlflow_pid" $S3_PID $NODE_PIDS
     wait_for ray "$ray_pid" nodes_ready || ok=0
@@ -445,7 +474,8 @@ cmd_status() {
 check_settings
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  add-node) cmd_add_node ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status   (settings: see the head of this file)" >&2; exit 2 ;;
+  *) echo "usage: $0 up|add-node|down|status   (settings: see the head of this file)" >&2; exit 2 ;;
 esac

@@ -10,6 +10,13 @@ trials on the validation metric. Every trial is a nested MLflow run under the sw
 (params ``tune.<path>``, tag ``poster.trial_status``); the parent gets the result table, and the
 best completed trial is registered as ``poster-fer@challenger``. ``--resume`` continues an
 interrupted sweep of the same ``--name`` from ``<run.storage_path>/<name>``.
+
+``run.storage_path`` may be a local path or an ``s3://`` URI (``pipeline.storage``); on a cluster
+it must be storage every node sees. Everything of a sweep lives under ``<storage>/<name>``: Tune's
+experiment state, the sweep spec and each trial's Ray Train run (``train/<sweep>-<trial id>``).
+A trial that crashes with its node is retried by Tune (``--max-failures``): the new attempt opens
+the same Train run name in the same storage, so Ray Train restores its latest checkpoint, and the
+same MLflow run (``poster.trial_attempts`` counts the attempts).
 """
 from __future__ import annotations
 
@@ -21,29 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage as store
 from pipeline.config import ConfigError, TrainConfig, dump_yaml, from_dict
 from pipeline.tune.search import (SweepCfg, SweepError, make_searcher, report_callback,
                                   to_tune_space, trial_resources)
+from pipeline.tune.record import SweepResult, finish as _finish  # noqa: F401 (SweepResult: the API)
 from pipeline.tune.space import check_space, config_for_trial, decode_sample, load_space
-from pipeline.tracking import (MlflowTracker, default_tracking_uri, end_run, is_transient, start_or_resume_run,
+from pipeline.tracking import (MlflowTracker, default_tracking_uri, end_run, start_or_resume_run,
                                with_retry)
 
 SPEC_FILE = "poster_sweep.json"  # what --resume needs, next to Tune's experiment state
-
-
-@dataclass
-class SweepResult:
-    name: str
-    parent_run_id: str
-    tracking_uri: str
-    experiment: str
-    experiment_path: str
-    metric: str
-    rows: list[Any]
-    best: Any
-    registered_version: str | None
-    markdown: str
-    recorded: bool = True  # False: MLflow stayed unreachable at the end; --resume records it
+ATTEMPTS_TAG = "poster.trial_attempts"  # drivers started for the trial (1 + Tune's retries)
 
 
 # --- Tune side -----------------------------------------------------------------------------
@@ -86,6 +81,7 @@ def trial_driver(config: dict[str, Any], ctx: TrialContext) -> None:
     run = open_run(cfg, run_name=name, parent_run_id=ctx.parent_run_id, tags=tags)
     tracker = MlflowTracker(run.tracking_uri, run.run_id)
     tracker.log_params(params)
+    tracker.set_tags({ATTEMPTS_TAG: str(_attempts_before(run) + 1)})
     try:
         run_training(run, cfg, callbacks=[report_callback()])
     except TrainingStopped as e:  # e.g. non-finite losses: deterministic, so no Tune retry either
@@ -95,6 +91,18 @@ def trial_driver(config: dict[str, Any], ctx: TrialContext) -> None:
         tracker.set_tags({"poster.trial_status": "failed", "poster.trial_error": str(e)[:300]})
         raise
     tracker.set_tags({"poster.trial_status": "completed"})
+
+
+def _attempts_before(run: Any) -> int:
+    """How often this trial's driver started before: > 0 when Tune retries a trial (its driver
+    died with its node, or its fit failed). The retry reopens the same MLflow run and the same
+    Train run, whose latest checkpoint Ray Train restores."""
+    from mlflow.tracking import MlflowClient
+
+    tags = with_retry(lambda: MlflowClient(run.tracking_uri).get_run(run.run_id).data.tags,
+                      f"read run {run.run_id}")
+    value = tags.get(ATTEMPTS_TAG, "0")
+    return int(value) if value.isdigit() else 0
 
 
 def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
@@ -117,16 +125,17 @@ def check_fits(cfg: TrainConfig, sweep: SweepCfg) -> None:
     raise SweepError(msg)
 
 
-def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], exp_dir: Path,
+def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], storage: str,
            epochs: int, resume: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), trial_resources(sweep.trial_cpus))
+    exp_dir = store.join(storage, sweep.name)  # Tune takes URIs (s3://...) as they are
     if resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
+        if not tune.Tuner.can_restore(exp_dir):
             raise SweepError(f"--resume: no Tune experiment to restore at {exp_dir}")
-        return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
+        return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
     # stop_last_trials=False: reaching max_t must not stop a trial before its final test report
     # and model logging; the loop ends by itself after schedule.epochs.
@@ -139,7 +148,7 @@ def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], exp_dir: P
         param_space=to_tune_space(space),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                     max_concurrent_trials=limit, scheduler=asha, search_alg=searcher),
-        run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
     )
 
@@ -147,7 +156,22 @@ def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], exp_dir: P
 # --- the sweep -----------------------------------------------------------------------------
 
 def _absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+    """Local paths made absolute (trials run with their cwd in Tune's trial folder); URIs as given."""
+    return path if store.is_uri(path) else str(Path(path).resolve())
+
+
+def _exists(location: str) -> bool:
+    from pyarrow import fs as pafs
+
+    fs, path = store.filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _write_text(location: str, text: str) -> None:
+    fs, path = store.filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
 
 
 def check_concurrency(uri: str, sweep: SweepCfg) -> None:
@@ -171,11 +195,13 @@ def _prepare(base: TrainConfig, sweep: SweepCfg, space: dict[str, Any]) -> Train
     return cfg
 
 
-def _load_spec(exp_dir: Path) -> tuple[TrainConfig, SweepCfg, dict[str, Any]]:
-    spec_path = exp_dir / SPEC_FILE
-    if not spec_path.is_file():
-        raise SweepError(f"--resume: {spec_path} not found; is {exp_dir.name} a sweep of pipeline.tune?")
-    spec = json.loads(spec_path.read_text())
+def _load_spec(exp_dir: str) -> tuple[TrainConfig, SweepCfg, dict[str, Any]]:
+    spec_path = store.join(exp_dir, SPEC_FILE)
+    try:
+        spec = json.loads(store.read_bytes(spec_path))
+    except (FileNotFoundError, OSError):
+        name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
+        raise SweepError(f"--resume: {spec_path} not found; is {name} a sweep of pipeline.tune?") from None
     return from_dict(TrainConfig, spec["base"]), SweepCfg(**spec["sweep"]), spec["space"]
 
 
@@ -195,17 +221,17 @@ def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> Sweep
     from pipeline.schema import read_manifest
     from pipeline.train import experiment_for
 
-    storage = Path(_absolute(base.run.storage_path))
+    storage = _absolute(base.run.storage_path)
     if resume:
         if not sweep.name:
             raise SweepError("--resume needs --name of the sweep to continue")
-        base, saved, space = _load_spec(storage / sweep.name)
+        base, saved, space = _load_spec(store.join(storage, sweep.name))
         sweep = dataclasses.replace(saved, register=sweep.register)
     else:
         space = load_space(sweep.space)
         sweep.name = sweep.name or f"sweep-{Path(sweep.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = storage / sweep.name
-    if not resume and (exp_dir / SPEC_FILE).exists():
+    exp_dir = store.join(storage, sweep.name)
+    if not resume and _exists(store.join(exp_dir, SPEC_FILE)):
         raise SweepError(f"sweep {sweep.name} exists at {exp_dir}; pass --resume or another --name")
     manifest = read_manifest(base.data.shards)
     num_classes = len(manifest["classes"])
@@ -216,88 +242,16 @@ def run_sweep(base: TrainConfig, sweep: SweepCfg, resume: bool = False) -> Sweep
     experiment = experiment_for(cfg, manifest)
     parent = _open_parent(cfg, sweep, space, experiment)
     if not resume:
-        exp_dir.mkdir(parents=True, exist_ok=True)
         spec = {"base": cfg.to_dict(), "sweep": dataclasses.asdict(sweep), "space": space}
-        (exp_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
-    cfg.run.storage_path = str(exp_dir / "train")  # the trials' Train runs live inside the sweep
+        _write_text(store.join(exp_dir, SPEC_FILE), json.dumps(spec, indent=1))
+    # the trials' Train runs live inside the sweep: a retried trial finds its checkpoints there
+    cfg.run.storage_path = store.join(exp_dir, "train")
     ctx = TrialContext(sweep.name, space, cfg, num_classes, cfg.tracking.uri, experiment, parent)
     try:
-        grid = _tuner(ctx, sweep, space, exp_dir, cfg.schedule.epochs, resume).fit()
+        grid = _tuner(ctx, sweep, space, storage, cfg.schedule.epochs, resume).fit()
     except BaseException:
         end_run(cfg.tracking.uri, parent, "KILLED")
         raise
-    return _finish(grid, cfg, sweep, space, experiment, parent, str(exp_dir))
+    return _finish(grid, cfg, sweep, space, experiment, parent, exp_dir)
 
 
-def _finish(grid: Any, cfg: TrainConfig, sweep: SweepCfg, space: dict[str, Any], experiment: str,
-            parent: str, exp_path: str) -> SweepResult:
-    """Record the finished sweep in MLflow through the tracking seam: reads and child-run fix-ups
-    wait out an outage (``with_retry``), the parent's summary is queued like epoch metrics (a
-    buffered ``MlflowTracker``). Tune's results are on disk whatever MLflow does: an outage that
-    outlasts ``POSTER_TRACKING_FLUSH_TIMEOUT_S`` ends with ``recorded=False`` and the command that
-    records them later (``--resume`` of a finished sweep trains nothing)."""
-    from mlflow.tracking import MlflowClient
-    from ray.tune import ExperimentAnalysis
-
-    from pipeline.tune import report as sweep_report
-
-    uri = cfg.tracking.uri
-    client = MlflowClient(tracking_uri=uri)
-    trials = {t.trial_id: t for t in ExperimentAnalysis(exp_path).trials}
-
-    def rows_now() -> list[Any]:
-        exp_id = client.get_experiment_by_name(experiment).experiment_id
-        rows = sweep_report.collect_rows(list(grid), trials, lambda c: decode_sample(c, space),
-                                         sweep.metric, sweep.mode, client, exp_id, parent)
-        sweep_report.fix_up_runs(rows, client)  # idempotent: safe to retry whole
-        return rows
-
-    later = (f"python -m pipeline.tune --resume --name {sweep.name} "  # the CLI checks the shards first
-             f"run.storage_path={Path(exp_path).parent} data.shards={cfg.data.shards}")
-    try:
-        rows = with_retry(rows_now, f"record sweep {sweep.name}")
-    except Exception as e:
-        if not is_transient(e):
-            raise
-        print(f"[tune] sweep {sweep.name} finished (results in {exp_path}) but MLflow stayed unreachable; "
-              f"record it later with:\n  {later}", file=sys.stderr, flush=True)
-        return SweepResult(sweep.name, parent, uri, experiment, exp_path, sweep.metric, [], None, None, "",
-                           recorded=False)
-    tracker = MlflowTracker(uri, parent, buffered=True)
-    markdown = sweep_report.log_summary(tracker, rows, sweep.metric)
-    best = sweep_report.best_row(rows)
-    version = _register_best(best, uri, sweep, client, parent, tracker) if sweep.register else None
-    recorded = tracker.close()
-    unfinished = any(r.status == "unfinished" for r in rows)
-    recorded = end_run(uri, parent, "KILLED" if unfinished else "FINISHED") and recorded
-    if not recorded:
-        print(f"[tune] part of sweep {sweep.name}'s record did not reach MLflow; once it answers:\n  {later}",
-              file=sys.stderr, flush=True)
-    return SweepResult(sweep.name, parent, uri, experiment, exp_path, sweep.metric, rows, best, version,
-                       markdown, recorded)
-
-
-def _register_best(best: Any, uri: str, sweep: SweepCfg, client: Any, parent: str,
-                   tracker: MlflowTracker) -> str | None:
-    """Register the best completed trial once: a resumed (or re-recorded) sweep whose parent run
-    already names the version registered for this trial does not register it again."""
-    from pipeline.tune import report as sweep_report
-
-    if best is None:
-        return None
-    tags = with_retry(lambda: client.get_run(parent).data.tags, f"read sweep run {parent}")
-    if tags.get("poster.registered_run_id") == best.run_id and tags.get("poster.registered_version"):
-        return tags["poster.registered_version"]
-    try:
-        version = with_retry(lambda: sweep_report.register_best(best, uri, sweep.registry_name, sweep.alias),
-                             f"register run {best.run_id}")
-    except Exception as e:  # the sweep's results stand even when registration fails
-        print(f"[tune] registering run {best.run_id} failed: {e}", file=sys.stderr)
-        tracker.set_tags({"poster.register_error": str(e)[:300]})
-        return None
-    if version is not None:
-        tracker.set_tags({"poster.registered_version": version, "poster.registered_run_id": best.run_id})
-    return version
-
-
-# --- CLI -----------------------------------------------------------------------------------
