@@ -228,17 +228,30 @@ def tune_shards(request, ray_session, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def sweep(tune_shards, tmp_path_factory):
+def tune_server(tmp_path_factory):
+    """The sweep's MLflow server (sqlite backend): two trials at a time need one (a sqlite file
+    locks), and the outage test stops and restarts this same server."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("tune-mlflow")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sweep(tune_shards, tune_server, tmp_path_factory):
     from pipeline.tune import SweepCfg, run_sweep
 
     tmp = tmp_path_factory.mktemp("tune")
     space_file = tmp / "grid_space.py"
     space_file.write_text(GRID_SPACE)
     overrides = [f"data.shards={tune_shards}", f"run.storage_path={tmp / 'ray'}",
-                 f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "schedule.epochs=2", "data.max_train_rows=64",
+                 f"tracking.uri={tune_server.uri}", "schedule.epochs=2", "data.max_train_rows=64",
                  "tracking.experiment=tune-test"]
     base = load_config(REPO_ROOT / "configs/tune_smoke.yaml", overrides)
-    cfg = SweepCfg(space=str(space_file), name="gridtest", num_samples=1, grace_period=1)
+    # two trials at a time (driver 0 CPU + 1 worker x 0.5 CPU each, + 1 CPU for Ray Data = the 2
+    # CPUs check_fits allows): a trial is mostly Ray Train's start-up, which overlaps; CI time
+    cfg = SweepCfg(space=str(space_file), name="gridtest", num_samples=1, grace_period=1, max_concurrent=2)
     result = run_sweep(base, cfg)
     return base, cfg, result
 
@@ -336,27 +349,22 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(sweep, monkeypatch,
+def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(sweep, tune_server, monkeypatch,
                                                                               capsys) -> None:
-    """The finished sweep is recorded again (``--resume``: nothing trains) through a real MLflow
-    server on the sweep's own store, which goes down the moment the finalisation starts: a short
+    """The finished sweep is recorded again (``--resume``: nothing trains) through the real MLflow
+    server the sweep ran against, which goes down the moment the finalisation starts: a short
     outage is waited out (same parent run, no second registration); one longer than the flush
     timeout leaves ``recorded=False`` and the resume command, which records it once the server is
     back."""
     import threading
 
-    from mlflow_server import MlflowServer
     from pipeline import tracking
     from pipeline.tune import SweepCfg, run_sweep
     from pipeline.tune import sweep as sweep_module
 
     base, _, result = sweep
-    server = MlflowServer(Path(result.tracking_uri[len("sqlite:///"):]).parent)  # serves <tmp>/mlflow.db
-    spec_path = Path(result.experiment_path) / "poster_sweep.json"
-    original = spec_path.read_text()
-    spec = json.loads(original)
-    spec["base"]["tracking"]["uri"] = server.uri  # the resumed sweep talks to the server
-    spec_path.write_text(json.dumps(spec))
+    server = tune_server
+    assert result.tracking_uri == server.uri  # the resumed sweep talks to the server
     real_finish, restarts = sweep_module._finish, []
 
     def finish_during_outage(*args, **kwargs):
@@ -371,7 +379,6 @@ def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(s
     monkeypatch.setattr(sweep_module, "_finish", finish_during_outage)
     client = _client(result)
     versions = len(client.search_model_versions(f"run_id = '{result.best.run_id}'"))
-    server.start()
     try:
         restarts.append(1.0)  # back within the flush timeout: waited out
         monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 120.0)
@@ -379,7 +386,7 @@ def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(s
         assert waited.recorded and waited.parent_run_id == result.parent_run_id
         assert waited.best.run_id == result.best.run_id and waited.registered_version == result.registered_version
         assert "retrying" in capsys.readouterr().err
-        restarts.append(8.0)  # down longer than the flush timeout
+        restarts.append(5.0)  # down longer than the flush timeout (2 s), plus the server's start
         monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 2.0)
         lost = run_sweep(base, SweepCfg(name=result.name, register=True), resume=True)
         assert not lost.recorded and lost.rows == []
@@ -391,8 +398,8 @@ def test_sweep_record_waits_out_an_outage_or_names_the_command_that_records_it(s
         assert len(client.search_model_versions(f"run_id = '{result.best.run_id}'")) == versions  # once
         assert client.get_run(result.parent_run_id).info.status == "FINISHED"
     finally:
-        server.stop()
-        spec_path.write_text(original)
+        if server.proc is None:  # the module's server stays up for its teardown
+            server.start()
 
 
 def test_family_space_searches_v1_sizes_and_v2_with_the_loss_mixture() -> None:
