@@ -21,7 +21,10 @@ QUIET_ENV = {
 # one small actor call per worker, cheap at 0.5 s. Propagated from the driver to the controller.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 # Ray system config for a local instance only (a cluster keeps its own).
-LOCAL_WORKER_POOL = {"RAY_num_workers_soft_limit": "12", "RAY_idle_worker_killing_time_threshold_ms": "120000"}
+LOCAL_WORKER_POOL = {"RAY_num_workers_soft_limit": "12", "RAY_idle_worker_killing_time_threshold_ms": "120000",
+                     # no PreemptionWatcher actor per fit (one more process importing Ray while the
+                     # workers start): a one-machine instance is never drained; clusters keep it
+                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 LOOPBACK = "127.0.0.1"
 log = logging.getLogger(__name__)
 DATA_LOGGING = Path(__file__).resolve().parent / "ray_data_logging.yaml"

@@ -13,15 +13,8 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
-# Ray Train (V2) start-up costs, paid by every fit in the suite (~15 of them; CI time):
-# - the controller polls its workers every 2 s by default, so each fit's end and each killed
-#   worker is seen up to 2 s late; a missed poll is harmless (a worker is declared dead only
-#   after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 min);
-# - each worker group starts a PreemptionWatcher actor (one more process importing Ray on the
-#   2 busy cores while the workers start) that polls for node drains: a one-node test session
-#   is never drained.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray Train polls its workers every 0.5 s and a local instance starts no PreemptionWatcher
+# (pipeline.runtime: TRAIN_ENV, LOCAL_WORKER_POOL): every fit in the suite starts and ends sooner.
 
 # Object storage in tests is a moto server on 127.0.0.1 (the `s3` fixture), never a real account.
 # Its endpoint and keys go in the environment now, before Ray starts: Ray workers (Ray Data reads,
