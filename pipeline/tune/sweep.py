@@ -137,10 +137,15 @@ def _tuner(ctx: TrialContext, sweep: SweepCfg, space: dict[str, Any], storage: s
             raise SweepError(f"--resume: no Tune experiment to restore at {exp_dir}")
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    # stop_last_trials=False: reaching max_t must not stop a trial before its final test report
-    # and model logging; the loop ends by itself after schedule.epochs.
-    asha = ASHAScheduler(time_attr="epochs_done", max_t=epochs, grace_period=min(sweep.grace_period, epochs),
-                         reduction_factor=sweep.reduction_factor, stop_last_trials=False)
+    # A stop at the last epoch would kill a trial that trained in full before its final test and
+    # model log: ASHA puts a rung at max_t whenever max_t / grace is a power of the reduction
+    # factor (grace = epochs always did; a retried trial reaching that rung late was killed), so
+    # the rungs stay below the last epoch, and stop_last_trials=False lets max_t pass. A grace
+    # period of every epoch means no early stopping at all (Tune's FIFO scheduler).
+    asha = None
+    if sweep.grace_period < epochs:
+        asha = ASHAScheduler(time_attr="epochs_done", max_t=epochs - 1, grace_period=sweep.grace_period,
+                             reduction_factor=sweep.reduction_factor, stop_last_trials=False)
     searcher = make_searcher(sweep, space)
     limit = None if sweep.search == "random" else sweep.max_concurrent  # random: set in the searcher
     return tune.Tuner(
