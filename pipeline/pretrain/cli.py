@@ -7,7 +7,7 @@ import sys
 from pipeline.config import ConfigError, dump_yaml
 from pipeline.pretrain.config import load_pretrain_config
 from pipeline.pretrain.tasks import TASK_NAMES
-from pipeline.train.data import shards_refusal
+from pipeline.train.data import shards_refusal, storage_refusal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
-    from pipeline.storage import StorageError, preflight
-
-    try:  # a wrong S3 endpoint, bad keys or a missing bucket: one line, as pipeline.train says it
-        for root in cfg.data.shards:
-            preflight(root, "--shards", must_exist=True)
-        preflight(cfg.run.storage_path, "run.storage_path")
-    except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (refusal := storage_refusal(cfg, "--shards")) is not None:  # as pipeline.train says it
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     for root in cfg.data.shards:  # before Ray starts: a wrong folder is an answer, not a traceback
         if (refusal := shards_refusal(root)) is not None:

@@ -53,13 +53,16 @@ def check_shards(root: str, manifest: dict[str, Any]) -> None:
             check_split_schema(root, split, manifest)
 
 
-def storage_refusal(cfg: Any) -> str | None:
-    """A wrong S3 endpoint, bad keys or a missing bucket for data.shards / run.storage_path, as one
-    line, before Ray Train starts (its own error would come minutes later, from a worker)."""
+def storage_refusal(cfg: Any, shards_flag: str = "data.shards") -> str | None:
+    """A wrong S3 endpoint, bad keys or a missing bucket for data.shards (one root, or several as
+    pretraining takes) / run.storage_path, as one line, before Ray Train starts (its own error
+    would come minutes later, from a worker)."""
     from pipeline.storage import StorageError, preflight
 
+    shards = cfg.data.shards
     try:
-        preflight(cfg.data.shards, "data.shards", must_exist=True)
+        for root in [shards] if isinstance(shards, str) else shards:
+            preflight(root, shards_flag, must_exist=True)
         preflight(cfg.run.storage_path, "run.storage_path")
     except StorageError as e:
         return str(e)
