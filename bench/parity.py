@@ -71,10 +71,12 @@ def pipeline_fit(cfg, work: Path, tracking_uri: str) -> dict:
     losses = [m.value for m in sorted(hist, key=lambda m: m.step)]
     val = [m.value for m in sorted(MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "val_accuracy"),
                                    key=lambda m: m.step) if m.step < len(losses)]  # not the final test's
+    steps = sum(m.value for m in MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "epoch_seconds")
+                if m.step < len(losses))  # each epoch's step loop, as the one process times it
     clocks = {**{f"d:{k}": v for k, v in out.times.items()}, "d:t0": t0,
               **{f"w:{k[len('time_at_'):]}": v for k, v in out.metrics.items() if k.startswith("time_at_")}}
     return {"acc": out.metrics.get("test_accuracy", float("nan")), "seconds": wall, "losses": losses, "val": val,
-            "clocks": clocks, "metrics": out.metrics}
+            "clocks": clocks, "metrics": out.metrics, "steps_s": float(steps)}
 
 
 def one_process_fit(cfg, shards: Path) -> dict:
@@ -85,9 +87,11 @@ def one_process_fit(cfg, shards: Path) -> dict:
     val = profile_seeds.val_rows(shards, cfg)
     loaded = time.time()
     val_curve: list[float] = []
-    accs, losses = profile_seeds.fit(cfg, train, test, classes, curve=False, val=val, val_curve=val_curve)
+    steps: list[float] = []
+    accs, losses = profile_seeds.fit(cfg, train, test, classes, curve=False, val=val, val_curve=val_curve,
+                                     epoch_seconds=steps)
     return {"acc": accs[-1][0], "seconds": time.time() - t0, "load_s": loaded - t0, "losses": losses,
-            "val": val_curve}
+            "val": val_curve, "steps_s": float(sum(steps))}
 
 
 def projected_ratio(rows: list[dict], epochs: int, to: int) -> float:
@@ -130,6 +134,15 @@ def report(rows: list[dict], ray_start_s: float, epochs: int) -> None:
               f"{np.mean(secs):.1f} s a fit")
     ratio = np.mean([r["pipeline"]["seconds"] for r in rows]) / np.mean([r["one"]["seconds"] for r in rows])
     print(f"time ratio pipeline / one process: {ratio:.2f} (Ray start once, not in either: {ray_start_s:.1f} s)")
+    # the steps (every epoch's step loop) vs the rest: on a shared machine the steps' time moves
+    # between runs of the same fit; the rest is the fixed cost the pipeline adds
+    p_steps = np.mean([r["pipeline"]["steps_s"] for r in rows])
+    o_steps = np.mean([r["one"]["steps_s"] for r in rows])
+    p_rest = np.mean([r["pipeline"]["seconds"] for r in rows]) - p_steps
+    o_rest = np.mean([r["one"]["seconds"] for r in rows]) - o_steps
+    print(f"steps: pipeline {p_steps:.1f} s, one process {o_steps:.1f} s ({p_steps / o_steps:.2f}); "
+          f"the rest: pipeline {p_rest:.1f} s, one process {o_rest:.1f} s (+{p_rest - o_rest:.1f} s); "
+          f"ratio with the one process's steps on both: {(o_steps + p_rest) / (o_steps + o_rest):.2f}")
     if epochs < 20:
         print(f"projected to schedule.epochs=20 from this run's per-epoch times: {projected_ratio(rows, epochs, 20):.2f}")
     print("\npipeline phase (mean over seeds)                       seconds")

@@ -55,7 +55,8 @@ def accuracy(model: torch.nn.Module, rows: dict[str, np.ndarray], flip: bool = F
 
 def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes: list[str],
         flip: bool = False, curve: bool = True, val: dict[str, np.ndarray] | None = None,
-        val_curve: list[float] | None = None) -> tuple[list[tuple[float, ...]], list[float]]:
+        val_curve: list[float] | None = None,
+        epoch_seconds: list[float] | None = None) -> tuple[list[tuple[float, ...]], list[float]]:
     """One fit of ``cfg`` (seeded by ``run.seed`` / ``data.seed``) through the worker's own
     functions: ``build_parts`` (threads, seeds, model, loss, optimiser, schedule, EMA),
     ``CachedEpochs`` (the rows sorted by sample id, the per-epoch plan and seeded augmentation)
@@ -77,7 +78,10 @@ def fit(cfg, train: dict[str, np.ndarray], test: dict[str, np.ndarray], classes:
     try:
         for epoch in range(cfg.schedule.epochs):
             ctx.progress.epoch = epoch
-            losses.append(run_epoch(ctx)["train_loss"])
+            metrics = run_epoch(ctx)
+            losses.append(metrics["train_loss"])
+            if epoch_seconds is not None:  # the steps' wall time (bench/parity.py)
+                epoch_seconds.append(metrics["epoch_seconds"])
             sched.step()
             if val is not None:
                 (val_curve if val_curve is not None else []).append(accuracy(ctx.eval_model, val)[0])

@@ -24,7 +24,9 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 LOCAL_WORKER_POOL = {"RAY_num_workers_soft_limit": "12", "RAY_idle_worker_killing_time_threshold_ms": "120000",
                      # no PreemptionWatcher actor per fit (one more process importing Ray while the
                      # workers start): a one-machine instance is never drained; clusters keep it
-                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                     # nor a PlacementGroupCleaner actor per fit (pipeline.train.lean)
+                     "POSTER_TRAIN_PG_CLEANER": "0"}
 LOOPBACK = "127.0.0.1"
 log = logging.getLogger(__name__)
 DATA_LOGGING = Path(__file__).resolve().parent / "ray_data_logging.yaml"

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,7 +99,8 @@ class Tracker(Protocol):
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None: ...
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False,
+                  at: float | None = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
@@ -118,7 +120,8 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
-    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None:
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False,
+                  at: float | None = None) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -141,10 +144,7 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, run_id: str, flush_timeout_s: float | None = None,
                  buffered: bool = False):
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.run_id = run_id
         self.flush_timeout_s = FLUSH_TIMEOUT_S if flush_timeout_s is None else flush_timeout_s
         self._queue: deque = deque()  # (description, callable)
@@ -157,6 +157,26 @@ class MlflowTracker:
         self.dropped: list[str] = []
         # buffered (training loop): queue and move on; else (driver): wait out an outage per call
         self.buffered = buffered
+        self._client: Any = None
+        self._making: Future | None = None
+        if buffered:  # a rank makes its client (mlflow import + store: ~2 s on 2 cores) while it builds its model
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poster-mlflow-client")
+            self._making = pool.submit(self._make_client)
+            pool.shutdown(wait=False)
+        else:
+            self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient`` (waits for the one being made in the background, re-raising its error)."""
+        if self._client is None:
+            self._client = self._making.result() if self._making is not None else self._make_client()
+        return self._client
 
     # -- queue -------------------------------------------------------------------------------
     def _submit(self, what: str, fn) -> None:
@@ -235,7 +255,8 @@ class MlflowTracker:
         if rows:
             self._submit(f"metrics step {step or 0}", lambda: self.client.log_batch(self.run_id, metrics=rows))
 
-    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False) -> None:
+    def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False,
+                  at: float | None = None) -> None:
         """An epoch's metrics, once per run: an epoch the run already holds is not logged again.
 
         Why: after a lost node or a killed worker, Ray Train restarts from its last *registered*
@@ -244,8 +265,9 @@ class MlflowTracker:
         same values when the world size is unchanged: fits repeat exactly) and the run names the
         epochs that ran twice (tag ``poster.epochs_rerun``). The check runs when the call is sent,
         so it also holds for calls buffered through an outage. ``backfill``: the checkpointed
-        epoch's metrics, sent again on resume in case the kill came before they were sent."""
-        rows = _metric_rows({**metrics, "epoch": epoch}, epoch)
+        epoch's metrics, sent again on resume in case the kill came before they were sent. ``at``:
+        when the metrics were measured (unix seconds; default now), the rows' timestamp."""
+        rows = _metric_rows({**metrics, "epoch": epoch}, epoch, at)
 
         def send() -> None:
             if self._epochs is None:
@@ -285,11 +307,11 @@ class MlflowTracker:
         self._submit("tags " + ",".join(items), send)
 
 
-def _metric_rows(metrics: dict[str, float], step: int) -> list[Any]:
-    """MLflow metric rows stamped now: the time of the measurement, not of a late send."""
+def _metric_rows(metrics: dict[str, float], step: int, at: float | None = None) -> list[Any]:
+    """MLflow metric rows stamped ``at`` (default now): the time of the measurement, not of a late send."""
     from mlflow.entities import Metric
 
-    ts = int(time.time() * 1000)
+    ts = int((time.time() if at is None else at) * 1000)
     return [Metric(k, float(v), ts, step) for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))]
 

@@ -82,7 +82,10 @@ def test_pipeline_fit_equals_the_one_process_fit(ray_session, synthetic_shards, 
     cfg = bench.seeded(SMOKE, synthetic_shards, 5, [
         "schedule.epochs=1", "tracking.log_model=false", f"run.storage_path={tmp_path / 'ray'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    managers = _actors("DatasetManager")
     out = run_training(open_run(cfg), cfg)
+    # no helper actors a held-rows fit on the local instance does not use (pipeline.train.lean)
+    assert _actors("DatasetManager") == managers and _actors("PlacementGroupCleaner") == 0
     (logged,) = MlflowClient(out.tracking_uri).get_metric_history(out.run_id, "train_loss")
 
     train, test, classes = bench.fit_rows(synthetic_shards, cfg)
@@ -95,3 +98,33 @@ def test_pipeline_fit_equals_the_one_process_fit(ray_session, synthetic_shards, 
     # the same batches, augmentation draws, dropout and steps: float noise at most
     assert losses[0] == pytest.approx(logged.value, rel=1e-5), (losses[0], logged.value)
     assert accs[-1][0] == pytest.approx(out.metrics["test_accuracy"])
+
+
+def _actors(class_name: str) -> int:
+    """Actors of ``class_name`` this Ray session has had, dead or alive."""
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", class_name)], limit=10_000))
+
+
+@pytest.mark.ray
+def test_lean_trainer_drops_only_the_helpers_a_fit_does_not_use(ray_session, monkeypatch):
+    """Real Train V2 callback lists: the dataset actor only goes without datasets, the placement
+    group cleaner only where POSTER_TRAIN_PG_CLEANER=0 (the local instance), the rest stays."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train.lean import PG_CLEANER_ENV, LeanTorchTrainer
+
+    def names(cls: type, env: str, **kw) -> list[str]:
+        monkeypatch.setenv(PG_CLEANER_ENV, env)
+        trainer = cls(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1), **kw)
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    full = names(TorchTrainer, "1")
+    assert {"DatasetsCallback", "PlacementGroupCleanerCallback"} <= set(full)
+    assert names(LeanTorchTrainer, "1") == [n for n in full if n != "DatasetsCallback"]
+    assert names(LeanTorchTrainer, "0") == [n for n in full if n not in ("DatasetsCallback", "PlacementGroupCleanerCallback")]
+    with_data = names(LeanTorchTrainer, "0", datasets={"train": ray.data.range(4)})
+    assert with_data == [n for n in full if n != "PlacementGroupCleanerCallback"]

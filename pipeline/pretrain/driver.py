@@ -71,7 +71,7 @@ def _trainer(cfg: PretrainConfig, rows: PretrainRows, stats: dict[str, Any], uri
              name: str, step_hook: Any) -> Any:
     import ray.data
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from pipeline.train.lean import LeanTorchTrainer
 
     from pipeline.pretrain.worker import PretrainJob, pretrain_fn_per_worker
 
@@ -83,7 +83,7 @@ def _trainer(cfg: PretrainConfig, rows: PretrainRows, stats: dict[str, Any], uri
     if cfg.scaling.gpus_per_worker > 0:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     datasets = {"train": ray.data.from_arrow(rows.train), "val": ray.data.from_arrow(rows.heldout)}
-    return TorchTrainer(
+    return LeanTorchTrainer(
         pretrain_fn_per_worker, train_loop_config={"job": job},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.gpus_per_worker > 0,

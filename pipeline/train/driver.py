@@ -121,7 +121,7 @@ def check_model_config(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
 def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
                   callbacks: list[Any] | None = None, step_hook: StepHook | None = None) -> Any:
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from pipeline.train.lean import LeanTorchTrainer
 
     # lazy: pipeline.train's __init__ imports this module, and the worker pulls in the model code
     from pipeline.train.context import WorkerJob
@@ -148,7 +148,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any], run: TrainRun,
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.worker_resources}
     if use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
-    return TorchTrainer(
+    return LeanTorchTrainer(
         train_fn_per_worker,
         train_loop_config={"job": job},  # Ray Train wants a dict; the TrainConfig object rides in the job as is
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.ray_num_workers(), use_gpu=use_gpu,

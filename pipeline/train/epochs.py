@@ -156,11 +156,21 @@ class CachedEpochs:
     def _submit(self, plan: list[tuple[np.ndarray, int]], i: int) -> Future:
         return self._pool.submit(self._batch, *plan[i])
 
+    def start_reading(self) -> None:
+        """Start reading and decoding the rows now, in the background (the first epoch waits)."""
+        if self.rows is None and self._fill is None:
+            self._fill = self._pool.submit(self._load)
+
+    def resume_at(self, epoch: int) -> CachedEpochs:
+        """Plan epochs from ``epoch`` on (a restored checkpoint's next epoch); before the first one."""
+        assert self._pending is None, "resume_at after an epoch was planned"
+        self.next_epoch = epoch
+        return self
+
     def start_next(self) -> None:
         """Fill the cache (first epoch) or augment the next epoch's first batches now."""
         if self.rows is None:
-            if self._fill is None:
-                self._fill = self._pool.submit(self._load)
+            self.start_reading()
             return
         if self._pending is None:
             epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1

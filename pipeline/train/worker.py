@@ -68,15 +68,21 @@ def setup(job: WorkerJob) -> RankContext:
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
     device = ray.train.torch.get_device()
+    # small sets: the held train rows are decoded in the background while the model is built
+    held = _held_batches(job, rank, world)
     # DDP (gloo on CPU, nccl on GPU)
     model, loss_fn, optimizer, scheduler, ema = build_parts(job, device, rank, ray.train.torch.prepare_model)
     state = checkpoint.restore(ray.train.get_checkpoint(), unwrap(model), optimizer, scheduler, ema)
+    # rank 0's MLflow client (import + store, ~2 s on 2 cores) is made in the background from
+    # here until its first log at the end of epoch 0; made before the model, it slowed the build
+    # (both hold the GIL) and a one-epoch fit took ~2 s longer (bench/parity.py phases)
     tracker = tracker_for(rank, job.tracking_uri, job.run_id)
     if state.start_epoch > 0:
         tracker.set_tags({"poster.resumed_from_epoch": state.start_epoch})
         if state.last_metrics:  # killed after the checkpoint, before its epoch reached MLflow
             tracker.log_epoch(state.last_metrics, state.start_epoch - 1, backfill=True)
-    train_batches = _train_batches(job, rank, world, state.start_epoch)
+    train_batches = (held.resume_at(state.start_epoch) if held is not None
+                     else _streamed_batches(job, rank, state.start_epoch))
     return RankContext(
         job=job, rank=rank, world=world, device=device, dist_device=device if device.type == "cuda" else "cpu",
         autocast=autocast_enabled(cfg.scaling, device), model=model, loss_fn=loss_fn, optimizer=optimizer,
@@ -111,15 +117,23 @@ def build_parts(job: WorkerJob, device: torch.device, rank: int = 0,
     return model, loss_fn, optimizer, scheduler, build_ema(cfg.optim, unwrap(model))
 
 
-def _train_batches(job: WorkerJob, rank: int, world: int, start_epoch: int) -> EpochBatches | CachedEpochs:
-    """This rank's epochs: all rows read and held by every rank (small sets, ``held``; each
-    rank takes its slice of one permutation per epoch) or its split streamed through Ray Data."""
+def _held_batches(job: WorkerJob, rank: int, world: int) -> CachedEpochs | None:
+    """Small sets (``job.held``): all train rows read and held by every rank (each rank takes its
+    slice of one permutation per epoch), decoded in the background from now on; else None."""
+    if job.held is None:
+        return None
+    d = job.cfg.data
+    batches = CachedEpochs(train_rows(job.held, d), d.batch_size, d.prefetch_batches, batch_augmenter(d),
+                           seed=d.seed, rank=rank, world=world)
+    batches.start_reading()
+    return batches
+
+
+def _streamed_batches(job: WorkerJob, rank: int, start_epoch: int) -> EpochBatches:
+    """This rank's split of the train rows, streamed through Ray Data every epoch."""
     import ray.train
 
     d = job.cfg.data
-    if job.held is not None:
-        return CachedEpochs(train_rows(job.held, d), d.batch_size, d.prefetch_batches, batch_augmenter(d),
-                            seed=d.seed, rank=rank, world=world, start_epoch=start_epoch)
     return EpochBatches(ray.train.get_dataset_shard("train"), d.batch_size, d.prefetch_batches,
                         shuffle_buffer=d.shuffle_buffer, seed=d.seed, rank=rank, start_epoch=start_epoch)
 
@@ -195,6 +209,7 @@ def validate(ctx: RankContext) -> dict[str, float]:
 def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
     """Keep the best weights, log the epoch, and report it to Ray with a checkpoint (rank 0 writes it)."""
     cfg, state, epoch = ctx.cfg, ctx.state, ctx.progress.epoch
+    measured_at = time.time()  # MLflow stamps the epoch now, not when the checkpoint is persisted
     state.update_best(metrics.get(cfg.checkpoint.metric), cfg.checkpoint.mode, ctx.eval_model, epoch,
                       tiebreak=metrics.get("val_log_loss"), select=cfg.checkpoint.select)
     metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
@@ -209,7 +224,7 @@ def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
     # logged once its checkpoint is persisted: a restart never re-runs an epoch MLflow already
     # holds from a lost attempt, unless that checkpoint was persisted but not yet registered
     # (log_epoch keeps the first values then); the checkpoint carries the metrics for a back-fill
-    ctx.tracker.log_epoch(metrics, epoch)
+    ctx.tracker.log_epoch(metrics, epoch, at=measured_at)
     if ctx.rank == 0:
         print(f"[poster] epoch {epoch + 1}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
               f"val_acc {metrics.get('val_accuracy', float('nan')):.4f} "
