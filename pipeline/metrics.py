@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.tracking import Tracker
 
 T = TypeVar("T")
 
@@ -173,3 +176,18 @@ def rank_trials(trials: Iterable[T], score: Callable[[T], float | None], mode: s
         return (s is None, sign * s if s is not None else 0.0, tiebreak(t))
 
     return sorted(trials, key=key)
+
+
+def log_confusion(tracker: Tracker, cm: Any, classes: list[str], prefix: str) -> None:
+    """The raw matrix (JSON) and its plot (PNG) under ``confusion/`` in the run."""
+    import json
+    import tempfile
+
+    if tracker.run_id is None:  # NullTracker: nothing is logged
+        return
+    with tempfile.TemporaryDirectory() as d:
+        raw = Path(d) / f"{prefix}_confusion.json"
+        raw.write_text(json.dumps({"classes": list(classes), "matrix": [[int(x) for x in row] for row in cm]}))
+        png = plot_confusion(cm, classes, Path(d) / f"{prefix}_confusion.png", title=f"{prefix} confusion")
+        tracker.log_artifact(raw, "confusion")
+        tracker.log_artifact(png, "confusion")

@@ -97,6 +97,7 @@ def default_tracking_uri(configured: str = "") -> str:
 class Tracker(Protocol):
     run_id: str | None
 
+    def connect(self) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_epoch(self, metrics: dict[str, float], epoch: int, backfill: bool = False,
@@ -113,6 +114,9 @@ class NullTracker:
 
     def close(self, timeout_s: float | None = None) -> bool:
         return True
+
+    def connect(self) -> None:
+        pass
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -168,7 +172,6 @@ class MlflowTracker:
 
     def _make_client(self) -> Any:
         from mlflow.tracking import MlflowClient
-
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     @property
@@ -177,6 +180,10 @@ class MlflowTracker:
         if self._client is None:
             self._client = self._making.result() if self._making is not None else self._make_client()
         return self._client
+
+    def connect(self) -> None:
+        """Wait until the client exists: then a call takes milliseconds (see worker.report_epoch)."""
+        self._client = self.client
 
     # -- queue -------------------------------------------------------------------------------
     def _submit(self, what: str, fn) -> None:
@@ -391,20 +398,3 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> bool:
               f"it shows RUNNING until set: MlflowClient('{tracking_uri}').set_terminated('{run_id}', "
               f"'{status}')", file=sys.stderr, flush=True)
         return False
-
-
-def log_confusion(tracker: Tracker, cm: Any, classes: list[str], prefix: str) -> None:
-    """The raw matrix (JSON) and its plot (PNG) under ``confusion/`` in the run."""
-    import json
-    import tempfile
-
-    from pipeline.metrics import plot_confusion
-
-    if isinstance(tracker, NullTracker):
-        return
-    with tempfile.TemporaryDirectory() as d:
-        raw = Path(d) / f"{prefix}_confusion.json"
-        raw.write_text(json.dumps({"classes": list(classes), "matrix": [[int(x) for x in row] for row in cm]}))
-        png = plot_confusion(cm, classes, Path(d) / f"{prefix}_confusion.png", title=f"{prefix} confusion")
-        tracker.log_artifact(raw, "confusion")
-        tracker.log_artifact(png, "confusion")

@@ -214,6 +214,9 @@ def report_epoch(ctx: RankContext, metrics: dict[str, float]) -> None:
                       tiebreak=metrics.get("val_log_loss"), select=cfg.checkpoint.select)
     metrics.update({"epoch": epoch, "start_epoch": state.start_epoch,
                     f"best_{cfg.checkpoint.metric}": state.best_metric})
+    # a Tune trial that ASHA stops on this report is ended right after it: the epoch's log below
+    # must then take milliseconds, not wait for the MLflow client still being made (~2 s)
+    ctx.tracker.connect()
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if ctx.rank == 0:
@@ -256,7 +259,7 @@ def finish(ctx: RankContext) -> None:
 
 def _final_test(ctx: RankContext) -> None:
     """Evaluate the best weights on the test split across all ranks; rank 0 logs the artifacts."""
-    from pipeline.tracking import log_confusion
+    from pipeline.metrics import log_confusion
 
     eval_model, state = ctx.eval_model, ctx.state
     if state.best_state is not None:
